@@ -1,0 +1,151 @@
+"""Frozen, validated, versioned configuration; stored in every output file as JSON.
+
+:class:`CompressConfig` says how to compress trained weights (the one verb, compress.py).
+:class:`PipelineConfig` says how ``fisherpack reproduce`` trains, prunes and fine-tunes around it.
+Both validate in ``__post_init__`` and round-trip through ``to_dict`` / ``from_dict``; unknown keys
+and versions are refused, so a file's config always means what it says.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+from .prune import CRITERIA, SCOPES
+from .quant import ALLOCATIONS
+from .tensors import MAX_BITS, MAX_GROUPS
+
+__all__ = ["CompressConfig", "PipelineConfig", "FISHER_SOURCES"]
+
+FISHER_SOURCES = ("adam", "empirical", "sampled")
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise ConfigError(message)
+
+
+def _choice(value: str, options: tuple[str, ...], what: str) -> None:
+    _check(value in options, f"unknown {what} {value!r}; choose one of: {', '.join(options)}")
+
+
+class _Versioned:
+    VERSION = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]):
+        if not isinstance(d, dict):
+            raise ConfigError(f"{cls.__name__} must be a JSON object")
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - set(known))
+        _check(not unknown, f"{cls.__name__} has unknown keys: {', '.join(unknown)}")
+        _check(
+            d.get("version", cls.VERSION) == cls.VERSION, f"{cls.__name__} version {d.get('version')} is not supported"
+        )
+        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        try:
+            return cls(**kwargs)
+        except TypeError as exc:
+            raise ConfigError(f"bad {cls.__name__}: {exc}") from None
+
+    def replace(self, **changes: Any):
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class CompressConfig(_Versioned):
+    """How to prune and quantize.
+
+    rate: fraction of the compressed tensors' entries to prune (0 = quantize only).
+    criterion / scope / magnitude_share: see prune.py. seed: for the random criterion.
+    allocation / bits / groups / group_bits: see quant.py.
+    include / exclude: fnmatch patterns on parameter names; by default the weights of Linear,
+        Conv and Embedding layers are compressed and everything else is stored losslessly.
+    entropy: allow the rANS entropy-coding stage where it makes a stream smaller.
+    """
+
+    rate: float = 0.0
+    criterion: str = "obd"
+    scope: str = "global"
+    magnitude_share: float = 0.5
+    allocation: str = "waterfill"
+    bits: float = 5.0
+    groups: int = 1
+    group_bits: tuple[int, ...] = (6, 4, 2)
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    entropy: bool = True
+    seed: int = 0
+    version: int = 1
+
+    def __post_init__(self) -> None:
+        _check(
+            isinstance(self.rate, (int, float)) and 0.0 <= self.rate < 1.0, f"rate must be in [0, 1), got {self.rate}"
+        )
+        _choice(self.criterion, CRITERIA, "pruning criterion")
+        _choice(self.scope, SCOPES, "ranking scope")
+        _check(0.0 <= self.magnitude_share <= 1.0, f"magnitude_share must be in [0, 1], got {self.magnitude_share}")
+        _choice(self.allocation, ALLOCATIONS, "bit allocation")
+        _check(
+            isinstance(self.bits, (int, float)) and math.isfinite(self.bits) and 1 <= self.bits <= MAX_BITS,
+            f"bits must be in 1..{MAX_BITS}, got {self.bits}",
+        )
+        _check(
+            self.allocation != "uniform" or float(self.bits).is_integer(), f"uniform needs whole bits, got {self.bits}"
+        )
+        _check(
+            isinstance(self.groups, int) and 1 <= self.groups <= MAX_GROUPS,
+            f"groups must be in 1..{MAX_GROUPS}, got {self.groups}",
+        )
+        _check(
+            1 <= len(self.group_bits) <= MAX_GROUPS
+            and all(isinstance(b, int) and 1 <= b <= MAX_BITS for b in self.group_bits),
+            f"group_bits needs 1..{MAX_GROUPS} whole widths in 1..{MAX_BITS}, got {self.group_bits}",
+        )
+        _check(self.version == self.VERSION, f"CompressConfig version {self.version} is not supported")
+
+
+@dataclass(frozen=True)
+class PipelineConfig(_Versioned):
+    """How ``reproduce`` trains and fine-tunes: Adam, then ``rounds`` of prune -> fine-tune ->
+    re-estimate Fisher following prune.schedule, then quantize (and optionally fine-tune the
+    quantized weights with a straight-through estimator)."""
+
+    model: str = "lenet5"
+    seed: int = 0
+    epochs: int = 3
+    batch_size: int = 64
+    lr: float = 1e-3
+    rounds: int = 6
+    finetune_epochs: float = 1.0
+    finetune_lr: float = 1e-3
+    fisher: str = "adam"
+    fisher_samples: int = 1000
+    compress: CompressConfig = field(default_factory=CompressConfig)
+    version: int = 1
+
+    def __post_init__(self) -> None:
+        _check(
+            self.epochs >= 0 and isinstance(self.epochs, int), f"epochs must be a whole number >= 0, got {self.epochs}"
+        )
+        _check(self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}")
+        _check(self.lr > 0 and self.finetune_lr > 0, "learning rates must be > 0")
+        _check(isinstance(self.rounds, int) and self.rounds >= 1, f"rounds must be >= 1, got {self.rounds}")
+        _check(self.finetune_epochs >= 0, f"finetune_epochs must be >= 0, got {self.finetune_epochs}")
+        _choice(self.fisher, FISHER_SOURCES, "Fisher estimator")
+        _check(self.fisher_samples >= 1, f"fisher_samples must be >= 1, got {self.fisher_samples}")
+        if isinstance(self.compress, dict):
+            object.__setattr__(self, "compress", CompressConfig.from_dict(self.compress))
+        _check(self.version == self.VERSION, f"PipelineConfig version {self.version} is not supported")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        d["compress"] = self.compress.to_dict()
+        return d

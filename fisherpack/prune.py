@@ -1,0 +1,149 @@
+"""Scores -> masks. Criteria, global or per-layer ranking, schedules, and applying masks.
+
+A *score* says how much a weight matters; the lowest scores are pruned first. All quantities are
+``dict[str, Tensor]`` keyed by parameter name; a mask is a bool tensor, True where a weight is kept.
+
+Criteria (``F`` is a diagonal Fisher estimate, ``w`` the weight):
+
+- ``magnitude``: ``|w|``.
+- ``fisher``: ``F`` (sensitivity of the loss to the weight; the paper's importance).
+- ``obd``: ``F * w**2 / 2``, Optimal Brain Damage's second-order estimate of the loss increase
+  from setting ``w`` to zero (cost, not sensitivity).
+- ``random``: uniform noise from a seeded generator (the baseline every criterion must beat).
+- ``two_stage``: the paper's rule: first the smallest magnitudes, then the lowest Fisher. A share
+  ``magnitude_share`` of the pruning is done by magnitude, the rest by Fisher among the survivors.
+
+Ranking is ``global`` (one threshold over all pruned tensors) or ``layer`` (every tensor pruned to
+the same rate). Weights already pruned stay pruned and count towards the rate. Ties break by
+position (stable sort), so masks are deterministic.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .errors import ConfigError
+
+__all__ = ["CRITERIA", "SCOPES", "scores", "masks_for_rate", "select", "schedule", "apply_masks", "sparsity"]
+
+CRITERIA = ("fisher", "obd", "magnitude", "random", "two_stage")
+SCOPES = ("global", "layer")
+
+Tensors = dict[str, torch.Tensor]
+
+
+def scores(criterion: str, weights: Tensors, fisher: Tensors | None = None, *, seed: int = 0) -> Tensors:
+    """Importance of every weight under a one-stage criterion (not ``two_stage``; see :func:`select`)."""
+    if criterion in ("fisher", "obd", "two_stage") and fisher is None:
+        raise ConfigError(f"criterion {criterion!r} needs a Fisher estimate")
+    if criterion == "magnitude":
+        return {n: w.detach().abs().double() for n, w in weights.items()}
+    if criterion == "fisher":
+        return {n: _fisher_for(fisher, n, w).double() for n, w in weights.items()}
+    if criterion == "obd":
+        return {n: 0.5 * _fisher_for(fisher, n, w).double() * w.detach().double() ** 2 for n, w in weights.items()}
+    if criterion == "random":
+        gen = torch.Generator().manual_seed(seed)
+        return {n: torch.rand(w.shape, generator=gen, dtype=torch.float64) for n, w in weights.items()}
+    raise ConfigError(f"unknown pruning criterion {criterion!r}; choose one of: {', '.join(CRITERIA)}")
+
+
+def _fisher_for(fisher: Tensors, name: str, w: torch.Tensor) -> torch.Tensor:
+    if name not in fisher:
+        raise ConfigError(f"the Fisher estimate has no entry for {name!r}")
+    f = fisher[name].detach()
+    if f.shape != w.shape:
+        raise ConfigError(f"Fisher for {name!r} has shape {tuple(f.shape)}, weight has {tuple(w.shape)}")
+    if not torch.isfinite(f).all():
+        raise ConfigError(f"the Fisher estimate of {name!r} has NaN or Inf values")
+    return f
+
+
+def masks_for_rate(score: Tensors, rate: float, scope: str = "global", current: Tensors | None = None) -> Tensors:
+    """Masks keeping the highest scores so that a fraction ``rate`` of all entries is pruned.
+
+    ``current`` masks are respected: what they prune stays pruned (counted in the rate).
+    """
+    if not 0.0 <= rate < 1.0:
+        raise ConfigError(f"pruning rate must be in [0, 1), got {rate}")
+    if scope not in SCOPES:
+        raise ConfigError(f"unknown ranking scope {scope!r}; choose global or layer")
+    ranked = {}
+    for name, s in score.items():
+        s = s.detach().double().flatten()
+        if current is not None and name in current:
+            s = torch.where(current[name].flatten(), s, torch.full_like(s, -math.inf))
+        if torch.isnan(s).any():
+            raise ConfigError(f"scores of {name!r} contain NaN; check the weights and the Fisher estimate")
+        ranked[name] = s
+    if scope == "layer":
+        return {n: _keep_top(s, rate).view(score[n].shape) for n, s in ranked.items()}
+    flat = torch.cat(list(ranked.values())) if ranked else torch.zeros(0, dtype=torch.float64)
+    keep = _keep_top(flat, rate)
+    out, start = {}, 0
+    for name, s in ranked.items():
+        out[name] = keep[start : start + s.numel()].view(score[name].shape)
+        start += s.numel()
+    return out
+
+
+def _keep_top(s: torch.Tensor, rate: float) -> torch.Tensor:
+    n_prune = int(round(rate * s.numel()))
+    keep = torch.ones(s.numel(), dtype=torch.bool)
+    if n_prune:
+        order = torch.sort(s, stable=True).indices  # ascending; equal scores: lower index first
+        keep[order[:n_prune]] = False
+    return keep
+
+
+def select(
+    criterion: str,
+    weights: Tensors,
+    fisher: Tensors | None,
+    rate: float,
+    *,
+    scope: str = "global",
+    current: Tensors | None = None,
+    magnitude_share: float = 0.5,
+    seed: int = 0,
+) -> Tensors:
+    """Masks for one pruning step under ``criterion``, including the paper's two-stage rule."""
+    if criterion != "two_stage":
+        return masks_for_rate(scores(criterion, weights, fisher, seed=seed), rate, scope, current)
+    if not 0.0 <= magnitude_share <= 1.0:
+        raise ConfigError(f"magnitude_share must be in [0, 1], got {magnitude_share}")
+    already = 0.0 if current is None else _pruned_fraction(current)
+    first_rate = already + magnitude_share * max(rate - already, 0.0)
+    first = masks_for_rate(scores("magnitude", weights), first_rate, scope, current)
+    return masks_for_rate(scores("fisher", weights, fisher), rate, scope, first)
+
+
+def _pruned_fraction(masks: Tensors) -> float:
+    total = sum(m.numel() for m in masks.values())
+    return 0.0 if total == 0 else sum(int((~m).sum()) for m in masks.values()) / total
+
+
+def schedule(final_rate: float, rounds: int) -> list[float]:
+    """Pruning rates for ``rounds`` rounds reaching ``final_rate``, pruning the same fraction of
+    the surviving weights each round: ``rate_t = 1 - (1 - final_rate) ** (t / rounds)``."""
+    if rounds < 1:
+        raise ConfigError(f"pruning rounds must be >= 1, got {rounds}")
+    if not 0.0 <= final_rate < 1.0:
+        raise ConfigError(f"pruning rate must be in [0, 1), got {final_rate}")
+    return [1.0 - (1.0 - final_rate) ** (t / rounds) for t in range(1, rounds + 1)]
+
+
+@torch.no_grad()
+def apply_masks(model: nn.Module, masks: Tensors) -> None:
+    """Zero the pruned entries of the named parameters in place."""
+    params = dict(model.named_parameters())
+    for name, mask in masks.items():
+        params[name].mul_(mask.to(params[name].dtype))
+
+
+def sparsity(masks: Tensors) -> float:
+    """Fraction of entries pruned over all masks."""
+    return _pruned_fraction(masks)

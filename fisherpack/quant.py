@@ -1,0 +1,224 @@
+"""Fixed-point quantization with per-group widths, and the bit allocations that choose them.
+
+A group of weights ``w`` (with Fisher values ``F``) at width ``b`` is stored as codes on a
+power-of-two grid (see tensors.py): ``"int"`` levels ``q * 2**e`` with ``q`` in
+``[-2**(b-1), 2**(b-1) - 1]`` (has a zero), or ``"odd"`` levels ``(2k + 1) * 2**(e-1)`` with
+``2k + 1`` odd in ``[-(2**b - 1), 2**b - 1]`` (no zero: suits pruned weights, all of which are
+away from zero). For each width the grid and exponent are chosen to minimise the Fisher-weighted
+squared error ``sum_i F_i (w_i - Q(w_i))**2``, a second-order estimate of the loss increase
+(``F`` = 1 gives plain MSE). Rounding is to nearest (half to even on the "int" grid); values
+beyond the grid saturate.
+
+Allocations of widths to groups:
+
+- ``uniform``: one group per tensor, every tensor at ``bits`` (integer) wide. The baseline.
+- ``quantile`` (the paper's rule): all kept weights of all tensors ranked by Fisher, split into
+  ``len(group_bits)`` equal-count quantiles; the highest-Fisher quantile gets ``group_bits[0]``
+  bits, and so on. Each tensor's share of a quantile is its own group with its own step.
+- ``waterfill``: each tensor's kept weights split into ``groups`` equal-count Fisher quantiles;
+  integer widths chosen greedily (largest error decrease per bit first, with look-ahead over
+  non-convex steps) to minimise the total Fisher-weighted error under an average of at most
+  ``bits`` bits per kept weight. This is the integer version of reverse water-filling,
+  ``b_g = mean + 0.5 * log2(F_g * var_g / geometric mean)``.
+
+The average width counts code bits only; group ids, masks and steps are paid for in the file.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+
+import numpy as np
+import torch
+
+from .errors import ConfigError
+from .tensors import MAX_BITS, MAX_EXP, MAX_GROUPS, MIN_EXP, QuantTensor, dequantize_codes
+
+__all__ = ["ALLOCATIONS", "quantize_group", "group_error_table", "allocate_waterfill", "quantize"]
+
+ALLOCATIONS = ("waterfill", "quantile", "uniform")
+_EXP_CANDIDATES = 6  # how many steps below the smallest step that covers the largest |w| to try
+
+
+def _codes(w: np.ndarray, bits: int, exp: int, grid: str) -> np.ndarray:
+    scaled = np.ldexp(w, -exp)  # exact: power-of-two scaling of float64
+    if grid == "int":
+        half = 1 << (bits - 1)
+        return (np.clip(np.rint(scaled), -half, half - 1) + half).astype(np.uint16)
+    return np.clip(np.floor(scaled + (1 << (bits - 1))), 0, (1 << bits) - 1).astype(np.uint16)
+
+
+def quantize_group(w: np.ndarray, weight: np.ndarray | None, bits: int) -> tuple[np.ndarray, int, str, float]:
+    """Best codes for one group at ``bits``: returns (codes uint16, exp, grid, weighted error).
+
+    ``w`` and ``weight`` are 1-D float64 arrays of equal length (``weight`` None means all ones).
+    """
+    if not 1 <= bits <= MAX_BITS:
+        raise ConfigError(f"bit width must be in 1..{MAX_BITS}, got {bits}")
+    w = np.asarray(w, dtype=np.float64)
+    max_abs = float(np.abs(w).max()) if w.size else 0.0
+    if max_abs == 0.0:
+        grid = "int"
+        return np.full(w.size, 1 << (bits - 1), dtype=np.uint16), 0, grid, 0.0
+    best: tuple[float, int, str, np.ndarray] | None = None
+    for grid in ("int", "odd"):
+        top_level = max((1 << (bits - 1)) - 1, 1) if grid == "int" else ((1 << bits) - 1) / 2
+        cover = math.ceil(math.log2(max_abs / top_level))  # smallest exp whose grid reaches max|w|
+        for exp in range(cover - _EXP_CANDIDATES, cover + 1):
+            exp = min(max(exp, MIN_EXP), MAX_EXP)
+            codes = _codes(w, bits, exp, grid)
+            err_sq = (w - dequantize_codes(codes, bits, exp, grid)) ** 2
+            err = float(err_sq.sum() if weight is None else (weight * err_sq).sum())
+            if best is None or err < best[0]:
+                best = (err, exp, grid, codes)
+    err, exp, grid, codes = best
+    return codes, exp, grid, err
+
+
+def group_error_table(w: np.ndarray, weight: np.ndarray | None, max_bits: int = MAX_BITS) -> np.ndarray:
+    """(max_bits + 1,) best weighted error at each width 1..max_bits (index 0 unused, +inf)."""
+    table = np.full(max_bits + 1, np.inf)
+    for b in range(1, max_bits + 1):
+        table[b] = quantize_group(w, weight, b)[3]
+        if table[b] == 0.0:
+            table[b + 1 :] = 0.0
+            break
+    return table
+
+
+def allocate_waterfill(tables: list[np.ndarray], sizes: list[int], target_bits: float, min_bits: int = 1) -> list[int]:
+    """Integer widths minimising ``sum_g tables[g][b_g]`` with ``sum_g sizes[g]*b_g <= target*sum(sizes)``.
+
+    Greedy on error decrease per bit, looking ahead to the best slope over any number of extra bits
+    so that a flat step in one table does not stall its group.
+    """
+    total = sum(sizes)
+    budget = math.floor(target_bits * total + 1e-9)
+    widths = [min_bits] * len(tables)
+    used = min_bits * total
+    if used > budget:
+        raise ConfigError(f"average of {target_bits} bits is below the minimum width {min_bits}")
+    max_bits = len(tables[0]) - 1 if tables else MAX_BITS
+
+    def best_step(g: int) -> tuple[float, int] | None:
+        b, best = widths[g], None
+        for k in range(1, max_bits - b + 1):
+            slope = (tables[g][b] - tables[g][b + k]) / (k * sizes[g])
+            if best is None or slope > best[0]:
+                best = (slope, k)
+        return best if best and best[0] > 0 else None
+
+    heap = []
+    for g in range(len(tables)):
+        if sizes[g] and (step := best_step(g)):
+            heap.append((-step[0], g, step[1]))
+    heapq.heapify(heap)
+    while heap:
+        _, g, k = heapq.heappop(heap)
+        while k and used + k * sizes[g] > budget:
+            k -= 1  # cannot afford the whole jump: take what fits
+        if not k:
+            continue
+        widths[g] += k
+        used += k * sizes[g]
+        if step := best_step(g):
+            heapq.heappush(heap, (-step[0], g, step[1]))
+    return widths
+
+
+def _split_by_fisher(f: np.ndarray, n_groups: int) -> np.ndarray:
+    """(n,) uint8 group ids: equal-count Fisher quantiles, group 0 the highest Fisher."""
+    order = np.argsort(-f, kind="stable")
+    gid = np.empty(f.size, dtype=np.uint8)
+    gid[order] = (np.arange(f.size) * n_groups // max(f.size, 1)).astype(np.uint8)
+    return gid
+
+
+def quantize(
+    weights: dict[str, torch.Tensor],
+    masks: dict[str, torch.Tensor],
+    fisher: dict[str, torch.Tensor] | None,
+    *,
+    allocation: str = "waterfill",
+    bits: float = 5.0,
+    groups: int = 2,
+    group_bits: tuple[int, ...] = (6, 4, 2),
+) -> dict[str, QuantTensor]:
+    """Quantize the kept entries of every weight tensor; returns a QuantTensor per name."""
+    if allocation not in ALLOCATIONS:
+        raise ConfigError(f"unknown bit allocation {allocation!r}; choose one of: {', '.join(ALLOCATIONS)}")
+    if allocation != "uniform" and fisher is None:
+        raise ConfigError(f"bit allocation {allocation!r} needs a Fisher estimate; use uniform without one")
+    kept_w, kept_f = {}, {}
+    for name, w in weights.items():
+        mask = masks[name].flatten().numpy()
+        kept_w[name] = w.detach().flatten().double().numpy()[mask]
+        kept_f[name] = None if fisher is None else fisher[name].detach().flatten().double().numpy()[mask]
+        if not np.isfinite(kept_w[name]).all():
+            raise ConfigError(f"weight {name!r} has NaN or Inf values; fix the model before compressing")
+
+    gids = _assign_groups(kept_w, kept_f, allocation, bits, groups, group_bits)
+    slots = [(n, g) for n in weights for g in range(int(gids[n].max()) + 1 if gids[n].size else 0)]
+    if allocation == "uniform":
+        widths = [int(bits)] * len(slots)
+    elif allocation == "quantile":
+        widths = [group_bits[g] for _, g in slots]
+    else:
+        sel = {(n, g): gids[n] == g for n, g in slots}
+        tables = [group_error_table(kept_w[n][sel[n, g]], kept_f[n][sel[n, g]]) for n, g in slots]
+        widths = allocate_waterfill(tables, [int(sel[s].sum()) for s in slots], bits)
+    width_of = dict(zip(slots, widths))
+
+    out = {}
+    for name, w in weights.items():
+        gid, n_groups = _compact(gids[name], name, width_of)
+        codes = np.zeros(gid.size, dtype=np.uint16)
+        bits_l, exps, grids = [], [], []
+        for g, (_, b) in enumerate(n_groups):
+            sel = gid == g
+            f = None if kept_f[name] is None or allocation == "uniform" else kept_f[name][sel]
+            c, e, grid, _ = quantize_group(kept_w[name][sel], f, b)
+            codes[sel] = c
+            bits_l.append(b), exps.append(e), grids.append(grid)
+        mask = masks[name].flatten().numpy().astype(bool)
+        out[name] = QuantTensor(tuple(w.shape), mask, gid, codes, tuple(bits_l), tuple(exps), tuple(grids))
+    return out
+
+
+def _assign_groups(kept_w, kept_f, allocation, bits, groups, group_bits) -> dict[str, np.ndarray]:
+    if allocation == "uniform":
+        if bits != int(bits) or not 1 <= bits <= MAX_BITS:
+            raise ConfigError(f"uniform quantization needs a whole bit width in 1..{MAX_BITS}, got {bits}")
+        return {n: np.zeros(w.size, dtype=np.uint8) for n, w in kept_w.items()}
+    if allocation == "quantile":
+        if not 1 <= len(group_bits) <= MAX_GROUPS or any(not 1 <= b <= MAX_BITS for b in group_bits):
+            raise ConfigError(f"group_bits needs 1..{MAX_GROUPS} widths in 1..{MAX_BITS}, got {group_bits}")
+        names = list(kept_f)
+        allf = np.concatenate([kept_f[n] for n in names]) if names else np.zeros(0)
+        gid_all = _split_by_fisher(allf, len(group_bits))
+        out, start = {}, 0
+        for n in names:
+            out[n] = gid_all[start : start + kept_f[n].size]
+            start += kept_f[n].size
+        return out
+    if not 1 <= groups <= MAX_GROUPS:
+        raise ConfigError(f"groups must be in 1..{MAX_GROUPS}, got {groups}")
+    if not 1 <= bits <= MAX_BITS:
+        raise ConfigError(f"average bits must be in 1..{MAX_BITS}, got {bits}")
+    return {n: _split_by_fisher(f, min(groups, max(f.size, 1))) for n, f in kept_f.items()}
+
+
+def _compact(gid: np.ndarray, name: str, width_of: dict) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """Drop empty groups and merge groups of equal width (one step per width is enough)."""
+    present = sorted(set(np.unique(gid).tolist())) or [0]
+    by_width: dict[int, int] = {}
+    remap = np.zeros(max(present) + 1, dtype=np.uint8)
+    kept_groups: list[tuple[int, int]] = []
+    for g in present:
+        b = width_of.get((name, g), 1)
+        if b not in by_width:
+            by_width[b] = len(kept_groups)
+            kept_groups.append((g, b))
+        remap[g] = by_width[b]
+    return remap[gid] if gid.size else gid, kept_groups
