@@ -1,0 +1,279 @@
+"""The whole method end to end, resumable: train -> (prune -> fine-tune -> re-estimate)* -> quantize.
+
+``run`` is what ``fisherpack reproduce`` does after loading data:
+
+1. train the model with Adam for ``epochs`` epochs;
+2. for each rate of ``prune.schedule(compress.rate, rounds)``: estimate the Fisher (by default from
+   Adam's ``exp_avg_sq``, no extra pass), prune to that rate with ``compress.criterion`` (already
+   pruned weights stay pruned), fine-tune ``finetune_epochs`` with the masks applied;
+3. estimate the Fisher once more and ``compress`` (quantize the survivors) into a Compressed.
+
+After each epoch or round the state (model, optimizer, masks, figures) is saved to a checkpoint
+file, written atomically and read back with ``torch.load(weights_only=True)``; a run started again
+with the same config resumes from it and ends with the same bytes. Shuffling depends only on
+(seed, epoch index), so a resumed run sees the data in the same order.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from . import fisher as fisher_mod
+from . import models, prune
+from .compress import compress, compressible
+from .config import CompressConfig, PipelineConfig
+from .data import batches
+from .errors import FisherpackError
+from .fileio import atomic_write_bytes
+from .tensors import Compressed
+from .train import epoch_images, evaluate, train_epoch
+
+__all__ = [
+    "Progress",
+    "Outcome",
+    "run",
+    "estimate_fisher",
+    "default_config",
+    "load_training_checkpoint",
+    "compress_checkpoint",
+]
+
+
+class Progress(Protocol):
+    """What the pipeline reports to: total work in images, work done, and the current stage."""
+
+    def start(self, total: int, done: int) -> None: ...
+    def advance(self, n: int) -> None: ...
+    def stage(self, text: str) -> None: ...
+
+
+class _Silent:
+    def start(self, total: int, done: int) -> None: ...
+    def advance(self, n: int) -> None: ...
+    def stage(self, text: str) -> None: ...
+
+
+@dataclass
+class Outcome:
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    compressed: Compressed | None  # None when the run stopped after training
+    figures: dict[str, Any]
+
+
+def estimate_fisher(
+    cfg: PipelineConfig,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    salt: int,
+) -> dict[str, torch.Tensor]:
+    """The Fisher estimate ``cfg.fisher`` asks for; data estimators use a seeded subset of (x, y)."""
+    if cfg.fisher == "adam":
+        return fisher_mod.from_adam(optimizer, model)
+    subset = batches(x, y, cfg.fisher_samples, shuffle=True, seed=cfg.seed, epoch=10_000 + salt)
+    if cfg.fisher == "empirical":
+        return fisher_mod.empirical(model, subset, n_samples=cfg.fisher_samples)
+    return fisher_mod.sampled(model, subset, n_samples=cfg.fisher_samples, seed=cfg.seed + salt)
+
+
+def _work(cfg: PipelineConfig, n_train: int, rounds: int) -> tuple[int, Callable[[str, int], int]]:
+    """Total images to process, and the images done before a given (stage, index) point."""
+    per_round = epoch_images(n_train, cfg.batch_size, cfg.finetune_epochs)
+    total = cfg.epochs * n_train + rounds * per_round
+
+    def done(stage: str, index: int) -> int:
+        if stage == "train":
+            return index * n_train
+        return cfg.epochs * n_train + index * per_round
+
+    return total, done
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _load_checkpoint(path: Path, cfg: PipelineConfig) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, weights_only=True)
+    except Exception as exc:  # a damaged checkpoint is not worth a traceback
+        raise FisherpackError(
+            f"checkpoint {path} is unreadable ({exc.__class__.__name__}); delete it to start over"
+        ) from None
+    if state.get("config") != json.dumps(cfg.to_dict(), sort_keys=True):
+        raise FisherpackError(
+            f"checkpoint {path} belongs to a run with other settings; delete it, or rerun with the same settings"
+        )
+    return state
+
+
+def run(
+    cfg: PipelineConfig,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    x_test: torch.Tensor,
+    y_test: torch.Tensor,
+    *,
+    checkpoint: str | os.PathLike | None = None,
+    progress: Progress | None = None,
+    until: str = "quantize",
+) -> Outcome:
+    """Train, prune and quantize as ``cfg`` says; returns the model, the Compressed and figures.
+
+    ``until="train"`` stops after training (``fisherpack train``), with ``compressed`` None.
+    """
+    progress = progress or _Silent()
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    config_json = json.dumps(cfg.to_dict(), sort_keys=True)
+    torch.manual_seed(cfg.seed)
+    model = models.build(cfg.model)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    names = compressible(model, cfg.compress.include, cfg.compress.exclude)
+    masks: dict[str, torch.Tensor] | None = None
+    stage, index, figures = "train", 0, {}
+    state = _load_checkpoint(ckpt, cfg) if ckpt is not None else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        masks = state["masks"] or None
+        stage, index, figures = state["stage"], state["index"], json.loads(state["figures"])
+
+    def save(next_stage: str, next_index: int) -> None:
+        if ckpt is not None:
+            _save_checkpoint(
+                ckpt,
+                {
+                    "config": config_json,
+                    "stage": next_stage,
+                    "index": next_index,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "masks": masks or {},
+                    "figures": json.dumps(figures),
+                },
+            )
+
+    rates = prune.schedule(cfg.compress.rate, cfg.rounds) if cfg.compress.rate > 0 else []
+    total, done = _work(cfg, len(x_train), 0 if until == "train" else len(rates))
+    progress.start(total, done(stage, index))
+    on_batch = lambda n, loss: progress.advance(n)  # noqa: E731
+    if stage == "train":
+        for epoch in range(index, cfg.epochs):
+            progress.stage(f"train epoch {epoch + 1}/{cfg.epochs}")
+            train_epoch(
+                model,
+                optimizer,
+                x_train,
+                y_train,
+                batch_size=cfg.batch_size,
+                seed=cfg.seed,
+                epoch=epoch,
+                on_batch=on_batch,
+            )
+            save("train", epoch + 1)
+        figures["test_error_before"] = evaluate(model, x_test, y_test)[0]
+        if until == "train":
+            return Outcome(model, optimizer, None, figures)
+        stage, index = "prune", 0
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.finetune_lr
+        save(stage, index)
+
+    params = dict(model.named_parameters())
+    for r in range(index, len(rates)):
+        progress.stage(f"prune {rates[r]:.1%} ({r + 1}/{len(rates)})")
+        fisher = estimate_fisher(cfg, model, optimizer, x_train, y_train, salt=r)
+        weights = {n: params[n].detach() for n in names}
+        masks = prune.select(
+            cfg.compress.criterion,
+            weights,
+            fisher,
+            rates[r],
+            scope=cfg.compress.scope,
+            current=masks,
+            magnitude_share=cfg.compress.magnitude_share,
+            seed=cfg.compress.seed + r,
+        )
+        prune.apply_masks(model, masks)
+        train_epoch(
+            model,
+            optimizer,
+            x_train,
+            y_train,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+            epoch=cfg.epochs + r,
+            masks=masks,
+            fraction=cfg.finetune_epochs,
+            on_batch=on_batch,
+        )
+        save("prune", r + 1)
+
+    progress.stage("quantize")
+    fisher = estimate_fisher(cfg, model, optimizer, x_train, y_train, salt=len(rates))
+    figures["test_error_pruned"] = evaluate(model, x_test, y_test)[0]
+    meta = {"pipeline": cfg.to_dict(), "model": cfg.model, "seed": cfg.seed}
+    # pruning is done: without masks, compress keeps every weight (a zero weight counts as pruned)
+    compressed = compress(model, fisher, cfg.compress.replace(rate=0.0), masks=masks, meta=meta)
+    compressed.meta["config"] = cfg.compress.to_dict()
+    return Outcome(model, optimizer, compressed, figures)
+
+
+_DEFAULTS = {
+    "lenet5": PipelineConfig(model="lenet5", compress=CompressConfig(rate=0.98, criterion="obd", bits=5.0)),
+    "lenet300": PipelineConfig(model="lenet300", compress=CompressConfig(rate=0.95, criterion="obd", bits=5.0)),
+}
+
+
+def default_config(model: str) -> PipelineConfig:
+    """The settings ``reproduce`` uses for a registry model (chosen on a validation split)."""
+    models.build(model)  # ConfigError for an unknown name
+    return _DEFAULTS.get(model, PipelineConfig(model=model))
+
+
+def load_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint written by ``fisherpack train`` (``torch.load(weights_only=True)``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FisherpackError(f"checkpoint {path} does not exist; write one with `fisherpack train --out {path}`")
+    try:
+        ckpt = torch.load(path, weights_only=True)
+    except Exception:
+        raise FisherpackError(
+            f"{path} is not a readable PyTorch checkpoint; write one with `fisherpack train`"
+        ) from None
+    if not isinstance(ckpt, dict) or ckpt.get("fisherpack_checkpoint") != 1 or ckpt.get("model") not in models.MODELS:
+        raise FisherpackError(f"{path} is not a checkpoint written by `fisherpack train`")
+    return ckpt
+
+
+def compress_checkpoint(
+    ckpt: dict[str, Any], cfg: PipelineConfig, x_train: torch.Tensor | None, y_train: torch.Tensor | None
+) -> Compressed:
+    """One-shot prune + quantize of a training checkpoint, with the Fisher ``cfg.fisher`` names."""
+    model = models.build(ckpt["model"])
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        optimizer.load_state_dict(ckpt["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise FisherpackError(
+            f"the checkpoint does not match model {ckpt['model']!r}: {str(exc).splitlines()[0]}"
+        ) from None
+    fisher = estimate_fisher(cfg, model, optimizer, x_train, y_train, salt=0)
+    meta = {"pipeline": cfg.to_dict(), "model": cfg.model, "seed": cfg.seed}
+    return compress(model, fisher, cfg.compress, meta=meta)

@@ -1,0 +1,92 @@
+"""Training, masked fine-tuning and evaluation of classifiers on in-memory tensors.
+
+Conventions: the loss is the mean cross-entropy over a mini-batch; Adam/AdamW as in PyTorch. With
+``masks``, the gradients of pruned entries are zeroed before each step (so Adam's moments of pruned
+weights decay instead of tracking them) and the masks are re-applied after each step (Adam's
+momentum would otherwise move a pruned weight off zero): pruned weights stay exactly zero.
+The library never prints: progress goes to ``on_batch(n_images, loss)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from .data import batches
+from .prune import apply_masks
+
+__all__ = ["train_epoch", "batch_limit", "epoch_images", "evaluate", "predict_error"]
+
+OnBatch = Callable[[int, float], None]
+
+
+def batch_limit(n: int, batch_size: int, fraction: float) -> int:
+    """Mini-batches in the first ``fraction`` of an epoch over ``n`` samples (at least one if > 0)."""
+    return max(1, math.ceil(fraction * math.ceil(n / batch_size))) if fraction > 0 else 0
+
+
+def epoch_images(n: int, batch_size: int, fraction: float = 1.0) -> int:
+    """Images that :func:`train_epoch` processes for that fraction (for progress totals)."""
+    return min(n, batch_limit(n, batch_size, fraction) * batch_size)
+
+
+def train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    masks: dict[str, torch.Tensor] | None = None,
+    fraction: float = 1.0,
+    on_batch: OnBatch | None = None,
+) -> float:
+    """One pass (or the first ``fraction`` of one) over shuffled data; returns the mean loss."""
+    model.train()
+    params = dict(model.named_parameters())
+    limit = batch_limit(len(x), batch_size, fraction)
+    total, count = 0.0, 0
+    for i, (xb, yb) in enumerate(batches(x, y, batch_size, shuffle=True, seed=seed, epoch=epoch)):
+        if i >= limit:
+            break
+        optimizer.zero_grad(set_to_none=True)
+        loss = nn.functional.cross_entropy(model(xb), yb)
+        loss.backward()
+        if masks is not None:
+            for name, mask in masks.items():
+                if params[name].grad is not None:
+                    params[name].grad.mul_(mask)
+        optimizer.step()
+        if masks is not None:
+            apply_masks(model, masks)
+        total += float(loss.detach()) * len(xb)
+        count += len(xb)
+        if on_batch is not None:
+            on_batch(len(xb), float(loss.detach()))
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> tuple[float, float]:
+    """(error rate, mean cross-entropy) of ``model`` on ``x``, ``y`` in eval mode."""
+    was_training = model.training
+    model.eval()
+    wrong, loss = 0, 0.0
+    for start in range(0, len(x), batch_size):
+        out = model(x[start : start + batch_size])
+        target = y[start : start + batch_size]
+        wrong += int((out.argmax(1) != target).sum())
+        loss += float(nn.functional.cross_entropy(out, target, reduction="sum"))
+    model.train(was_training)
+    n = max(len(x), 1)
+    return wrong / n, loss / n
+
+
+def predict_error(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Test error rate only."""
+    return evaluate(model, x, y)[0]

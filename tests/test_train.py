@@ -1,0 +1,54 @@
+import torch
+
+from fisherpack import data, models
+from fisherpack.train import epoch_images, evaluate, train_epoch
+
+
+def _synthetic():
+    ds = data.synthetic(600, 200, seed=0)
+    return (
+        data.to_tensor(ds.train_images),
+        torch.as_tensor(ds.train_labels).long(),
+        data.to_tensor(ds.test_images),
+        torch.as_tensor(ds.test_labels).long(),
+    )
+
+
+def test_training_learns_the_synthetic_set():
+    x, y, xt, yt = _synthetic()
+    torch.manual_seed(0)
+    model = models.build("lenet300")
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    before = evaluate(model, xt, yt)[0]
+    for epoch in range(3):
+        train_epoch(model, opt, x, y, batch_size=32, seed=0, epoch=epoch)
+    after = evaluate(model, xt, yt)[0]
+    assert before > 0.5 and after < 0.2
+
+
+def test_masks_stay_applied_through_fine_tuning():
+    x, y, _, _ = _synthetic()
+    model = models.build("lenet300")
+    mask = torch.rand(300, 784) > 0.9
+    with torch.no_grad():
+        model.fc1.weight.mul_(mask)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    seen = []
+    train_epoch(model, opt, x, y, batch_size=50, seed=0, epoch=0, masks={"fc1.weight": mask}, on_batch=lambda n, _: seen.append(n))
+    assert torch.all(model.fc1.weight[~mask] == 0)
+    assert torch.all(opt.state[model.fc1.weight]["exp_avg_sq"][~mask] == 0)
+    assert sum(seen) == 600 == epoch_images(600, 50)
+
+
+def test_training_is_deterministic_and_fraction_limits_batches():
+    x, y, _, _ = _synthetic()
+    states = []
+    for _ in range(2):
+        torch.manual_seed(3)
+        model = models.build("lenet300")
+        opt = torch.optim.Adam(model.parameters())
+        seen = []
+        train_epoch(model, opt, x, y, batch_size=64, seed=1, epoch=2, fraction=0.3, on_batch=lambda n, _: seen.append(n))
+        states.append(model.fc1.weight.detach().clone())
+        assert len(seen) == 3 and sum(seen) == epoch_images(600, 64, 0.3) == 192
+    assert torch.equal(states[0], states[1])
