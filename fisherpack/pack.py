@@ -1,0 +1,255 @@
+"""Bit packing: fixed- and variable-width unsigned integers, sparse index coding, LEB128 varints.
+
+Conventions (docs/FORMAT.md, "Bit strings"):
+
+- A bit string is read most significant bit first: bit ``i`` of the string is bit ``7 - i % 8``
+  (counting from the least significant) of byte ``i // 8``.
+- A value of width ``w`` takes ``w`` consecutive bits, its most significant bit first. Values follow
+  each other with no padding; only the last byte is padded, with zero bits, and readers check that
+  the padding is zero (:func:`check_bit_stream`) so every value has exactly one encoding.
+- A width-0 value takes no bits and is 0.
+- Sparse indices (the kept entries of a mask) are coded as *gaps*: ``gap_0`` = index of the first
+  kept entry, ``gap_i = p_i - p_(i-1) - 1``. Exp-Golomb split of a gap ``g``: bucket
+  ``k = g.bit_length()`` and, for ``k >= 2``, the ``k - 1`` low bits ``g - 2**(k-1)`` as extra bits
+  (``k = 0`` means ``g = 0``, ``k = 1`` means ``g = 1``).
+
+Everything is vectorised with numpy and works in chunks, so packing tens of millions of values needs
+a few megabytes of scratch memory beyond the input and output.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import FormatError
+
+__all__ = [
+    "pack_bits",
+    "unpack_bits",
+    "pack_varbits",
+    "unpack_varbits",
+    "packed_size",
+    "check_bit_stream",
+    "bit_lengths",
+    "mask_to_gaps",
+    "gaps_to_mask",
+    "exp_golomb_split",
+    "exp_golomb_join",
+    "write_varint",
+    "read_varint",
+]
+
+# Values per chunk. A multiple of 8, so a chunk of fixed-width values always fills whole bytes and
+# the chunks' bytes can simply be concatenated. Scratch per chunk: 64 bytes per value at most.
+_CHUNK = 1 << 16
+
+_VARINT_MAX_BYTES = 10  # ceil(64 / 7): enough for any unsigned 64-bit value
+
+
+def packed_size(count: int, width: int) -> int:
+    """Bytes taken by ``count`` values of ``width`` bits each: ``ceil(count * width / 8)``."""
+    return (count * width + 7) // 8
+
+
+def _as_unsigned(values: np.ndarray, widths: int | np.ndarray, what: str) -> np.ndarray:
+    """Check that ``values`` are integers in ``[0, 2**widths)`` and return them flat as uint64."""
+    v = np.asarray(values).reshape(-1)
+    if v.dtype.kind not in "uib":
+        raise ValueError(f"{what}: values must be integers, got {v.dtype}")
+    if v.size and v.dtype.kind == "i" and int(v.min()) < 0:
+        raise ValueError(f"{what}: values must be non-negative")
+    v = v.astype(np.uint64)
+    # Shifting by the width leaves 0 exactly when the value fits (widths are at most 64; numpy's
+    # shift by 64 is undefined, so split it as two shifts).
+    w = np.asarray(widths, dtype=np.uint64)
+    half = w // np.uint64(2)
+    if v.size and np.any((v >> half) >> (w - half)):
+        raise ValueError(f"{what}: a value does not fit its bit width")
+    return v
+
+
+def pack_bits(values: np.ndarray, width: int) -> bytes:
+    """Pack unsigned integers ``< 2**width`` (width 1..32) MSB-first into ``packed_size(n, width)`` bytes."""
+    if not 1 <= width <= 32:
+        raise ValueError(f"pack_bits: width must be 1..32, got {width}")
+    v = np.asarray(values).reshape(-1)
+    # Scalar width: checking min and max avoids a full-size converted copy of a huge input.
+    if v.dtype.kind not in "uib" or (v.size and (int(v.min()) < 0 or int(v.max()) >> width)):
+        raise ValueError(f"pack_bits: values must be integers in [0, 2**{width})")
+    parts = []
+    for start in range(0, v.size, _CHUNK):
+        chunk = v[start : start + _CHUNK].astype(">u4")  # big-endian, so bytes are in MSB-first order
+        bits = np.unpackbits(chunk.view(np.uint8).reshape(-1, 4), axis=1)  # (n, 32) 0/1
+        parts.append(np.packbits(bits[:, 32 - width :]).tobytes())  # keep the low `width` bits
+    return b"".join(parts)
+
+
+def _byte_view(data: bytes | memoryview) -> np.ndarray:
+    return np.frombuffer(data, dtype=np.uint8)
+
+
+def unpack_bits(data: bytes | memoryview, width: int, count: int, offset_bits: int = 0) -> np.ndarray:
+    """Read ``count`` values of ``width`` bits (1..32) starting at bit ``offset_bits``; (count,) uint32.
+
+    Raises FormatError if ``data`` holds fewer than ``offset_bits + count * width`` bits.
+    """
+    if not 1 <= width <= 32:
+        raise ValueError(f"unpack_bits: width must be 1..32, got {width}")
+    if count < 0 or offset_bits < 0:
+        raise ValueError("unpack_bits: count and offset_bits must be non-negative")
+    buf = _byte_view(data)
+    need = offset_bits + count * width
+    if need > 8 * buf.size:
+        raise FormatError(f"bit stream too short: need {need} bits, have {8 * buf.size}")
+    out = np.empty(count, dtype=np.uint32)
+    for start in range(0, count, _CHUNK):
+        n = min(_CHUNK, count - start)
+        first = offset_bits + start * width
+        raw = np.unpackbits(buf[first // 8 : (first + n * width + 7) // 8])
+        bits = raw[first % 8 : first % 8 + n * width].reshape(n, width)
+        full = np.zeros((n, 32), dtype=np.uint8)  # left-pad each value to 32 bits, then repack
+        full[:, 32 - width :] = bits
+        out[start : start + n] = np.packbits(full, axis=1).view(">u4").reshape(n)
+    return out
+
+
+def _width_mask(widths: np.ndarray) -> np.ndarray:
+    """(n, 64) bool: True at the low ``widths[i]`` bit positions of a big-endian 64-bit row."""
+    return np.arange(64)[None, :] >= (64 - widths)[:, None]
+
+
+def _check_widths(widths: np.ndarray, what: str) -> np.ndarray:
+    w = np.asarray(widths).reshape(-1)
+    if w.dtype.kind not in "ui":
+        raise ValueError(f"{what}: widths must be integers")
+    w = w.astype(np.int64)
+    if w.size and (int(w.min()) < 0 or int(w.max()) > 64):
+        raise ValueError(f"{what}: widths must be 0..64")
+    return w
+
+
+def pack_varbits(values: np.ndarray, widths: np.ndarray) -> bytes:
+    """Pack ``values[i]`` in ``widths[i]`` bits (0..64) each, MSB-first, no gaps; last byte zero-padded."""
+    w = _check_widths(widths, "pack_varbits")
+    v = _as_unsigned(values, w, "pack_varbits")
+    if v.shape != w.shape:
+        raise ValueError("pack_varbits: values and widths must have the same length")
+    parts, carry = [], np.zeros(0, dtype=np.uint8)
+    for start in range(0, v.size, _CHUNK):
+        vc, wc = v[start : start + _CHUNK], w[start : start + _CHUNK]
+        rows = np.unpackbits(vc.astype(">u8").view(np.uint8).reshape(-1, 8), axis=1)  # (n, 64)
+        # Row-major boolean indexing keeps value order and MSB-first order within each value.
+        bits = np.concatenate([carry, rows[_width_mask(wc)]])
+        whole = bits.size - bits.size % 8  # variable widths: carry the bits of an unfinished byte
+        parts.append(np.packbits(bits[:whole]).tobytes())
+        carry = bits[whole:]
+    parts.append(np.packbits(carry).tobytes())
+    return b"".join(parts)
+
+
+def unpack_varbits(data: bytes | memoryview, widths: np.ndarray, offset_bits: int = 0) -> np.ndarray:
+    """Inverse of :func:`pack_varbits`: (n,) uint64. Raises FormatError if ``data`` is too short."""
+    w = _check_widths(widths, "unpack_varbits")
+    buf = _byte_view(data)
+    need = offset_bits + int(w.sum())
+    if need > 8 * buf.size:
+        raise FormatError(f"bit stream too short: need {need} bits, have {8 * buf.size}")
+    out = np.empty(w.size, dtype=np.uint64)
+    pos = offset_bits
+    for start in range(0, w.size, _CHUNK):
+        wc = w[start : start + _CHUNK]
+        nbits = int(wc.sum())
+        bits = np.unpackbits(buf[pos // 8 : (pos + nbits + 7) // 8])[pos % 8 : pos % 8 + nbits]
+        rows = np.zeros((wc.size, 64), dtype=np.uint8)
+        rows[_width_mask(wc)] = bits
+        out[start : start + wc.size] = np.packbits(rows, axis=1).view(">u8").reshape(wc.size)
+        pos += nbits
+    return out
+
+
+def check_bit_stream(data: bytes | memoryview, nbits: int, what: str) -> None:
+    """Require ``data`` to be exactly ``ceil(nbits / 8)`` bytes with zero padding bits, else FormatError."""
+    expected = (nbits + 7) // 8
+    if len(data) != expected:
+        raise FormatError(f"{what}: stream is {len(data)} bytes, its encoding needs exactly {expected}")
+    if nbits % 8 and data[-1] & ((1 << (8 - nbits % 8)) - 1):
+        raise FormatError(f"{what}: nonzero padding bits at the end of a bit stream")
+
+
+def bit_lengths(values: np.ndarray) -> np.ndarray:
+    """Vectorised ``int.bit_length`` of unsigned integers: (n,) int64, 0 for 0."""
+    v = _as_unsigned(values, 64, "bit_lengths").copy()
+    out = np.zeros(v.size, dtype=np.int64)
+    for shift in (32, 16, 8, 4, 2, 1):  # binary search on the position of the top set bit
+        big = v >= np.uint64(1 << shift)
+        out[big] += shift
+        v[big] >>= np.uint64(shift)
+    return out + (v > 0)
+
+
+def mask_to_gaps(mask: np.ndarray) -> np.ndarray:
+    """(kept,) int64 gaps of a flat bool mask: non-kept entries before each kept one."""
+    return np.diff(np.flatnonzero(mask), prepend=-1) - 1
+
+
+def gaps_to_mask(gaps: np.ndarray, numel: int, what: str) -> np.ndarray:
+    """(numel,) bool mask from gaps; FormatError if a gap is negative or they run past ``numel``."""
+    g = np.asarray(gaps, dtype=np.int64)
+    # The float sum rules out int64 overflow in the exact sum and in the cumsum.
+    if g.size and (int(g.min()) < 0 or g.sum(dtype=np.float64) > 2.0**62 or int(g.sum()) + g.size > numel):
+        raise FormatError(f"{what}: mask gaps run past the end of the tensor")
+    mask = np.zeros(numel, dtype=bool)
+    mask[np.cumsum(g + 1) - 1] = True
+    return mask
+
+
+def exp_golomb_split(values: np.ndarray) -> tuple[np.ndarray, bytes]:
+    """(buckets ``k = bit_length``, extra bits packed MSB-first: ``k - 1`` low bits of each value with k >= 2)."""
+    v = _as_unsigned(values, 64, "exp_golomb_split")
+    k = bit_lengths(v)
+    low = np.maximum(k - 1, 0).astype(np.uint64)
+    return k, pack_varbits(v & ((np.uint64(1) << low) - np.uint64(1)), low)
+
+
+def exp_golomb_join(buckets: np.ndarray, extra: bytes | memoryview, what: str) -> np.ndarray:
+    """Inverse of :func:`exp_golomb_split` for buckets 0..63: (n,) int64; ``extra`` must fit exactly."""
+    k = np.asarray(buckets, dtype=np.int64)
+    if k.size and (int(k.min()) < 0 or int(k.max()) > 63):
+        raise FormatError(f"{what}: Exp-Golomb bucket out of range 0..63")
+    low = np.maximum(k - 1, 0)
+    check_bit_stream(extra, int(low.sum()), what)
+    rest = unpack_varbits(extra, low).astype(np.int64)
+    return np.where(k > 0, (np.int64(1) << low) + rest, 0)  # k = 1: no extra bits, value 1
+
+
+def write_varint(value: int) -> bytes:
+    """LEB128 unsigned varint: 7 bits per byte, least significant group first, high bit = more follow."""
+    if not 0 <= value < 1 << 64:
+        raise ValueError(f"varint value must be in [0, 2**64), got {value}")
+    out = bytearray()
+    while value >= 0x80:
+        out.append(0x80 | (value & 0x7F))
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def read_varint(data: bytes | memoryview, pos: int) -> tuple[int, int]:
+    """Read a varint at ``data[pos]``; return ``(value, position after it)``.
+
+    FormatError if it runs past the end of ``data``, is longer than 10 bytes, exceeds 2**64 - 1 or
+    is not minimal (a final 0x00 byte after others): one value, one encoding.
+    """
+    value = 0
+    for i in range(_VARINT_MAX_BYTES):
+        if pos + i >= len(data):
+            raise FormatError("varint runs past the end of its stream")
+        byte = data[pos + i]
+        value |= (byte & 0x7F) << (7 * i)
+        if not byte & 0x80:
+            if byte == 0 and i > 0:
+                raise FormatError("varint is not minimally encoded")
+            if value >= 1 << 64:
+                raise FormatError("varint exceeds 64 bits")
+            return value, pos + i + 1
+    raise FormatError(f"varint longer than {_VARINT_MAX_BYTES} bytes")
