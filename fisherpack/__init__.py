@@ -1,3 +1,59 @@
-"""fisherpack: prune and quantize trained networks by Fisher information into small files."""
+"""fisherpack: prune and quantize trained networks by Fisher information into small files.
+
+The API in four calls::
+
+    fisher = fisherpack.fisher.from_adam(optimizer, model)           # importance, no extra pass
+    packed = fisherpack.compress(model, fisher, fisherpack.CompressConfig(rate=0.95, bits=5))
+    fisherpack.save(packed, "model.fpk")                             # bit-packed, pickle-free
+    fisherpack.load_into(model, "model.fpk")                         # decoded weights, bit-exact
+"""
+
+from __future__ import annotations
 
 __version__ = "0.1.0"
+
+import os
+
+from torch import nn
+
+from . import data, fisher, models, prune, quant
+from .compress import compress, decompress
+from .compress import load_into as _load_into
+from .config import CompressConfig, PipelineConfig
+from .errors import ConfigError, DataError, FisherpackError, FormatError
+from .format import load as read
+from .format import save
+from .tensors import Compressed
+
+__all__ = [
+    "__version__",
+    "compress",
+    "decompress",
+    "save",
+    "read",
+    "load",
+    "load_into",
+    "Compressed",
+    "CompressConfig",
+    "PipelineConfig",
+    "FisherpackError",
+    "FormatError",
+    "DataError",
+    "ConfigError",
+    "data",
+    "fisher",
+    "models",
+    "prune",
+    "quant",
+]
+
+
+def load(path: str | os.PathLike) -> dict:
+    """The decoded state dict of a .fpk file (quantized weights bit-exact, the rest as stored)."""
+    return read(path).state_dict()
+
+
+def load_into(model: nn.Module, source: Compressed | str | os.PathLike) -> nn.Module:
+    """Load a .fpk file (or a Compressed) into ``model`` in place; ConfigError names the first
+    tensor that does not match."""
+    return _load_into(model, source if isinstance(source, Compressed) else read(source))

@@ -114,9 +114,10 @@ class CompressConfig(_Versioned):
 
 @dataclass(frozen=True)
 class PipelineConfig(_Versioned):
-    """How ``reproduce`` trains and fine-tunes: Adam, then ``rounds`` of prune -> fine-tune ->
-    re-estimate Fisher following prune.schedule, then quantize (and optionally fine-tune the
-    quantized weights with a straight-through estimator)."""
+    """How ``reproduce`` trains and fine-tunes: ``epochs`` of Adam at ``lr`` (cosine-decayed per
+    epoch with ``lr_schedule="cosine"``), then ``rounds`` of estimate Fisher -> prune ->
+    fine-tune ``finetune_epochs`` at ``finetune_lr`` following prune.schedule, then
+    ``final_epochs`` of masked fine-tuning (cosine from ``finetune_lr``), then quantization."""
 
     model: str = "lenet5"
     seed: int = 0
@@ -126,6 +127,8 @@ class PipelineConfig(_Versioned):
     rounds: int = 6
     finetune_epochs: float = 1.0
     finetune_lr: float = 1e-3
+    final_epochs: int = 0
+    lr_schedule: str = "cosine"
     fisher: str = "adam"
     fisher_samples: int = 1000
     compress: CompressConfig = field(default_factory=CompressConfig)
@@ -139,6 +142,10 @@ class PipelineConfig(_Versioned):
         _check(self.lr > 0 and self.finetune_lr > 0, "learning rates must be > 0")
         _check(isinstance(self.rounds, int) and self.rounds >= 1, f"rounds must be >= 1, got {self.rounds}")
         _check(self.finetune_epochs >= 0, f"finetune_epochs must be >= 0, got {self.finetune_epochs}")
+        _check(
+            isinstance(self.final_epochs, int) and self.final_epochs >= 0, "final_epochs must be a whole number >= 0"
+        )
+        _choice(self.lr_schedule, ("cosine", "constant"), "learning-rate schedule")
         _choice(self.fisher, FISHER_SOURCES, "Fisher estimator")
         _check(self.fisher_samples >= 1, f"fisher_samples must be >= 1, got {self.fisher_samples}")
         if isinstance(self.compress, dict):

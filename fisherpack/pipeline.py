@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -86,17 +86,39 @@ def estimate_fisher(
     return fisher_mod.sampled(model, subset, n_samples=cfg.fisher_samples, seed=cfg.seed + salt)
 
 
-def _work(cfg: PipelineConfig, n_train: int, rounds: int) -> tuple[int, Callable[[str, int], int]]:
-    """Total images to process, and the images done before a given (stage, index) point."""
-    per_round = epoch_images(n_train, cfg.batch_size, cfg.finetune_epochs)
-    total = cfg.epochs * n_train + rounds * per_round
+@dataclass(frozen=True)
+class _Step:
+    """One unit of work between checkpoints: an epoch of training, a pruning round, or an epoch of
+    masked fine-tuning after the last round."""
 
-    def done(stage: str, index: int) -> int:
-        if stage == "train":
-            return index * n_train
-        return cfg.epochs * n_train + index * per_round
+    kind: str  # "train" | "prune" | "final"
+    epoch: int  # index into the shuffling sequence: every step sees its own order
+    lr: float
+    fraction: float = 1.0
+    rate: float = 0.0
+    label: str = ""
 
-    return total, done
+
+def _cosine(lr: float, i: int, n: int) -> float:
+    return lr * 0.5 * (1.0 + math.cos(math.pi * i / n))
+
+
+def plan(cfg: PipelineConfig, *, until: str = "quantize") -> list[_Step]:
+    """The steps ``run`` takes, in order; a checkpoint records how many are done."""
+    steps = []
+    for e in range(cfg.epochs):
+        lr = _cosine(cfg.lr, e, cfg.epochs) if cfg.lr_schedule == "cosine" else cfg.lr
+        steps.append(_Step("train", e, lr, label=f"train epoch {e + 1}/{cfg.epochs}"))
+    if until == "train":
+        return steps
+    rates = prune.schedule(cfg.compress.rate, cfg.rounds) if cfg.compress.rate > 0 else []
+    for r, rate in enumerate(rates):
+        label = f"prune to {rate:.1%} ({r + 1}/{len(rates)})"
+        steps.append(_Step("prune", len(steps), cfg.finetune_lr, cfg.finetune_epochs, rate, label))
+    for f in range(cfg.final_epochs):
+        lr = _cosine(cfg.finetune_lr, f, cfg.final_epochs) if cfg.lr_schedule == "cosine" else cfg.finetune_lr
+        steps.append(_Step("final", len(steps), lr, label=f"fine-tune {f + 1}/{cfg.final_epochs}"))
+    return steps
 
 
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -144,21 +166,20 @@ def run(
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     names = compressible(model, cfg.compress.include, cfg.compress.exclude)
     masks: dict[str, torch.Tensor] | None = None
-    stage, index, figures = "train", 0, {}
+    index, figures = 0, {}
     state = _load_checkpoint(ckpt, cfg) if ckpt is not None else None
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         masks = state["masks"] or None
-        stage, index, figures = state["stage"], state["index"], json.loads(state["figures"])
+        index, figures = state["index"], json.loads(state["figures"])
 
-    def save(next_stage: str, next_index: int) -> None:
+    def save(next_index: int) -> None:
         if ckpt is not None:
             _save_checkpoint(
                 ckpt,
                 {
                     "config": config_json,
-                    "stage": next_stage,
                     "index": next_index,
                     "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
@@ -167,48 +188,29 @@ def run(
                 },
             )
 
-    rates = prune.schedule(cfg.compress.rate, cfg.rounds) if cfg.compress.rate > 0 else []
-    total, done = _work(cfg, len(x_train), 0 if until == "train" else len(rates))
-    progress.start(total, done(stage, index))
-    on_batch = lambda n, loss: progress.advance(n)  # noqa: E731
-    if stage == "train":
-        for epoch in range(index, cfg.epochs):
-            progress.stage(f"train epoch {epoch + 1}/{cfg.epochs}")
-            train_epoch(
-                model,
-                optimizer,
-                x_train,
-                y_train,
-                batch_size=cfg.batch_size,
-                seed=cfg.seed,
-                epoch=epoch,
-                on_batch=on_batch,
-            )
-            save("train", epoch + 1)
-        figures["test_error_before"] = evaluate(model, x_test, y_test)[0]
-        if until == "train":
-            return Outcome(model, optimizer, None, figures)
-        stage, index = "prune", 0
-        for group in optimizer.param_groups:
-            group["lr"] = cfg.finetune_lr
-        save(stage, index)
-
+    steps = plan(cfg, until=until)
+    n_train = len(x_train)
+    sizes = [epoch_images(n_train, cfg.batch_size, step.fraction) for step in steps]
+    progress.start(sum(sizes), sum(sizes[:index]))
     params = dict(model.named_parameters())
-    for r in range(index, len(rates)):
-        progress.stage(f"prune {rates[r]:.1%} ({r + 1}/{len(rates)})")
-        fisher = estimate_fisher(cfg, model, optimizer, x_train, y_train, salt=r)
-        weights = {n: params[n].detach() for n in names}
-        masks = prune.select(
-            cfg.compress.criterion,
-            weights,
-            fisher,
-            rates[r],
-            scope=cfg.compress.scope,
-            current=masks,
-            magnitude_share=cfg.compress.magnitude_share,
-            seed=cfg.compress.seed + r,
-        )
-        prune.apply_masks(model, masks)
+    for i in range(index, len(steps)):
+        step = steps[i]
+        progress.stage(step.label)
+        if step.kind == "prune":
+            fisher = estimate_fisher(cfg, model, optimizer, x_train, y_train, salt=i)
+            masks = prune.select(
+                cfg.compress.criterion,
+                {n: params[n].detach() for n in names},
+                fisher,
+                step.rate,
+                scope=cfg.compress.scope,
+                current=masks,
+                magnitude_share=cfg.compress.magnitude_share,
+                seed=cfg.compress.seed + i,
+            )
+            prune.apply_masks(model, masks)
+        for group in optimizer.param_groups:
+            group["lr"] = step.lr
         train_epoch(
             model,
             optimizer,
@@ -216,15 +218,21 @@ def run(
             y_train,
             batch_size=cfg.batch_size,
             seed=cfg.seed,
-            epoch=cfg.epochs + r,
+            epoch=step.epoch,
             masks=masks,
-            fraction=cfg.finetune_epochs,
-            on_batch=on_batch,
+            fraction=step.fraction,
+            on_batch=lambda n, loss: progress.advance(n),
         )
-        save("prune", r + 1)
+        if i + 1 == cfg.epochs:
+            figures["test_error_before"] = evaluate(model, x_test, y_test)[0]
+        save(i + 1)
+    if "test_error_before" not in figures:  # no training epochs: the model as initialised
+        figures["test_error_before"] = evaluate(model, x_test, y_test)[0]
+    if until == "train":
+        return Outcome(model, optimizer, None, figures)
 
     progress.stage("quantize")
-    fisher = estimate_fisher(cfg, model, optimizer, x_train, y_train, salt=len(rates))
+    fisher = estimate_fisher(cfg, model, optimizer, x_train, y_train, salt=len(steps))
     figures["test_error_pruned"] = evaluate(model, x_test, y_test)[0]
     meta = {"pipeline": cfg.to_dict(), "model": cfg.model, "seed": cfg.seed}
     # pruning is done: without masks, compress keeps every weight (a zero weight counts as pruned)

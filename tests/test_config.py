@@ -5,7 +5,9 @@ from fisherpack.errors import ConfigError
 
 
 def test_configs_round_trip_through_dicts():
-    cfg = PipelineConfig(model="lenet300", rounds=3, compress=CompressConfig(rate=0.9, group_bits=(8, 4), include=("fc*",)))
+    cfg = PipelineConfig(
+        model="lenet300", rounds=3, compress=CompressConfig(rate=0.9, group_bits=(8, 4), include=("fc*",))
+    )
     again = PipelineConfig.from_dict(cfg.to_dict())
     assert again == cfg and again.compress.group_bits == (8, 4) and again.compress.include == ("fc*",)
 

@@ -34,7 +34,17 @@ def test_masks_stay_applied_through_fine_tuning():
         model.fc1.weight.mul_(mask)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     seen = []
-    train_epoch(model, opt, x, y, batch_size=50, seed=0, epoch=0, masks={"fc1.weight": mask}, on_batch=lambda n, _: seen.append(n))
+    train_epoch(
+        model,
+        opt,
+        x,
+        y,
+        batch_size=50,
+        seed=0,
+        epoch=0,
+        masks={"fc1.weight": mask},
+        on_batch=lambda n, _: seen.append(n),
+    )
     assert torch.all(model.fc1.weight[~mask] == 0)
     assert torch.all(opt.state[model.fc1.weight]["exp_avg_sq"][~mask] == 0)
     assert sum(seen) == 600 == epoch_images(600, 50)
@@ -47,8 +57,10 @@ def test_training_is_deterministic_and_fraction_limits_batches():
         torch.manual_seed(3)
         model = models.build("lenet300")
         opt = torch.optim.Adam(model.parameters())
-        seen = []
-        train_epoch(model, opt, x, y, batch_size=64, seed=1, epoch=2, fraction=0.3, on_batch=lambda n, _: seen.append(n))
+        seen: list[int] = []
+        train_epoch(
+            model, opt, x, y, batch_size=64, seed=1, epoch=2, fraction=0.3, on_batch=lambda n, _, s=seen: s.append(n)
+        )
         states.append(model.fc1.weight.detach().clone())
         assert len(seen) == 3 and sum(seen) == epoch_images(600, 64, 0.3) == 192
     assert torch.equal(states[0], states[1])

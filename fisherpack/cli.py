@@ -1,0 +1,308 @@
+"""The ``fisherpack`` command: thin subcommands over the library.
+
+Every user mistake ends as one line on stderr, ``fisherpack: error: ...``, and a non-zero exit
+(2 for bad flags, 1 for everything else); progress bars go to stderr, tables to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__, data, format, models, pipeline
+from .compress import load_into, summary
+from .config import FISHER_SOURCES, CompressConfig, PipelineConfig
+from .errors import ConfigError, FisherpackError
+from .fileio import atomic_write_bytes, check_writable
+from .prune import CRITERIA, SCOPES
+from .quant import ALLOCATIONS
+from .train import evaluate
+
+__all__ = ["main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line instead of usage + error
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class _Bar:
+    """pipeline.Progress on a tqdm bar (images/s and ETA) on stderr."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled, self.bar = enabled, None
+
+    def start(self, total: int, done: int) -> None:
+        if self.enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=done, unit="img", unit_scale=True, dynamic_ncols=True, file=sys.stderr)
+
+    def advance(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def stage(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.set_description(text)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def _add_compress_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("compression (defaults depend on --model)")
+    g.add_argument("--rate", type=float, help="fraction of weights to prune, in [0, 1)")
+    g.add_argument("--criterion", choices=CRITERIA, help="pruning criterion")
+    g.add_argument("--scope", choices=SCOPES, help="rank weights globally or within each layer")
+    g.add_argument("--bits", type=float, help="average code bits per kept weight")
+    g.add_argument("--allocation", choices=ALLOCATIONS, help="how widths are given to Fisher groups")
+    g.add_argument("--groups", type=int, help="Fisher groups per tensor (waterfill)")
+    g.add_argument("--no-entropy", action="store_true", help="disable the rANS entropy-coding stage")
+
+
+def _compress_config(args: argparse.Namespace, base: CompressConfig) -> CompressConfig:
+    changes = {
+        k: getattr(args, k)
+        for k in ("rate", "criterion", "scope", "bits", "allocation", "groups")
+        if getattr(args, k, None) is not None
+    }
+    if getattr(args, "no_entropy", False):
+        changes["entropy"] = False
+    return base.replace(**changes)
+
+
+def _pipeline_config(args: argparse.Namespace) -> PipelineConfig:
+    cfg = pipeline.default_config(args.model)
+    changes: dict[str, Any] = {"compress": _compress_config(args, cfg.compress)}
+    for key in ("seed", "epochs", "rounds", "finetune_epochs", "fisher"):
+        if getattr(args, key, None) is not None:
+            changes[key] = getattr(args, key)
+    return cfg.replace(**changes)
+
+
+def _environment() -> dict[str, Any]:
+    return {
+        "fisherpack": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def _table(rows: list[tuple[str, str]]) -> str:
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def _figures_table(fig: dict[str, Any]) -> str:
+    rows = [
+        ("model", str(fig.get("model", "?"))),
+        ("params", f"{fig['params']:,}"),
+        ("kept (non-zero)", f"{fig['nonzero_params']:,} ({fig['kept_fraction']:.2%})"),
+        ("average code bits", f"{fig['avg_bits']:.2f}"),
+        ("file bytes", f"{fig['file_bytes']:,}"),
+        ("fp32 bytes", f"{fig['fp32_bytes']:,}"),
+        ("ratio (fp32 / file)", f"{fig['ratio']:.1f}x"),
+    ]
+    if "test_error_before" in fig:
+        rows.append(("test error before", f"{fig['test_error_before']:.2%}"))
+    if "test_error" in fig:
+        rows.append(("test error (from file)", f"{fig['test_error']:.2%}"))
+    return _table(rows)
+
+
+def _evaluate_file(path: Path, data_dir: str | None) -> dict[str, Any]:
+    compressed = format.load(path)
+    name = compressed.meta.get("model")
+    if name not in models.MODELS:
+        raise ConfigError(f"{path} holds a model fisherpack cannot rebuild ({name!r}); load it with fisherpack.load")
+    model = load_into(models.build(name), compressed)
+    _, _, x_test, y_test = data.load(data_dir, log=_log).tensors()
+    fig = {"model": name, **summary(compressed, path.stat().st_size)}
+    fig["test_error"], fig["test_loss"] = evaluate(model, x_test, y_test)
+    return fig
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    cfg = _pipeline_config(args)
+    out = Path(args.out or f"{cfg.model}.fpk")
+    check_writable(out)
+    check_writable(Path(f"{out}.json"))
+    started = time.perf_counter()
+    x_train, y_train, x_test, y_test = data.load(args.data_dir, log=_log).tensors()
+    bar = _Bar(not args.quiet)
+    ckpt = Path(f"{out}.ckpt")
+    try:
+        outcome = pipeline.run(cfg, x_train, y_train, x_test, y_test, checkpoint=ckpt, progress=bar)
+    finally:
+        bar.close()
+    format.save(outcome.compressed, out, entropy=cfg.compress.entropy)
+    fig = {"model": cfg.model, **outcome.figures, **_evaluate_file(out, args.data_dir)}
+    fig.update(
+        seconds=round(time.perf_counter() - started, 1), file=str(out), config=cfg.to_dict(), environment=_environment()
+    )
+    atomic_write_bytes(Path(f"{out}.json"), (json.dumps(fig, indent=2, sort_keys=True) + "\n").encode())
+    ckpt.unlink(missing_ok=True)
+    print(_figures_table(fig))
+    print(f"wrote {out} and {out}.json")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    cfg = _pipeline_config(args)
+    out = Path(args.out or f"{cfg.model}.pt")
+    check_writable(out)
+    x_train, y_train, x_test, y_test = data.load(args.data_dir, log=_log).tensors()
+    bar = _Bar(not args.quiet)
+    ckpt = Path(f"{out}.ckpt")
+    try:
+        outcome = pipeline.run(cfg, x_train, y_train, x_test, y_test, checkpoint=ckpt, progress=bar, until="train")
+    finally:
+        bar.close()
+    buf = io.BytesIO()
+    torch.save(
+        {
+            "fisherpack_checkpoint": 1,
+            "model": cfg.model,
+            "state_dict": outcome.model.state_dict(),
+            "optimizer": outcome.optimizer.state_dict(),
+            "config": json.dumps(cfg.to_dict()),
+        },
+        buf,
+    )
+    atomic_write_bytes(out, buf.getvalue())
+    ckpt.unlink(missing_ok=True)
+    print(
+        _table(
+            [("model", cfg.model), ("test error", f"{outcome.figures['test_error_before']:.2%}"), ("wrote", str(out))]
+        )
+    )
+    return 0
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    ckpt = pipeline.load_training_checkpoint(args.checkpoint)
+    cfg = _pipeline_config(argparse.Namespace(**{**vars(args), "model": ckpt["model"]}))
+    out = Path(args.out or Path(args.checkpoint).with_suffix(".fpk"))
+    check_writable(out)
+    x_train, y_train, _, _ = data.load(args.data_dir, log=_log).tensors() if cfg.fisher != "adam" else (None,) * 4
+    compressed = pipeline.compress_checkpoint(ckpt, cfg, x_train, y_train)
+    size = format.save(compressed, out, entropy=cfg.compress.entropy)
+    fig = {"model": cfg.model, **summary(compressed, size)}
+    print(_figures_table(fig))
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    fig = _evaluate_file(path, args.data_dir)
+    print(json.dumps(fig, sort_keys=True) if args.json else _figures_table(fig))
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    described = format.describe(format.read(path))
+    if args.json:
+        print(json.dumps(described, sort_keys=True))
+        return 0
+    header = f"{'tensor':<24} {'shape':<16} {'kept':>8} {'bits':<12} {'bytes':>9}  encodings"
+    lines = [header, "-" * len(header)]
+    for t in described["tensors"]:
+        shape = "x".join(map(str, t["shape"])) or "scalar"
+        kept = f"{t['kept'] / max(t['numel'], 1):.1%}" if "kept" in t else t["kind"]
+        bits = ",".join(str(g["bits"]) for g in t.get("groups", [])) or t.get("dtype", "")
+        encs = " ".join(f"{s['role']}:{s['encoding']}" for s in t.get("streams", []))
+        lines.append(f"{t['name']:<24} {shape:<16} {kept:>8} {bits:<12} {t['bytes']:>9,}  {encs}")
+    lines.append(f"file: {described['file_bytes']:,} bytes, header {described['header_bytes']:,} bytes")
+    print("\n".join(lines))
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="fisherpack", description="Prune and quantize networks by Fisher information into small files.")
+    p.add_argument("--version", action="version", version=f"fisherpack {__version__}")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def data_flag(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--data-dir", help="folder with MNIST-format idx files (default: fetch MNIST into a cache)")
+
+    def run_flags(q: argparse.ArgumentParser, out_help: str) -> None:
+        q.add_argument("--model", default="lenet5", help=f"one of: {', '.join(sorted(models.MODELS))}")
+        q.add_argument("--out", help=out_help)
+        q.add_argument("--seed", type=int, help="random seed (default 0)")
+        q.add_argument("--epochs", type=int, help="training epochs")
+        q.add_argument("--quiet", action="store_true", help="no progress bar")
+        data_flag(q)
+
+    q = sub.add_parser("reproduce", help="train, prune, quantize, write and check a file (the main job)")
+    run_flags(q, "output file (default: MODEL.fpk); figures go to OUT.json")
+    q.add_argument("--rounds", type=int, help="prune -> fine-tune rounds")
+    q.add_argument("--finetune-epochs", type=float, help="fine-tuning epochs per round")
+    q.add_argument("--fisher", choices=FISHER_SOURCES, help="Fisher estimator (default: adam)")
+    _add_compress_flags(q)
+    q.set_defaults(func=cmd_reproduce)
+
+    q = sub.add_parser("train", help="train a model with Adam and save a checkpoint (model + Adam state)")
+    run_flags(q, "checkpoint file (default: MODEL.pt)")
+    q.set_defaults(func=cmd_train)
+
+    q = sub.add_parser("compress", help="one-shot prune + quantize a checkpoint from `fisherpack train`")
+    q.add_argument("checkpoint", help="checkpoint written by fisherpack train")
+    q.add_argument("--out", help="output file (default: CHECKPOINT with .fpk)")
+    q.add_argument("--fisher", choices=FISHER_SOURCES, help="Fisher estimator (default: adam)")
+    data_flag(q)
+    _add_compress_flags(q)
+    q.set_defaults(func=cmd_compress)
+
+    q = sub.add_parser("eval", help="decode a file and measure its test error")
+    q.add_argument("file")
+    q.add_argument("--json", action="store_true", help="print one JSON object")
+    data_flag(q)
+    q.set_defaults(func=cmd_eval)
+
+    q = sub.add_parser("inspect", help="per-tensor layout of a file")
+    q.add_argument("file")
+    q.add_argument("--json", action="store_true", help="print one JSON object")
+    q.set_defaults(func=cmd_inspect)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            _parser().error(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    try:
+        return args.func(args)
+    except FisherpackError as exc:
+        print(f"fisherpack: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("fisherpack: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # output piped into `head` and the like
+        os._exit(1)
+    except OSError as exc:
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"fisherpack: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
