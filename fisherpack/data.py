@@ -33,7 +33,17 @@ from .errors import ConfigError, DataError
 from .fileio import atomic_write_bytes
 
 __all__ = ["Dataset", "load", "fetch_mnist", "read_idx", "find_idx_files", "synthetic", "to_tensor"]
-__all__ += ["batches", "split_validation", "FILES", "MNIST_MD5", "MNIST_MIRRORS", "MNIST_MEAN", "MNIST_STD"]
+__all__ += [
+    "write_idx",
+    "write_dataset",
+    "batches",
+    "split_validation",
+    "FILES",
+    "MNIST_MD5",
+    "MNIST_MIRRORS",
+    "MNIST_MEAN",
+    "MNIST_STD",
+]
 
 Log = Callable[[str], None] | None
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
@@ -351,6 +361,22 @@ def split_validation(x, y, n_val: int, seed: int) -> tuple:
     perm = torch.randperm(len(x), generator=_generator(seed)).numpy()
     val, train = np.sort(perm[:n_val]), np.sort(perm[n_val:])
     return x[train], y[train], x[val], y[val]
+
+
+def write_idx(path: str | Path, array: np.ndarray) -> None:
+    """Write a uint8 array as an idx file (atomically): the inverse of :func:`read_idx`."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 0x08, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
+    atomic_write_bytes(path, header + array.tobytes())
+
+
+def write_dataset(folder: str | Path, dataset: Dataset) -> Path:
+    """Write the four idx files of ``dataset`` into ``folder`` (created if missing), MNIST names."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for role, name in FILES.items():
+        write_idx(folder / name, getattr(dataset, role))
+    return folder
 
 
 def synthetic(n_train: int = 600, n_test: int = 100, seed: int = 0) -> Dataset:
