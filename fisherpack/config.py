@@ -117,7 +117,9 @@ class PipelineConfig(_Versioned):
     """How ``reproduce`` trains and fine-tunes: ``epochs`` of Adam at ``lr`` (cosine-decayed per
     epoch with ``lr_schedule="cosine"``), then ``rounds`` of estimate Fisher -> prune ->
     fine-tune ``finetune_epochs`` at ``finetune_lr`` following prune.schedule, then
-    ``final_epochs`` of masked fine-tuning (cosine from ``finetune_lr``), then quantization."""
+    ``final_epochs`` of masked fine-tuning (cosine from ``finetune_lr``), then quantization, then
+    ``qat_epochs`` of quantization-aware fine-tuning (straight-through estimator, widths and steps
+    frozen, cosine from ``qat_lr``)."""
 
     model: str = "lenet5"
     seed: int = 0
@@ -128,6 +130,8 @@ class PipelineConfig(_Versioned):
     finetune_epochs: float = 1.0
     finetune_lr: float = 1e-3
     final_epochs: int = 0
+    qat_epochs: int = 0
+    qat_lr: float = 1e-4
     lr_schedule: str = "cosine"
     fisher: str = "adam"
     fisher_samples: int = 1000
@@ -145,6 +149,8 @@ class PipelineConfig(_Versioned):
         _check(
             isinstance(self.final_epochs, int) and self.final_epochs >= 0, "final_epochs must be a whole number >= 0"
         )
+        _check(isinstance(self.qat_epochs, int) and self.qat_epochs >= 0, "qat_epochs must be a whole number >= 0")
+        _check(self.qat_lr > 0, "qat_lr must be > 0")
         _choice(self.lr_schedule, ("cosine", "constant"), "learning-rate schedule")
         _choice(self.fisher, FISHER_SOURCES, "Fisher estimator")
         _check(self.fisher_samples >= 1, f"fisher_samples must be >= 1, got {self.fisher_samples}")

@@ -45,8 +45,14 @@ def train_epoch(
     masks: dict[str, torch.Tensor] | None = None,
     fraction: float = 1.0,
     on_batch: OnBatch | None = None,
+    fake_quant: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
 ) -> float:
-    """One pass (or the first ``fraction`` of one) over shuffled data; returns the mean loss."""
+    """One pass (or the first ``fraction`` of one) over shuffled data; returns the mean loss.
+
+    With ``fake_quant`` (name -> function of the float weight), the forward pass uses the
+    transformed weights (quantization-aware training; see quant.FakeQuant) and the gradient
+    reaches the float weights through them.
+    """
     model.train()
     params = dict(model.named_parameters())
     limit = batch_limit(len(x), batch_size, fraction)
@@ -55,7 +61,12 @@ def train_epoch(
         if i >= limit:
             break
         optimizer.zero_grad(set_to_none=True)
-        loss = nn.functional.cross_entropy(model(xb), yb)
+        if fake_quant:
+            replaced = {n: fq(params[n]) for n, fq in fake_quant.items()}
+            out = torch.func.functional_call(model, replaced, (xb,))
+        else:
+            out = model(xb)
+        loss = nn.functional.cross_entropy(out, yb)
         loss.backward()
         if masks is not None:
             for name, mask in masks.items():
