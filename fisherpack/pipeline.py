@@ -172,7 +172,7 @@ def run(
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     names = compressible(model, cfg.compress.include, cfg.compress.exclude)
     masks: dict[str, torch.Tensor] | None = None
-    index, figures, quantized = 0, {}, None
+    index, figures, quantized, teacher = 0, {}, None, None
     state = _load_checkpoint(ckpt, cfg) if ckpt is not None else None
     if state is not None:
         model.load_state_dict(state["model"])
@@ -181,6 +181,10 @@ def run(
         index, figures = state["index"], json.loads(state["figures"])
         if state["quantized"].numel():
             quantized = fmt.decode(state["quantized"].numpy().tobytes())
+        if state["teacher"]:
+            teacher = copy.deepcopy(model)
+            teacher.load_state_dict(state["teacher"])
+            teacher.eval()
 
     def save(next_index: int) -> None:
         if ckpt is not None:
@@ -195,6 +199,7 @@ def run(
                     "masks": masks or {},
                     "figures": json.dumps(figures),
                     "quantized": torch.frombuffer(bytearray(spec), dtype=torch.uint8) if spec else torch.zeros(0),
+                    "teacher": teacher.state_dict() if teacher is not None else {},
                 },
             )
 
@@ -250,9 +255,13 @@ def run(
             fraction=step.fraction,
             on_batch=lambda n, loss: progress.advance(n),
             fake_quant=fake_quant,
+            teacher=teacher if step.kind != "train" else None,
+            distill=cfg.distill,
         )
         if i + 1 == cfg.epochs:
             figures["test_error_before"] = evaluate(model, x_test, y_test)[0]
+            if cfg.distill > 0:  # the trained dense model teaches its pruned and quantized self
+                teacher = copy.deepcopy(model).eval()
         save(i + 1)
     if "test_error_before" not in figures:  # no training epochs: the model as initialised
         figures["test_error_before"] = evaluate(model, x_test, y_test)[0]

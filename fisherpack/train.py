@@ -46,12 +46,18 @@ def train_epoch(
     fraction: float = 1.0,
     on_batch: OnBatch | None = None,
     fake_quant: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
+    teacher: nn.Module | None = None,
+    distill: float = 0.0,
+    temperature: float = 4.0,
 ) -> float:
     """One pass (or the first ``fraction`` of one) over shuffled data; returns the mean loss.
 
     With ``fake_quant`` (name -> function of the float weight), the forward pass uses the
     transformed weights (quantization-aware training; see quant.FakeQuant) and the gradient
     reaches the float weights through them.
+
+    With a ``teacher`` and ``distill`` = a in (0, 1], the loss is knowledge distillation:
+    ``(1 - a) * CE(out, y) + a * T**2 * KL(softmax(teacher / T) || softmax(out / T))``, T = ``temperature``.
     """
     model.train()
     params = dict(model.named_parameters())
@@ -67,6 +73,13 @@ def train_epoch(
         else:
             out = model(xb)
         loss = nn.functional.cross_entropy(out, yb)
+        if teacher is not None and distill > 0:
+            with torch.no_grad():
+                soft = torch.log_softmax(teacher(xb) / temperature, dim=1)  # (B, classes)
+            kl = nn.functional.kl_div(
+                torch.log_softmax(out / temperature, dim=1), soft, log_target=True, reduction="batchmean"
+            )
+            loss = (1 - distill) * loss + distill * temperature**2 * kl
         loss.backward()
         if masks is not None:
             for name, mask in masks.items():
