@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from . import __version__, data, format, models, pipeline
+from . import __version__, data, format, models, pipeline, sensitivity
 from .compress import load_into, summary
 from .config import FISHER_SOURCES, CompressConfig, PipelineConfig
 from .errors import ConfigError, FisherpackError
@@ -236,6 +236,93 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- fisherpack sensitivity -----------------------------------------------------------------------
+def cmd_sensitivity(args: argparse.Namespace) -> int:
+    if args.checkpoint and (args.model is not None or args.epochs is not None):
+        raise ConfigError("give a checkpoint, or --model/--epochs to train one here, not both")
+    seed = args.seed if args.seed is not None else 0
+    cfg = sensitivity.SensitivityConfig(
+        rates=args.rates, criteria=args.criteria, bits=args.bits, fisher_samples=args.fisher_samples, seed=seed
+    )
+    if args.plot:
+        check_writable(Path(args.plot))
+    ckpt = pipeline.load_training_checkpoint(args.checkpoint) if args.checkpoint else None
+    x_train, y_train, _, _ = data.load(args.data_dir, log=_log).tensors()
+    x_fit, y_fit, x_val, y_val = data.split_validation(x_train, y_train, args.val, seed)
+    if ckpt is not None:
+        model, optimizer, batch_size = pipeline.restore_checkpoint(ckpt)
+        name, held_out = ckpt["model"], False
+        _log("note: `fisherpack train` used every training image, so the held-out split was seen in training")
+    else:
+        pcfg = pipeline.default_config(args.model or "lenet5").replace(seed=seed)
+        if args.epochs is not None:
+            pcfg = pcfg.replace(epochs=args.epochs)
+        bar = _Bar(not args.quiet)
+        try:
+            outcome = pipeline.run(pcfg, x_fit, y_fit, x_val, y_val, progress=bar, until="train")
+        finally:
+            bar.close()
+        model, optimizer, batch_size = outcome.model, outcome.optimizer, pcfg.batch_size
+        name, held_out = pcfg.model, True
+    fishers = sensitivity.estimate(model, x_fit, y_fit, cfg, optimizer=optimizer, batch_size=batch_size)
+    report = sensitivity.analyse(model, fishers, x_val, y_val, cfg)
+    result = {
+        "model": name,
+        "checkpoint": args.checkpoint,
+        "validation": {"images": len(x_val), "seed": seed, "held_out_from_training": held_out},
+        "validation_error": evaluate(model, x_val, y_val)[0],
+        "config": {**cfg.__dict__, "adam_batch_size": batch_size},
+        "environment": _environment(),
+        **report.to_dict(),
+    }
+    if args.plot:
+        buf = io.BytesIO()
+        sensitivity.figure(report, title=f"{name}: single-layer changes").savefig(buf, format="png", dpi=120)
+        atomic_write_bytes(Path(args.plot), buf.getvalue())
+    print(json.dumps(result, sort_keys=True) if args.json else _sensitivity_table(result))
+    return 0
+
+
+def _sensitivity_table(result: dict[str, Any]) -> str:
+    sources = list(result["spearman"])
+    head = f"{'layer':<16} {'setting':<16} {'changed':>9}" + "".join(f" {'pred ' + s:>15}" for s in sources)
+    lines = [head + f" {'measured':>12}", "-" * (len(head) + 13)]
+    for r in result["rows"]:
+        preds = "".join(f" {r['predicted'][s]:>15.3e}" for s in sources)
+        lines.append(f"{r['layer']:<16} {r['setting']:<16} {r['changed']:>9,}{preds} {r['measured']:>12.3e}")
+    lines.append(f"Spearman rank correlation, predicted vs measured ({len(result['rows'])} settings):")
+    for s, rho in result["spearman"].items():
+        fmt = {k: "n/a" if v is None else f"{v:.3f}" for k, v in rho.items()}
+        lines.append(f"  {s:<10} {fmt['all']} (prune {fmt['prune']}, quantize {fmt['quantize']})")
+    v = result["validation"]
+    seen = "held out from training" if v["held_out_from_training"] else "seen in training"
+    lines.append(
+        f"held-out loss before any change {result['base_loss']:.4f}, error {result['validation_error']:.2%} "
+        f"({v['images']:,} training images, {seen})"
+    )
+    return "\n".join(lines)
+
+
+def _sensitivity_parser(sub: argparse._SubParsersAction) -> None:
+    q = sub.add_parser("sensitivity", help="per-layer loss increase: Fisher prediction vs measurement")
+    q.add_argument("checkpoint", nargs="?", help="checkpoint from fisherpack train (default: train --model here)")
+    q.add_argument(
+        "--model", help=f"train this model first, one of: {', '.join(sorted(models.MODELS))} (default lenet5)"
+    )
+    q.add_argument("--epochs", type=int, help="training epochs when training here")
+    q.add_argument("--seed", type=int, help="seed of training, the validation split and the Fisher subset (default 0)")
+    q.add_argument("--val", type=int, default=5000, help="training images held out to measure on (default 5000)")
+    q.add_argument("--rates", type=float, nargs="+", default=[0.5, 0.9], help="pruning rates (default 0.5 0.9)")
+    q.add_argument("--criteria", nargs="+", choices=CRITERIA, default=["magnitude", "obd"], help="pruning criteria")
+    q.add_argument("--bits", type=int, nargs="+", default=[2, 4, 6], help="code widths (default 2 4 6)")
+    q.add_argument("--fisher-samples", type=int, default=1000, help="samples of the empirical Fisher (default 1000)")
+    q.add_argument("--json", action="store_true", help="print one JSON object")
+    q.add_argument("--plot", help="write a PNG scatter plot (predicted vs measured, log-log) to this file")
+    q.add_argument("--quiet", action="store_true", help="no progress bar")
+    q.add_argument("--data-dir", help="folder with MNIST-format idx files (default: fetch MNIST into a cache)")
+    q.set_defaults(func=cmd_sensitivity)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="fisherpack", description="Prune and quantize networks by Fisher information into small files.")
     p.add_argument("--version", action="version", version=f"fisherpack {__version__}")
@@ -283,6 +370,7 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("file")
     q.add_argument("--json", action="store_true", help="print one JSON object")
     q.set_defaults(func=cmd_inspect)
+    _sensitivity_parser(sub)
     return p
 
 

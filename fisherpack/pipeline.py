@@ -47,6 +47,7 @@ __all__ = [
     "default_config",
     "load_training_checkpoint",
     "compress_checkpoint",
+    "restore_checkpoint",
 ]
 
 
@@ -325,3 +326,19 @@ def compress_checkpoint(
     fisher = estimate_fisher(cfg, model, optimizer, x_train, y_train, salt=0)
     meta = {"pipeline": cfg.to_dict(), "model": cfg.model, "seed": cfg.seed}
     return compress(model, fisher, cfg.compress, meta=meta)
+
+
+# --- restoring a `fisherpack train` checkpoint (used by sensitivity and the peers benchmark) ---------
+def restore_checkpoint(ckpt: dict[str, Any]) -> tuple[torch.nn.Module, torch.optim.Optimizer, int]:
+    """The model, its Adam optimizer (state included) and the training batch size of a checkpoint
+    read by :func:`load_training_checkpoint`."""
+    model = models.build(ckpt["model"])
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+        optimizer = torch.optim.Adam(model.parameters())
+        optimizer.load_state_dict(ckpt["optimizer"])
+        batch_size = int(json.loads(ckpt["config"])["batch_size"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+        message = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        raise FisherpackError(f"the checkpoint does not match model {ckpt['model']!r}: {message}") from None
+    return model, optimizer, batch_size
