@@ -6,7 +6,10 @@ Adam-state Fisher (rescaled by the batch size), then prune or quantize one layer
 compare the second-order prediction with the measured increase of the validation loss (see
 fisherpack/sensitivity.py). The test set is only evaluated once for context, never for a choice.
 
-Writes benchmarks/results/sensitivity_MODEL.json (with an environment record) and .png.
+Writes benchmarks/results/sensitivity_MODEL.json (with an environment record) and .png, where the
+Adam Fisher ranks OBD and chooses quantization steps (as in fisherpack's pipeline), and
+sensitivity_MODEL_rank_empirical.json/.png from the same trained model with the empirical Fisher
+in that role.
 
     PYTHONPATH=. python benchmarks/sensitivity.py --threads 1            # both models
     PYTHONPATH=. python benchmarks/sensitivity.py --models lenet5 --epochs 3
@@ -15,6 +18,7 @@ Writes benchmarks/results/sensitivity_MODEL.json (with an environment record) an
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import sys
@@ -31,7 +35,7 @@ from fisherpack.train import evaluate
 EPOCHS = {"lenet5": 3, "lenet300": 5}
 
 
-def run(name: str, epochs: int, seed: int, n_val: int, cfg: sensitivity.SensitivityConfig, out_dir: Path) -> dict:
+def run(name: str, epochs: int, seed: int, n_val: int, cfg: sensitivity.SensitivityConfig, out_dir: Path) -> list:
     started = time.perf_counter()
     x_train, y_train, x_test, y_test = data.load().tensors()
     x_fit, y_fit, x_val, y_val = data.split_validation(x_train, y_train, n_val, seed)
@@ -41,29 +45,45 @@ def run(name: str, epochs: int, seed: int, n_val: int, cfg: sensitivity.Sensitiv
     trained = time.perf_counter()
     model, optimizer = outcome.model, outcome.optimizer
     fishers = sensitivity.estimate(model, x_fit, y_fit, cfg, optimizer=optimizer, batch_size=pcfg.batch_size)
-    report = sensitivity.analyse(model, fishers, x_val, y_val, cfg)
-    result = {
+    estimated = time.perf_counter()
+    common = {
         "model": name,
         "training": {"epochs": epochs, "images": len(x_fit), "pipeline_config": pcfg.to_dict()},
         "validation": {"images": len(x_val), "seed": seed, "held_out_from_training": True},
         "validation_error": evaluate(model, x_val, y_val)[0],
         "test_error_for_context": evaluate(model, x_test, y_test)[0],
-        "config": {**cfg.__dict__, "adam_batch_size": pcfg.batch_size},
-        "seconds": {"training": round(trained - started, 1), "sensitivity": round(time.perf_counter() - trained, 1)},
         "environment": environment(seed),
-        **report.to_dict(),
     }
-    stem = out_dir / f"sensitivity_{name}"
-    atomic_write_bytes(stem.with_suffix(".json"), (json.dumps(result, indent=2, sort_keys=True) + "\n").encode())
-    buf = io.BytesIO()
-    title = f"{name} ({epochs} epochs, val error {result['validation_error']:.2%}): one layer changed at a time"
-    sensitivity.figure(report, title=title).savefig(buf, format="png", dpi=120)
-    atomic_write_bytes(stem.with_suffix(".png"), buf.getvalue())
-    return result
+    results = []
+    for rank_by in ("adam", "empirical"):
+        begun = time.perf_counter()
+        report = sensitivity.analyse(model, fishers, x_val, y_val, dataclasses.replace(cfg, rank_by=rank_by))
+        result = {
+            **common,
+            "config": {**cfg.__dict__, "rank_by": rank_by, "adam_batch_size": pcfg.batch_size},
+            "seconds": {
+                "training": round(trained - started, 1),
+                "fisher": round(estimated - trained, 1),
+                "measuring": round(time.perf_counter() - begun, 1),
+            },
+            **report.to_dict(),
+        }
+        stem = out_dir / (f"sensitivity_{name}" + ("" if rank_by == "adam" else f"_rank_{rank_by}"))
+        atomic_write_bytes(stem.with_suffix(".json"), (json.dumps(result, indent=2, sort_keys=True) + "\n").encode())
+        buf = io.BytesIO()
+        title = f"{name} ({epochs} epochs, val error {result['validation_error']:.2%}), OBD ranked by {rank_by} Fisher"
+        sensitivity.figure(report, title=title).savefig(buf, format="png", dpi=120)
+        atomic_write_bytes(stem.with_suffix(".png"), buf.getvalue())
+        print(f"wrote {stem}.json and .png", file=sys.stderr)
+        results.append(result)
+    return results
 
 
 def _summary(result: dict) -> str:
-    lines = [f"{result['model']}: base val loss {result['base_loss']:.4f}, val error {result['validation_error']:.2%}"]
+    lines = [
+        f"{result['model']}: base val loss {result['base_loss']:.4f}, val error {result['validation_error']:.2%}, "
+        f"OBD ranked and steps chosen by the {result['rank_by']} Fisher"
+    ]
     lines.append(f"{'layer':<14} {'setting':<15} {'pred emp':>10} {'pred adam':>10} {'measured':>10}")
     for r in result["rows"]:
         p = r["predicted"]
@@ -72,6 +92,8 @@ def _summary(result: dict) -> str:
         )
     for s, rho in result["spearman"].items():
         lines.append(f"Spearman {s:<9} all {rho['all']:.3f}  prune {rho['prune']:.3f}  quantize {rho['quantize']:.3f}")
+    for s, med in result["median_measured_over_predicted"].items():
+        lines.append(f"median measured/predicted {s:<9} prune {med['prune']:.3g}  quantize {med['quantize']:.3g}")
     return "\n".join(lines)
 
 
@@ -89,9 +111,8 @@ def main() -> int:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     cfg = sensitivity.SensitivityConfig(fisher_samples=args.fisher_samples, seed=args.seed)
     for name in args.models:
-        result = run(name, args.epochs or EPOCHS.get(name, 3), args.seed, args.val, cfg, args.out_dir)
-        print(_summary(result))
-        print(f"wrote {args.out_dir / f'sensitivity_{name}'}.json and .png", file=sys.stderr)
+        for result in run(name, args.epochs or EPOCHS.get(name, 3), args.seed, args.val, cfg, args.out_dir):
+            print(_summary(result))
     return 0
 
 

@@ -242,7 +242,12 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
         raise ConfigError("give a checkpoint, or --model/--epochs to train one here, not both")
     seed = args.seed if args.seed is not None else 0
     cfg = sensitivity.SensitivityConfig(
-        rates=args.rates, criteria=args.criteria, bits=args.bits, fisher_samples=args.fisher_samples, seed=seed
+        rates=args.rates,
+        criteria=args.criteria,
+        bits=args.bits,
+        fisher_samples=args.fisher_samples,
+        seed=seed,
+        rank_by=args.rank_by,
     )
     if args.plot:
         check_writable(Path(args.plot))
@@ -298,7 +303,7 @@ def _sensitivity_table(result: dict[str, Any]) -> str:
     seen = "held out from training" if v["held_out_from_training"] else "seen in training"
     lines.append(
         f"held-out loss before any change {result['base_loss']:.4f}, error {result['validation_error']:.2%} "
-        f"({v['images']:,} training images, {seen})"
+        f"({v['images']:,} training images, {seen}); OBD ranked and steps chosen by the {result['rank_by']} Fisher"
     )
     return "\n".join(lines)
 
@@ -316,6 +321,9 @@ def _sensitivity_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--criteria", nargs="+", choices=CRITERIA, default=["magnitude", "obd"], help="pruning criteria")
     q.add_argument("--bits", type=int, nargs="+", default=[2, 4, 6], help="code widths (default 2 4 6)")
     q.add_argument("--fisher-samples", type=int, default=1000, help="samples of the empirical Fisher (default 1000)")
+    q.add_argument(
+        "--rank-by", choices=("adam", "empirical"), default="adam", help="Fisher that ranks OBD and picks steps"
+    )
     q.add_argument("--json", action="store_true", help="print one JSON object")
     q.add_argument("--plot", help="write a PNG scatter plot (predicted vs measured, log-log) to this file")
     q.add_argument("--quiet", action="store_true", help="no progress bar")

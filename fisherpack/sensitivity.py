@@ -20,8 +20,10 @@ errors of one layer's weights are correlated, so cross terms need not cancel) an
 (large deltas: 90% pruning, 2-bit codes). The *measured* increase applies exactly the same change
 and evaluates ``mean_n loss_fn`` on held-out data, in eval mode, minus the value before.
 
-Fisher estimates, a ``dict[source, dict[name, Tensor]]``; the first one ranks weights for the
-Fisher-based pruning criteria and weights the quantization error when choosing the step:
+Fisher estimates, a ``dict[source, dict[name, Tensor]]``; the one named ``cfg.rank_by`` (``"adam"``,
+as in fisherpack's pipeline; the first one given when it is missing) ranks weights for the
+Fisher-based pruning criteria and weights the quantization error when choosing the step (its
+scale does not matter for either):
 
 - ``"empirical"``: :func:`fisherpack.fisher.empirical` on ``fisher_samples`` training samples.
 - ``"adam"``: Adam's bias-corrected ``exp_avg_sq`` ``v`` *times the batch size* ``B``. ``v`` is a
@@ -65,6 +67,7 @@ class SensitivityConfig:
     bits: tuple[int, ...] = (2, 4, 6)
     fisher_samples: int = 1000
     seed: int = 0
+    rank_by: str = "adam"
 
     def __post_init__(self) -> None:
         for key in ("rates", "criteria", "bits"):
@@ -84,6 +87,8 @@ class SensitivityConfig:
                 raise ConfigError(f"bit widths must be whole numbers in 1..{MAX_BITS}, got {b}")
         if self.fisher_samples < 1:
             raise ConfigError(f"fisher_samples must be >= 1, got {self.fisher_samples}")
+        if self.rank_by not in ("adam", "empirical"):
+            raise ConfigError(f"rank_by must be adam or empirical, got {self.rank_by!r}")
 
 
 @dataclass(frozen=True)
@@ -104,6 +109,7 @@ class Row:
 @dataclass
 class Report:
     base_loss: float  # mean loss on the held-out data before any change
+    rank_by: str  # the Fisher estimate that ranked weights (OBD, fisher) and chose quantization steps
     rows: list[Row] = field(default_factory=list)
 
     def correlations(self) -> dict[str, dict[str, float]]:
@@ -117,14 +123,29 @@ class Report:
                 out[s][kind] = spearman([r.predicted[s] for r in rows], [r.measured for r in rows])
         return out
 
+    def calibration(self) -> dict[str, dict[str, float | None]]:
+        """Median of measured / predicted per Fisher source and kind, over rows measured > 0
+        (1 = calibrated; > 1 = the prediction is too small)."""
+        sources = list(self.rows[0].predicted) if self.rows else []
+        out = {}
+        for s in sources:
+            out[s] = {}
+            for kind in ("prune", "quantize"):
+                ratios = [r.measured / r.predicted[s] for r in self.rows if r.kind == kind and r.measured > 0]
+                ratios = [x for x in ratios if np.isfinite(x)]
+                out[s][kind] = float(np.median(ratios)) if ratios else None
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         def clean(v: float) -> float | None:
             return None if v != v else v  # NaN is not JSON
 
         return {
             "base_loss": self.base_loss,
+            "rank_by": self.rank_by,
             "rows": [r.__dict__ for r in self.rows],
             "spearman": {s: {k: clean(v) for k, v in c.items()} for s, c in self.correlations().items()},
+            "median_measured_over_predicted": self.calibration(),
         }
 
 
@@ -214,11 +235,12 @@ def analyse(
         for source, f in fishers.items():
             if name not in f or f[name].shape != params[name].shape:
                 raise ConfigError(f"the {source} Fisher estimate has no entry of the right shape for {name!r}")
-    rank = next(iter(fishers.values()))
+    rank_by = cfg.rank_by if cfg.rank_by in fishers else next(iter(fishers))
+    rank = fishers[rank_by]
     was_training = model.training
     model.eval()
     try:
-        report = Report(_mean_loss(model, x_val, y_val, loss_fn))
+        report = Report(_mean_loss(model, x_val, y_val, loss_fn), rank_by)
         for name in layers:
             param = params[name]
             original = param.detach().clone()

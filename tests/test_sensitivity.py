@@ -1,6 +1,7 @@
 """Sensitivity report: oracle tests of the prediction and measurement, a quadratic problem where the
 second-order prediction is (nearly) exact, Spearman's rho by hand, and the command line."""
 
+import dataclasses
 import json
 import math
 
@@ -92,11 +93,15 @@ def test_adam_fisher_is_rescaled_by_the_batch_size():
     assert list(fishers) == ["empirical", "adam"]
     for n in v:
         torch.testing.assert_close(fishers["adam"][n], 8 * v[n])
-    report = analyse(model, fishers, x, y, SensitivityConfig(rates=(0.5,), criteria=("magnitude",), bits=(3,)))
     w = dict(model.named_parameters())["0.weight"].detach()
-    row = report.rows[0]
-    new = _brute_new_weight(w, fishers["empirical"]["0.weight"], row)
-    assert row.predicted["adam"] == pytest.approx(0.5 * float((8 * v["0.weight"] * (new - w) ** 2).sum()), rel=1e-10)
+    for rank_by in ("adam", "empirical"):  # the ranking Fisher also weights the quantization error
+        cfg = SensitivityConfig(rates=(0.5,), criteria=("obd",), bits=(3,), rank_by=rank_by)
+        report = analyse(model, fishers, x, y, cfg)
+        assert report.rank_by == rank_by
+        for row in report.rows[:2]:
+            new = _brute_new_weight(w, fishers[rank_by]["0.weight"], row)
+            expected = 0.5 * float((8 * v["0.weight"] * (new - w) ** 2).sum())
+            assert row.predicted["adam"] == pytest.approx(expected, rel=1e-10)
 
 
 def _gaussian_nll(output, target):
@@ -116,7 +121,7 @@ def test_quadratic_problem_predictions_match_measurements():
     with torch.no_grad():
         model.weight.copy_(torch.linalg.lstsq(x, y.unsqueeze(1)).solution.T)
     cfg = SensitivityConfig(rates=(0.2, 0.5, 0.8), criteria=("magnitude", "obd", "random"), bits=(2, 3, 4, 6))
-    fishers = estimate(model, x, y, cfg.__class__(**{**cfg.__dict__, "fisher_samples": n}), loss_fn=_gaussian_nll)
+    fishers = estimate(model, x, y, dataclasses.replace(cfg, fisher_samples=n), loss_fn=_gaussian_nll)
     report = analyse(model, fishers, x, y, cfg, loss_fn=_gaussian_nll)
     assert len(report.rows) == 9 + 4
     for row in report.rows:
@@ -137,7 +142,14 @@ def test_spearman_by_hand():
 
 
 def test_config_and_input_errors():
-    for bad in ({"rates": (1.0,)}, {"bits": (0,)}, {"criteria": ("nope",)}, {"rates": (), "bits": ()}):
+    bad_configs = (
+        {"rates": (1.0,)},
+        {"bits": (0,)},
+        {"criteria": ("nope",)},
+        {"rates": (), "bits": ()},
+        {"rank_by": "x"},
+    )
+    for bad in bad_configs:
         with pytest.raises(ConfigError):
             SensitivityConfig(**bad)
     model, x, y = _tiny()
