@@ -116,6 +116,7 @@ def torch_prune(b: Bench, rate: float) -> list[dict[str, Any]]:
     with_masks = _saved(model.state_dict())
     for module, name in layers:
         prune.remove(module, name)
+    nonzero = sum(int(module.weight.count_nonzero()) for module, _ in layers)
     state = {k: v.to_sparse() if k in compressible(model) else v for k, v in model.state_dict().items()}
     gz = gzip.compress(_saved(state), compresslevel=9, mtime=0)
     restored = models.build("lenet5")
@@ -123,7 +124,15 @@ def torch_prune(b: Bench, rate: float) -> list[dict[str, Any]]:
     version = torch.__version__
     setting = f"global L1 {rate:.0%} + 1 epoch"
     return [
-        b.row("torch.nn.utils.prune", version, setting, error, len(with_masks), "state_dict, masks attached"),
+        b.row(
+            "torch.nn.utils.prune",
+            version,
+            setting,
+            error,
+            len(with_masks),
+            "state_dict, masks attached",
+            nonzero_weights=nonzero,
+        ),
         b.row(
             "torch.nn.utils.prune",
             version,
@@ -131,6 +140,7 @@ def torch_prune(b: Bench, rate: float) -> list[dict[str, Any]]:
             b.error(restored),
             len(gz),
             "state_dict, weights as sparse COO, gzip -9",
+            nonzero_weights=nonzero,
         ),
     ]
 
@@ -169,13 +179,15 @@ def torchao_rows(b: Bench) -> list[dict[str, Any]]:
     return rows
 
 
-def _fpk_row(b: Bench, model, optimizer, masks, config: CompressConfig, setting: str) -> dict[str, Any]:
+def _fpk_row(b: Bench, model, optimizer, masks, config: CompressConfig, setting: str, **extra) -> dict[str, Any]:
     packed = compress(model, fisher.from_adam(optimizer, model), config, masks=masks, meta={"model": "lenet5"})
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "m.fpk"
         size = format.save(packed, path, entropy=config.entropy)
         decoded = load_into(models.build("lenet5"), format.load(path))
-    return b.row("fisherpack", fisherpack.__version__, setting, b.error(decoded), size, ".fpk file")
+    nonzero = sum(int(packed.tensors[n].mask.sum()) for n in compressible(model))
+    extra = {"nonzero_weights": nonzero, **extra}
+    return b.row("fisherpack", fisherpack.__version__, setting, b.error(decoded), size, ".fpk file", **extra)
 
 
 def fisherpack_rows(b: Bench, rate: float, criterion: str) -> dict[str, Any]:
@@ -187,7 +199,10 @@ def fisherpack_rows(b: Bench, rate: float, criterion: str) -> dict[str, Any]:
     apply_masks(model, masks)
     b.finetune(model, optimizer, masks)
     setting = f"global {criterion} {rate:.0%} + 1 epoch, 5 bits avg"
-    return _fpk_row(b, model, optimizer, masks, CompressConfig(bits=5.0), setting)
+    before = b.error(model)
+    return _fpk_row(
+        b, model, optimizer, masks, CompressConfig(bits=5.0), setting, test_error_before_quantization=before
+    )
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
