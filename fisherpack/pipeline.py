@@ -159,10 +159,13 @@ def run(
     checkpoint: str | os.PathLike | None = None,
     progress: Progress | None = None,
     until: str = "quantize",
+    start: dict[str, Any] | None = None,
 ) -> Outcome:
     """Train, prune and quantize as ``cfg`` says; returns the model, the Compressed and figures.
 
     ``until="train"`` stops after training (``fisherpack train``), with ``compressed`` None.
+    ``start`` skips training: ``{"model": state_dict, "optimizer": state_dict, "figures": dict}`` of
+    a model trained with ``cfg``'s training settings (as ``until="train"`` returns them).
     """
     progress = progress or _Silent()
     ckpt = Path(checkpoint) if checkpoint is not None else None
@@ -174,6 +177,11 @@ def run(
     masks: dict[str, torch.Tensor] | None = None
     index, figures, quantized, teacher = 0, {}, None, None
     state = _load_checkpoint(ckpt, cfg) if ckpt is not None else None
+    if state is None and start is not None:
+        state = {**start, "index": cfg.epochs, "masks": {}, "figures": json.dumps(start.get("figures", {}))}
+        state.update(quantized=torch.zeros(0), teacher={})
+        if cfg.distill > 0:
+            state["teacher"] = start["model"]
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
