@@ -119,13 +119,15 @@ def _figures_table(fig: dict[str, Any]) -> str:
     return _table(rows)
 
 
-def _evaluate_file(path: Path, data_dir: str | None) -> dict[str, Any]:
+def _evaluate_file(
+    path: Path, data_dir: str | None, test: tuple[torch.Tensor, torch.Tensor] | None = None
+) -> dict[str, Any]:
     compressed = format.load(path)
     name = compressed.meta.get("model")
     if name not in models.MODELS:
         raise ConfigError(f"{path} holds a model fisherpack cannot rebuild ({name!r}); load it with fisherpack.load")
     model = load_into(models.build(name), compressed)
-    _, _, x_test, y_test = data.load(data_dir, log=_log).tensors()
+    x_test, y_test = test if test is not None else data.load(data_dir, log=_log).tensors()[2:]
     fig = {"model": name, **summary(compressed, path.stat().st_size)}
     fig["test_error"], fig["test_loss"] = evaluate(model, x_test, y_test)
     return fig
@@ -145,7 +147,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     format.save(outcome.compressed, out, entropy=cfg.compress.entropy)
-    fig = {"model": cfg.model, **outcome.figures, **_evaluate_file(out, args.data_dir)}
+    fig = {"model": cfg.model, **outcome.figures, **_evaluate_file(out, args.data_dir, (x_test, y_test))}
     fig.update(
         seconds=round(time.perf_counter() - started, 1),
         file=str(out),
@@ -289,7 +291,12 @@ def _sweep_plots(points: dict[str, Any], name: str, out_dir: Path, suffix: str) 
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="fisherpack", description="Prune and quantize networks by Fisher information into small files.")
     p.add_argument("--version", action="version", version=f"fisherpack {__version__}")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: fastest for LeNet-sized models, same bytes on any machine)",
+    )
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def data_flag(q: argparse.ArgumentParser) -> None:
@@ -349,10 +356,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.threads is not None:
-        if args.threads < 1:
-            _parser().error(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    if args.threads < 1:
+        _parser().error(f"--threads must be >= 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
     try:
         return args.func(args)
     except FisherpackError as exc:
