@@ -12,11 +12,19 @@ After each epoch or round the state (model, optimizer, masks, figures) is saved 
 file, written atomically and read back with ``torch.load(weights_only=True)``; a run started again
 with the same config resumes from it and ends with the same bytes. Shuffling depends only on
 (seed, epoch index), so a resumed run sees the data in the same order.
+
+Under torch.distributed (see dist.py) ``run`` is a collective: call it on every rank with the same
+config and data. The model trains in DistributedDataParallel with each rank on its shard of every
+global batch (train.py); data Fisher estimators shard their seeded subset the same way and
+all-reduce their sums (fisher.py); after every pruning round the ranks compare a SHA-256 of their
+masks and stop with RanksDisagreeError if they differ. Rank 0 alone writes checkpoints and reads
+them back, handing the bytes to the others, so ranks on machines without a shared disk resume too.
 """
 
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import math
 import os
@@ -26,8 +34,8 @@ from typing import Any, Protocol
 
 import torch
 
+from . import dist, models, prune
 from . import fisher as fisher_mod
-from . import models, prune
 from .compress import compress, compressible
 from .config import CompressConfig, PipelineConfig
 from .data import batches
@@ -77,10 +85,12 @@ def estimate_fisher(
     y: torch.Tensor,
     salt: int,
 ) -> dict[str, torch.Tensor]:
-    """The Fisher estimate ``cfg.fisher`` asks for; data estimators use a seeded subset of (x, y)."""
+    """The Fisher estimate ``cfg.fisher`` asks for; data estimators use a seeded subset of (x, y),
+    the first ``fisher_samples`` of a permutation, sharded over ranks under torch.distributed."""
     if cfg.fisher == "adam":
         return fisher_mod.from_adam(optimizer, model)
-    subset = batches(x, y, cfg.fisher_samples, shuffle=True, seed=cfg.seed, epoch=10_000 + salt)
+    first = itertools.islice(batches(x, y, cfg.fisher_samples, shuffle=True, seed=cfg.seed, epoch=10_000 + salt), 1)
+    subset = [(dist.shard(xb), dist.shard(yb)) for xb, yb in first]  # this rank's share of the subset
     if cfg.fisher == "empirical":
         return fisher_mod.empirical(model, subset, n_samples=cfg.fisher_samples)
     return fisher_mod.sampled(model, subset, n_samples=cfg.fisher_samples, seed=cfg.seed + salt)
@@ -127,11 +137,19 @@ def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def _read_checkpoint_bytes(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes() if path.exists() else None
+    except OSError as exc:
+        raise FisherpackError(f"checkpoint {path} is unreadable ({exc.strerror}); delete it to start over") from None
+
+
 def _load_checkpoint(path: Path, cfg: PipelineConfig) -> dict[str, Any] | None:
-    if not path.exists():
+    blob = dist.from_rank0(lambda: _read_checkpoint_bytes(path), f"reading {path}")
+    if blob is None:
         return None
     try:
-        state = torch.load(path, weights_only=True)
+        state = torch.load(io.BytesIO(blob), weights_only=True)
     except Exception as exc:  # a damaged checkpoint is not worth a traceback
         raise FisherpackError(
             f"checkpoint {path} is unreadable ({exc.__class__.__name__}); delete it to start over"
@@ -173,20 +191,19 @@ def run(
         optimizer.load_state_dict(state["optimizer"])
         masks = state["masks"] or None
         index, figures = state["index"], json.loads(state["figures"])
+    net = dist.wrap(model)  # DDP under torch.distributed (rank 0's weights to all), else the model
 
     def save(next_index: int) -> None:
         if ckpt is not None:
-            _save_checkpoint(
-                ckpt,
-                {
-                    "config": config_json,
-                    "index": next_index,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "masks": masks or {},
-                    "figures": json.dumps(figures),
-                },
-            )
+            snapshot = {
+                "config": config_json,
+                "index": next_index,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "masks": masks or {},
+                "figures": json.dumps(figures),
+            }
+            dist.from_rank0(lambda: _save_checkpoint(ckpt, snapshot), f"writing checkpoint {ckpt}")
 
     steps = plan(cfg, until=until)
     n_train = len(x_train)
@@ -208,11 +225,14 @@ def run(
                 magnitude_share=cfg.compress.magnitude_share,
                 seed=cfg.compress.seed + i,
             )
+            if dist.world_size() > 1:
+                masks = _diverge_for_tests(masks)
+                dist.agree(dist.digest(masks), f"the masks of step {i + 1} ({step.label})")
             prune.apply_masks(model, masks)
         for group in optimizer.param_groups:
             group["lr"] = step.lr
         train_epoch(
-            model,
+            net,
             optimizer,
             x_train,
             y_train,
@@ -239,6 +259,17 @@ def run(
     compressed = compress(model, fisher, cfg.compress.replace(rate=0.0), masks=masks, meta=meta)
     compressed.meta["config"] = cfg.compress.to_dict()
     return Outcome(model, optimizer, compressed, figures)
+
+
+def _diverge_for_tests(masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Test hook: FISHERPACK_TEST_DIVERGE_RANK=r flips one mask entry on rank r, so the tests can
+    check that ranks which disagree stop with RanksDisagreeError instead of hanging."""
+    if os.environ.get("FISHERPACK_TEST_DIVERGE_RANK") != str(dist.rank()) or not masks:
+        return masks
+    name = next(iter(masks))
+    flipped = masks[name].clone()
+    flipped.view(-1)[0] ^= True
+    return {**masks, name: flipped}
 
 
 _DEFAULTS = {

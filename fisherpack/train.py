@@ -5,6 +5,14 @@ Conventions: the loss is the mean cross-entropy over a mini-batch; Adam/AdamW as
 weights decay instead of tracking them) and the masks are re-applied after each step (Adam's
 momentum would otherwise move a pruned weight off zero): pruned weights stay exactly zero.
 The library never prints: progress goes to ``on_batch(n_images, loss)``.
+
+Under torch.distributed (a process group of N ranks, see dist.py) the model must be wrapped in
+DistributedDataParallel (``dist.wrap``). Every rank draws the same permutation and mini-batches of
+``batch_size`` (the *global* batch B); each rank computes on its shard (positions r, r + N, ... of
+the batch, B/N samples). Its loss is ``sum of its per-sample losses * N / B`` instead of the mean:
+DDP averages the gradients over ranks, so the gradient every rank applies is exactly the mean over
+the B samples of the global batch, like one process with batch B (a short last batch included,
+whose shards differ in size). Masks are applied after that average, identically on every rank.
 """
 
 from __future__ import annotations
@@ -15,10 +23,12 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from . import dist
 from .data import batches
+from .errors import ConfigError
 from .prune import apply_masks
 
-__all__ = ["train_epoch", "batch_limit", "epoch_images", "evaluate", "predict_error"]
+__all__ = ["train_step", "train_epoch", "batch_limit", "epoch_images", "evaluate", "predict_error"]
 
 OnBatch = Callable[[int, float], None]
 
@@ -31,6 +41,43 @@ def batch_limit(n: int, batch_size: int, fraction: float) -> int:
 def epoch_images(n: int, batch_size: int, fraction: float = 1.0) -> int:
     """Images that :func:`train_epoch` processes for that fraction (for progress totals)."""
     return min(n, batch_limit(n, batch_size, fraction) * batch_size)
+
+
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    xb: torch.Tensor,
+    yb: torch.Tensor,
+    *,
+    masks: dict[str, torch.Tensor] | None = None,
+    global_size: int | None = None,
+) -> float:
+    """One optimizer step on a mini-batch; returns the mean cross-entropy over ``(xb, yb)``.
+
+    On one process the loss is the mean over ``xb``. Under DDP ``(xb, yb)`` is this rank's shard
+    of a global batch of ``global_size`` samples and the loss is scaled as the module docstring
+    says. Pruned entries (``masks``, keyed like the unwrapped model's parameters) get no gradient
+    and are re-zeroed after the step.
+    """
+    params = dict(dist.unwrap(model).named_parameters())
+    optimizer.zero_grad(set_to_none=True)
+    out = model(xb)
+    if dist.world_size() == 1:
+        loss = nn.functional.cross_entropy(out, yb)
+        loss.backward()
+        mean = float(loss.detach())
+    else:
+        summed = nn.functional.cross_entropy(out, yb, reduction="sum")
+        (summed * (dist.world_size() / (global_size or len(xb)))).backward()  # DDP then averages over ranks
+        mean = float(summed.detach()) / max(len(xb), 1)
+    if masks is not None:
+        for name, mask in masks.items():
+            if params[name].grad is not None:
+                params[name].grad.mul_(mask)
+    optimizer.step()
+    if masks is not None:
+        apply_masks(dist.unwrap(model), masks)
+    return mean
 
 
 def train_epoch(
@@ -46,28 +93,29 @@ def train_epoch(
     fraction: float = 1.0,
     on_batch: OnBatch | None = None,
 ) -> float:
-    """One pass (or the first ``fraction`` of one) over shuffled data; returns the mean loss."""
+    """One pass (or the first ``fraction`` of one) over shuffled data; returns the mean loss.
+
+    Under DDP every rank returns the mean loss over all ranks' samples, and ``on_batch`` gets the
+    images of the global batch (every rank's share) with this rank's mean loss.
+    """
+    n_ranks = dist.world_size()
+    if n_ranks > 1 and dist.unwrap(model) is model:
+        raise ConfigError("under torch.distributed, train the model wrapped by fisherpack.dist.wrap(model) (DDP)")
     model.train()
-    params = dict(model.named_parameters())
     limit = batch_limit(len(x), batch_size, fraction)
     total, count = 0.0, 0
     for i, (xb, yb) in enumerate(batches(x, y, batch_size, shuffle=True, seed=seed, epoch=epoch)):
         if i >= limit:
             break
-        optimizer.zero_grad(set_to_none=True)
-        loss = nn.functional.cross_entropy(model(xb), yb)
-        loss.backward()
-        if masks is not None:
-            for name, mask in masks.items():
-                if params[name].grad is not None:
-                    params[name].grad.mul_(mask)
-        optimizer.step()
-        if masks is not None:
-            apply_masks(model, masks)
-        total += float(loss.detach()) * len(xb)
-        count += len(xb)
+        local_x, local_y = dist.shard(xb), dist.shard(yb)
+        loss = train_step(model, optimizer, local_x, local_y, masks=masks, global_size=len(xb))
+        total += loss * len(local_x)
+        count += len(local_x)
         if on_batch is not None:
-            on_batch(len(xb), float(loss.detach()))
+            on_batch(len(xb), loss)
+    if n_ranks > 1:  # the mean over every rank's samples, the same on all ranks
+        sums, count = dist.all_reduce_sums({"loss": torch.tensor(total, dtype=torch.float64)}, count)
+        total = float(sums["loss"])
     return total / max(count, 1)
 
 
