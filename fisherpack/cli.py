@@ -2,22 +2,28 @@
 
 Every user mistake ends as one line on stderr, ``fisherpack: error: ...``, and a non-zero exit
 (2 for bad flags, 1 for everything else); progress bars go to stderr, tables to stdout.
+
+Launched by torchrun (WORLD_SIZE > 1 in the environment) every command joins the process group
+(dist.init_from_env) and runs on every rank; only rank 0 shows progress, logs and tables and writes
+files; an error is reported by every rank that meets it, each with its own line and exit status.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from . import __version__, data, environment, format, models, pipeline, sweep
+from . import __version__, data, dist, environment, format, models, pipeline, sweep
 from .compress import load_into, summary
 from .config import FISHER_SOURCES, CompressConfig, PipelineConfig
 from .errors import ConfigError, FisherpackError
@@ -63,7 +69,18 @@ class _Bar:
 
 
 def _log(message: str) -> None:
-    print(message, file=sys.stderr)
+    if dist.rank() == 0:
+        print(message, file=sys.stderr)
+
+
+def _on_rank0(what: str, *actions: Callable[[], object]) -> None:
+    """File actions on rank 0 only (no shared disk is assumed); every rank learns if they failed."""
+
+    def run() -> None:
+        for action in actions:
+            action()
+
+    dist.from_rank0(run, what)
 
 
 def _add_compress_flags(p: argparse.ArgumentParser) -> None:
@@ -136,37 +153,42 @@ def _evaluate_file(
 def cmd_reproduce(args: argparse.Namespace) -> int:
     cfg = _pipeline_config(args)
     out = Path(args.out or f"{cfg.model}.fpk")
-    check_writable(out)
-    check_writable(Path(f"{out}.json"))
+    _on_rank0(f"checking {out}", lambda: check_writable(out), lambda: check_writable(Path(f"{out}.json")))
     started = time.perf_counter()
     x_train, y_train, x_test, y_test = data.load(args.data_dir, log=_log).tensors()
-    bar = _Bar(not args.quiet)
+    bar = _Bar(not args.quiet and dist.rank() == 0)
     ckpt = Path(f"{out}.ckpt")
     try:
         outcome = pipeline.run(cfg, x_train, y_train, x_test, y_test, checkpoint=ckpt, progress=bar)
     finally:
         bar.close()
-    format.save(outcome.compressed, out, entropy=cfg.compress.entropy)
-    fig = {"model": cfg.model, **outcome.figures, **_evaluate_file(out, args.data_dir, (x_test, y_test))}
-    fig.update(
-        seconds=round(time.perf_counter() - started, 1),
-        file=out.name,
-        config=cfg.to_dict(),
-        environment=environment.record(seed=cfg.seed),
-    )
-    atomic_write_bytes(Path(f"{out}.json"), (json.dumps(fig, indent=2, sort_keys=True) + "\n").encode())
-    ckpt.unlink(missing_ok=True)
-    print(_figures_table(fig))
-    print(f"wrote {out} and {out}.json")
+    _, digests = dist.save(outcome.compressed, out, entropy=cfg.compress.entropy)
+
+    def finish() -> None:  # rank 0 alone has the file (no shared disk is assumed); the others wait
+        fig = {"model": cfg.model, **outcome.figures, **_evaluate_file(out, args.data_dir, (x_test, y_test))}
+        if dist.world_size() > 1:  # every rank's SHA-256 of the file bytes, equal or save() had stopped
+            fig["distributed"] = {"world_size": dist.world_size(), "rank_sha256": digests}
+        fig.update(
+            seconds=round(time.perf_counter() - started, 1),
+            file=out.name,
+            config=cfg.to_dict(),
+            environment=environment.record(seed=cfg.seed),
+        )
+        atomic_write_bytes(Path(f"{out}.json"), (json.dumps(fig, indent=2, sort_keys=True) + "\n").encode())
+        ckpt.unlink(missing_ok=True)
+        print(_figures_table(fig))
+        print(f"wrote {out} and {out}.json")
+
+    _on_rank0(f"evaluating {out}", finish)
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = _pipeline_config(args)
     out = Path(args.out or f"{cfg.model}.pt")
-    check_writable(out)
+    _on_rank0(f"checking {out}", lambda: check_writable(out))
     x_train, y_train, x_test, y_test = data.load(args.data_dir, log=_log).tensors()
-    bar = _Bar(not args.quiet)
+    bar = _Bar(not args.quiet and dist.rank() == 0)
     ckpt = Path(f"{out}.ckpt")
     try:
         outcome = pipeline.run(cfg, x_train, y_train, x_test, y_test, checkpoint=ckpt, progress=bar, until="train")
@@ -183,8 +205,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         },
         buf,
     )
-    atomic_write_bytes(out, buf.getvalue())
-    ckpt.unlink(missing_ok=True)
+    _on_rank0(f"writing {out}", lambda: atomic_write_bytes(out, buf.getvalue()), lambda: ckpt.unlink(missing_ok=True))
     print(
         _table(
             [("model", cfg.model), ("test error", f"{outcome.figures['test_error_before']:.2%}"), ("wrote", str(out))]
@@ -197,10 +218,10 @@ def cmd_compress(args: argparse.Namespace) -> int:
     ckpt = pipeline.load_training_checkpoint(args.checkpoint)
     cfg = _pipeline_config(argparse.Namespace(**{**vars(args), "model": ckpt["model"]}))
     out = Path(args.out or Path(args.checkpoint).with_suffix(".fpk"))
-    check_writable(out)
+    _on_rank0(f"checking {out}", lambda: check_writable(out))
     x_train, y_train, _, _ = data.load(args.data_dir, log=_log).tensors() if cfg.fisher != "adam" else (None,) * 4
     compressed = pipeline.compress_checkpoint(ckpt, cfg, x_train, y_train)
-    size = format.save(compressed, out, entropy=cfg.compress.entropy)
+    size, _ = dist.save(compressed, out, entropy=cfg.compress.entropy)
     fig = {"model": cfg.model, **summary(compressed, size)}
     print(_figures_table(fig))
     print(f"wrote {out}")
@@ -300,6 +321,12 @@ def _parser() -> argparse.ArgumentParser:
         default=1,
         help="torch CPU threads (default 1: fastest for LeNet-sized models, same bytes on any machine)",
     )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=dist.DEFAULT_TIMEOUT,
+        help=f"under torchrun: seconds a rank waits for the others before giving up (default {dist.DEFAULT_TIMEOUT:g})",
+    )
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def data_flag(q: argparse.ArgumentParser) -> None:
@@ -362,8 +389,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads < 1:
         _parser().error(f"--threads must be >= 1, got {args.threads}")
     torch.set_num_threads(args.threads)
+    owned = not dist.active()  # a group the caller set up is theirs to close
     try:
-        return args.func(args)
+        with contextlib.ExitStack() as stack:
+            if dist.init_from_env(args.timeout) and dist.rank() != 0:  # tables come from rank 0 only
+                stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
+            return args.func(args)
     except FisherpackError as exc:
         print(f"fisherpack: error: {exc}", file=sys.stderr)
         return 1
@@ -376,3 +407,6 @@ def main(argv: list[str] | None = None) -> int:
         where = f": {exc.filename}" if exc.filename else ""
         print(f"fisherpack: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 1
+    finally:
+        if owned:
+            dist.shutdown()

@@ -40,7 +40,7 @@ from .compress import compress, compressible, summary
 from .config import CompressConfig, PipelineConfig
 from .data import Dataset, batches, split_validation
 from .fileio import atomic_write_bytes
-from .train import evaluate, train_epoch
+from .train import Recipe, evaluate, train_epoch
 
 __all__ = ["PRUNE_METHODS", "QUANT_SCHEMES", "PIPELINE_METHODS", "VAL_SIZE", "key", "Sweep"]
 
@@ -131,7 +131,7 @@ class Sweep:
                 group["lr"] = lr * 0.5 * (1 + np.cos(np.pi * done / epochs))
             train_epoch(
                 net, opt, self.x, self.y, batch_size=64, seed=seed, epoch=1000 + 100 * salt + e,
-                masks=masks, fraction=part, fake_quant=fake_quant,
+                masks=masks, fraction=part, recipe=Recipe(fake_quant=fake_quant),
             )  # fmt: skip
             done, e = done + part, e + 1
 
