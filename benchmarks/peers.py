@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import copy
 import gzip
+import importlib.metadata
 import io
 import json
 import sys
@@ -35,11 +36,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from record import RESULTS, environment
 from torch import nn
 
 import fisherpack
-from fisherpack import data, fisher, format, models, pipeline
+from fisherpack import data, environment, fisher, format, models, pipeline
 from fisherpack.compress import compress, compressible, load_into
 from fisherpack.config import CompressConfig
 from fisherpack.fileio import atomic_write_bytes
@@ -47,6 +47,15 @@ from fisherpack.prune import apply_masks, select
 from fisherpack.train import evaluate, train_epoch
 
 RATES = (0.9, 0.95, 0.98)
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def _saved(obj: Any) -> bytes:
@@ -243,7 +252,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "finetune": "1 epoch, masked, Adam continued at lr 1e-3, same data order for every tool",
         "rows": rows,
         "seconds": round(time.perf_counter() - started, 1),
-        "environment": environment(args.seed, packages=("torchao",)),
+        "environment": environment.record(seed=args.seed, torchao=_version("torchao")),
     }
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.metadata
 import io
 import json
 import sys
@@ -26,13 +27,21 @@ import time
 from pathlib import Path
 
 import torch
-from record import RESULTS, environment
 
-from fisherpack import data, pipeline, sensitivity
+from fisherpack import data, environment, pipeline, sensitivity
 from fisherpack.fileio import atomic_write_bytes
 from fisherpack.train import evaluate
 
 EPOCHS = {"lenet5": 3, "lenet300": 5}
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def run(name: str, epochs: int, seed: int, n_val: int, cfg: sensitivity.SensitivityConfig, out_dir: Path) -> list:
@@ -52,7 +61,7 @@ def run(name: str, epochs: int, seed: int, n_val: int, cfg: sensitivity.Sensitiv
         "validation": {"images": len(x_val), "seed": seed, "held_out_from_training": True},
         "validation_error": evaluate(model, x_val, y_val)[0],
         "test_error_for_context": evaluate(model, x_test, y_test)[0],
-        "environment": environment(seed),
+        "environment": environment.record(seed=seed, matplotlib=_version("matplotlib")),
     }
     results = []
     for rank_by in ("adam", "empirical"):

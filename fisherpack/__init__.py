@@ -16,11 +16,11 @@ import os
 
 from torch import nn
 
-from . import data, fisher, models, prune, quant
+from . import data, dist, fisher, models, prune, quant
 from .compress import compress, decompress
 from .compress import load_into as _load_into
 from .config import CompressConfig, PipelineConfig
-from .errors import ConfigError, DataError, FisherpackError, FormatError
+from .errors import ConfigError, DataError, DistributedError, FisherpackError, FormatError, RanksDisagreeError
 from .format import load as read
 from .format import save
 from .tensors import Compressed
@@ -40,7 +40,10 @@ __all__ = [
     "FormatError",
     "DataError",
     "ConfigError",
+    "DistributedError",
+    "RanksDisagreeError",
     "data",
+    "dist",
     "fisher",
     "models",
     "prune",

@@ -2,23 +2,28 @@
 
 Every user mistake ends as one line on stderr, ``fisherpack: error: ...``, and a non-zero exit
 (2 for bad flags, 1 for everything else); progress bars go to stderr, tables to stdout.
+
+Launched by torchrun (WORLD_SIZE > 1 in the environment) every command joins the process group
+(dist.init_from_env) and runs on every rank; only rank 0 shows progress, logs and tables and writes
+files; an error is reported by every rank that meets it, each with its own line and exit status.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
-import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from . import __version__, data, format, models, pipeline, sensitivity
+from . import __version__, data, dist, environment, format, models, pipeline, sensitivity, sweep
 from .compress import load_into, summary
 from .config import FISHER_SOURCES, CompressConfig, PipelineConfig
 from .errors import ConfigError, FisherpackError
@@ -38,14 +43,17 @@ class _Parser(argparse.ArgumentParser):
 class _Bar:
     """pipeline.Progress on a tqdm bar (images/s and ETA) on stderr."""
 
-    def __init__(self, enabled: bool) -> None:
-        self.enabled, self.bar = enabled, None
+    def __init__(self, enabled: bool, unit: str = "img") -> None:
+        self.enabled, self.unit, self.bar = enabled, unit, None
 
     def start(self, total: int, done: int) -> None:
         if self.enabled:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, initial=done, unit="img", unit_scale=True, dynamic_ncols=True, file=sys.stderr)
+            scale = self.unit == "img"
+            self.bar = tqdm(
+                total=total, initial=done, unit=self.unit, unit_scale=scale, dynamic_ncols=True, file=sys.stderr
+            )
 
     def advance(self, n: int) -> None:
         if self.bar is not None:
@@ -61,7 +69,18 @@ class _Bar:
 
 
 def _log(message: str) -> None:
-    print(message, file=sys.stderr)
+    if dist.rank() == 0:
+        print(message, file=sys.stderr)
+
+
+def _on_rank0(what: str, *actions: Callable[[], object]) -> None:
+    """File actions on rank 0 only (no shared disk is assumed); every rank learns if they failed."""
+
+    def run() -> None:
+        for action in actions:
+            action()
+
+    dist.from_rank0(run, what)
 
 
 def _add_compress_flags(p: argparse.ArgumentParser) -> None:
@@ -95,16 +114,6 @@ def _pipeline_config(args: argparse.Namespace) -> PipelineConfig:
     return cfg.replace(**changes)
 
 
-def _environment() -> dict[str, Any]:
-    return {
-        "fisherpack": __version__,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "threads": torch.get_num_threads(),
-    }
-
-
 def _table(rows: list[tuple[str, str]]) -> str:
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
@@ -127,13 +136,15 @@ def _figures_table(fig: dict[str, Any]) -> str:
     return _table(rows)
 
 
-def _evaluate_file(path: Path, data_dir: str | None) -> dict[str, Any]:
+def _evaluate_file(
+    path: Path, data_dir: str | None, test: tuple[torch.Tensor, torch.Tensor] | None = None
+) -> dict[str, Any]:
     compressed = format.load(path)
     name = compressed.meta.get("model")
     if name not in models.MODELS:
         raise ConfigError(f"{path} holds a model fisherpack cannot rebuild ({name!r}); load it with fisherpack.load")
     model = load_into(models.build(name), compressed)
-    _, _, x_test, y_test = data.load(data_dir, log=_log).tensors()
+    x_test, y_test = test if test is not None else data.load(data_dir, log=_log).tensors()[2:]
     fig = {"model": name, **summary(compressed, path.stat().st_size)}
     fig["test_error"], fig["test_loss"] = evaluate(model, x_test, y_test)
     return fig
@@ -142,34 +153,42 @@ def _evaluate_file(path: Path, data_dir: str | None) -> dict[str, Any]:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     cfg = _pipeline_config(args)
     out = Path(args.out or f"{cfg.model}.fpk")
-    check_writable(out)
-    check_writable(Path(f"{out}.json"))
+    _on_rank0(f"checking {out}", lambda: check_writable(out), lambda: check_writable(Path(f"{out}.json")))
     started = time.perf_counter()
     x_train, y_train, x_test, y_test = data.load(args.data_dir, log=_log).tensors()
-    bar = _Bar(not args.quiet)
+    bar = _Bar(not args.quiet and dist.rank() == 0)
     ckpt = Path(f"{out}.ckpt")
     try:
         outcome = pipeline.run(cfg, x_train, y_train, x_test, y_test, checkpoint=ckpt, progress=bar)
     finally:
         bar.close()
-    format.save(outcome.compressed, out, entropy=cfg.compress.entropy)
-    fig = {"model": cfg.model, **outcome.figures, **_evaluate_file(out, args.data_dir)}
-    fig.update(
-        seconds=round(time.perf_counter() - started, 1), file=str(out), config=cfg.to_dict(), environment=_environment()
-    )
-    atomic_write_bytes(Path(f"{out}.json"), (json.dumps(fig, indent=2, sort_keys=True) + "\n").encode())
-    ckpt.unlink(missing_ok=True)
-    print(_figures_table(fig))
-    print(f"wrote {out} and {out}.json")
+    _, digests = dist.save(outcome.compressed, out, entropy=cfg.compress.entropy)
+
+    def finish() -> None:  # rank 0 alone has the file (no shared disk is assumed); the others wait
+        fig = {"model": cfg.model, **outcome.figures, **_evaluate_file(out, args.data_dir, (x_test, y_test))}
+        if dist.world_size() > 1:  # every rank's SHA-256 of the file bytes, equal or save() had stopped
+            fig["distributed"] = {"world_size": dist.world_size(), "rank_sha256": digests}
+        fig.update(
+            seconds=round(time.perf_counter() - started, 1),
+            file=out.name,
+            config=cfg.to_dict(),
+            environment=environment.record(seed=cfg.seed),
+        )
+        atomic_write_bytes(Path(f"{out}.json"), (json.dumps(fig, indent=2, sort_keys=True) + "\n").encode())
+        ckpt.unlink(missing_ok=True)
+        print(_figures_table(fig))
+        print(f"wrote {out} and {out}.json")
+
+    _on_rank0(f"evaluating {out}", finish)
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = _pipeline_config(args)
     out = Path(args.out or f"{cfg.model}.pt")
-    check_writable(out)
+    _on_rank0(f"checking {out}", lambda: check_writable(out))
     x_train, y_train, x_test, y_test = data.load(args.data_dir, log=_log).tensors()
-    bar = _Bar(not args.quiet)
+    bar = _Bar(not args.quiet and dist.rank() == 0)
     ckpt = Path(f"{out}.ckpt")
     try:
         outcome = pipeline.run(cfg, x_train, y_train, x_test, y_test, checkpoint=ckpt, progress=bar, until="train")
@@ -186,8 +205,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         },
         buf,
     )
-    atomic_write_bytes(out, buf.getvalue())
-    ckpt.unlink(missing_ok=True)
+    _on_rank0(f"writing {out}", lambda: atomic_write_bytes(out, buf.getvalue()), lambda: ckpt.unlink(missing_ok=True))
     print(
         _table(
             [("model", cfg.model), ("test error", f"{outcome.figures['test_error_before']:.2%}"), ("wrote", str(out))]
@@ -200,10 +218,10 @@ def cmd_compress(args: argparse.Namespace) -> int:
     ckpt = pipeline.load_training_checkpoint(args.checkpoint)
     cfg = _pipeline_config(argparse.Namespace(**{**vars(args), "model": ckpt["model"]}))
     out = Path(args.out or Path(args.checkpoint).with_suffix(".fpk"))
-    check_writable(out)
+    _on_rank0(f"checking {out}", lambda: check_writable(out))
     x_train, y_train, _, _ = data.load(args.data_dir, log=_log).tensors() if cfg.fisher != "adam" else (None,) * 4
     compressed = pipeline.compress_checkpoint(ckpt, cfg, x_train, y_train)
-    size = format.save(compressed, out, entropy=cfg.compress.entropy)
+    size, _ = dist.save(compressed, out, entropy=cfg.compress.entropy)
     fig = {"model": cfg.model, **summary(compressed, size)}
     print(_figures_table(fig))
     print(f"wrote {out}")
@@ -238,6 +256,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 # --- fisherpack sensitivity -----------------------------------------------------------------------
 def cmd_sensitivity(args: argparse.Namespace) -> int:
+    if dist.world_size() > 1:
+        raise ConfigError("sensitivity runs in one process; start it without torchrun")
     if args.checkpoint and (args.model is not None or args.epochs is not None):
         raise ConfigError("give a checkpoint, or --model/--epochs to train one here, not both")
     seed = args.seed if args.seed is not None else 0
@@ -277,7 +297,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
         "validation": {"images": len(x_val), "seed": seed, "held_out_from_training": held_out},
         "validation_error": evaluate(model, x_val, y_val)[0],
         "config": {**cfg.__dict__, "adam_batch_size": batch_size},
-        "environment": _environment(),
+        "environment": environment.record(seed=seed),
         **report.to_dict(),
     }
     if args.plot:
@@ -331,10 +351,79 @@ def _sensitivity_parser(sub: argparse._SubParsersAction) -> None:
     q.set_defaults(func=cmd_sensitivity)
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    names = sorted(models.MODELS) if args.model == "all" else [args.model]
+    for name in names:
+        models.build(name)  # unknown model: one-line error before any work
+    try:
+        seeds = tuple(int(s) for s in args.seeds.split(","))
+    except ValueError:
+        raise ConfigError(f"--seeds takes comma-separated whole numbers, got {args.seeds!r}") from None
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    suffix = "_quick" if args.quick else ""
+    paths = {name: out_dir / f"sweep_{name}{suffix}.json" for name in names}
+    for path in paths.values():
+        check_writable(path)
+    runner = sweep.Sweep(data.load(args.data_dir, log=_log), Path(args.workdir))
+    for name in names:
+        path = paths[name]
+        results = _read_results(path)
+        specs = sweep.plan(name, seeds, quick=args.quick)
+        current = {sweep.key(s) for s in specs}  # points of other defaults or plans are stale
+        results["points"] = {k: v for k, v in results["points"].items() if k in current}
+        todo = sweep.pending(specs, results["points"])
+        bar = _Bar(not args.quiet, unit="point")
+        bar.start(len(todo), 0)
+        try:
+            for spec in todo:
+                bar.stage(f"{name} {spec['sweep']} {spec.get('method', spec.get('scheme'))}")
+                results["points"][sweep.key(spec)] = runner.run(spec)
+                results["environment"] = environment.record(seeds=list(seeds), quick=args.quick)
+                atomic_write_bytes(path, (json.dumps(results, indent=1, sort_keys=True) + "\n").encode())
+                bar.advance(1)
+        finally:
+            bar.close()
+        if not args.no_plots:
+            _sweep_plots(results["points"], name, out_dir, suffix)
+        print(f"{name}: {len(results['points'])} points in {path}")
+    return 0
+
+
+def _read_results(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {"points": {}}
+    try:
+        results = json.loads(path.read_text())
+        assert isinstance(results.get("points"), dict)
+    except (ValueError, AssertionError, AttributeError):
+        raise FisherpackError(f"{path} is not a sweep result file; move it away to start a new sweep") from None
+    return results
+
+
+def _sweep_plots(points: dict[str, Any], name: str, out_dir: Path, suffix: str) -> None:
+    from . import plots
+
+    plots.plot_prune(points, name, out_dir / f"sweep_{name}{suffix}_prune.png")
+    plots.plot_quant(points, name, out_dir / f"sweep_{name}{suffix}_quant.png")
+    plots.plot_front(points, name, out_dir / f"sweep_{name}{suffix}_front.png")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="fisherpack", description="Prune and quantize networks by Fisher information into small files.")
     p.add_argument("--version", action="version", version=f"fisherpack {__version__}")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: fastest for LeNet-sized models, same bytes on any machine)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=dist.DEFAULT_TIMEOUT,
+        help=f"under torchrun: seconds a rank waits for the others before giving up (default {dist.DEFAULT_TIMEOUT:g})",
+    )
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def data_flag(q: argparse.ArgumentParser) -> None:
@@ -368,6 +457,17 @@ def _parser() -> argparse.ArgumentParser:
     _add_compress_flags(q)
     q.set_defaults(func=cmd_compress)
 
+    q = sub.add_parser("sweep", help="measure every method the same way: pruning, quantization, whole pipeline")
+    q.add_argument("--model", default="all", help="lenet5, lenet300 or all")
+    q.add_argument("--quick", action="store_true", help="a thin slice of the sweep that runs in minutes")
+    q.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    q.add_argument("--out", default="benchmarks/results", help="folder for the JSON results and PNG plots")
+    q.add_argument("--workdir", default="benchmarks/work", help="folder for cached base models")
+    q.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    q.add_argument("--quiet", action="store_true", help="no progress bar")
+    data_flag(q)
+    q.set_defaults(func=cmd_sweep)
+
     q = sub.add_parser("eval", help="decode a file and measure its test error")
     q.add_argument("file")
     q.add_argument("--json", action="store_true", help="print one JSON object")
@@ -384,12 +484,15 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.threads is not None:
-        if args.threads < 1:
-            _parser().error(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    if args.threads < 1:
+        _parser().error(f"--threads must be >= 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
+    owned = not dist.active()  # a group the caller set up is theirs to close
     try:
-        return args.func(args)
+        with contextlib.ExitStack() as stack:
+            if dist.init_from_env(args.timeout) and dist.rank() != 0:  # tables come from rank 0 only
+                stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
+            return args.func(args)
     except FisherpackError as exc:
         print(f"fisherpack: error: {exc}", file=sys.stderr)
         return 1
@@ -402,3 +505,6 @@ def main(argv: list[str] | None = None) -> int:
         where = f": {exc.filename}" if exc.filename else ""
         print(f"fisherpack: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 1
+    finally:
+        if owned:
+            dist.shutdown()

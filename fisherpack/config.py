@@ -123,7 +123,8 @@ class PipelineConfig(_Versioned):
     ``final_epochs`` of masked fine-tuning (cosine from ``finetune_lr``), then quantization, then
     ``qat_epochs`` of quantization-aware fine-tuning (straight-through estimator, widths and steps
     frozen, cosine from ``qat_lr``). With ``distill`` > 0 every step after training learns from
-    the trained dense model's soft targets as well (knowledge distillation, see train.py)."""
+    the trained dense model's soft targets as well (knowledge distillation, see train.py).
+    ``augment`` = k shifts training images by up to k pixels (0 = off)."""
 
     model: str = "lenet5"
     seed: int = 0
@@ -137,6 +138,7 @@ class PipelineConfig(_Versioned):
     qat_epochs: int = 0
     qat_lr: float = 1e-4
     distill: float = 0.0
+    augment: int = 0
     lr_schedule: str = "cosine"
     fisher: str = "adam"
     fisher_samples: int = 1000
@@ -157,6 +159,9 @@ class PipelineConfig(_Versioned):
         _check(isinstance(self.qat_epochs, int) and self.qat_epochs >= 0, "qat_epochs must be a whole number >= 0")
         _check(self.qat_lr > 0, "qat_lr must be > 0")
         _check(0.0 <= self.distill <= 1.0, f"distill must be in [0, 1], got {self.distill}")
+        _check(
+            isinstance(self.augment, int) and 0 <= self.augment <= 8, f"augment must be 0..8 pixels, got {self.augment}"
+        )
         _choice(self.lr_schedule, ("cosine", "constant"), "learning-rate schedule")
         _choice(self.fisher, FISHER_SOURCES, "Fisher estimator")
         _check(self.fisher_samples >= 1, f"fisher_samples must be >= 1, got {self.fisher_samples}")

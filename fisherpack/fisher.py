@@ -20,16 +20,39 @@ Both data estimators run the model in eval mode (BatchNorm uses its running stat
 float32 tensors (float64 if the model is float64). ``loss_fn(output, target)`` is the negative
 log-likelihood of one sample (default: cross-entropy on logits); it must sum, not average, over
 anything but the batch of one.
+
+Under torch.distributed (an initialised process group of N ranks; see dist.py) every function
+here is a collective: call it on every rank.
+
+- :func:`empirical` / :func:`sampled`: each rank passes its own shard of the samples (disjoint
+  shards, e.g. ``dist.shard`` of one global batch); the float64 square sums and the sample counts
+  are all-reduced (summed) over ranks before dividing, so every rank returns the same mean over all
+  ranks' samples, equal to a one-process run over their union up to float64 summation order.
+  (Passing the same samples on every rank is also correct, just N times the work.) ``sampled``
+  draws labels with ``seed`` on rank 0 and with a stream derived from (seed, rank) on rank r > 0,
+  so ranks do not reuse each other's draws: its estimate agrees with one process in expectation,
+  not draw for draw.
+- :func:`from_adam` reads the local optimizer: nothing is all-reduced, because there is nothing to
+  combine. Under DistributedDataParallel the gradients are averaged over ranks inside backward,
+  before Adam sees them, so every rank feeds the same gradient to Adam and holds the same
+  ``exp_avg_sq``. With N ranks of local batch B/N the averaged gradient is the mean gradient over
+  the global batch of B samples, so ``v`` equals that of a one-process run with batch B (up to
+  rounding; tests/test_dist.py checks it in float64) and ``v ~ F_emp / B``, B the *global* batch.
+  from_adam checks that the ranks agree (a SHA-256 of ``v`` compared over ranks) and raises
+  RanksDisagreeError if not, e.g. when a model was trained without DDP and each rank's Adam only
+  saw its own data.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from . import dist
 from .errors import ConfigError
 
 __all__ = ["from_adam", "empirical", "sampled", "per_sample_square_sum"]
@@ -62,6 +85,8 @@ def from_adam(
             step = float(state["step"])
             v /= 1.0 - beta2**step
         out[name] = v
+    if dist.world_size() > 1:
+        dist.agree(dist.digest(out), "Adam's exp_avg_sq (train under DistributedDataParallel: fisherpack.dist.wrap)")
     return out
 
 
@@ -80,7 +105,10 @@ def empirical(
     chunk: int = 256,
     loss_fn: LossFn | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Empirical Fisher: mean over samples of squared per-sample gradients with the true labels."""
+    """Empirical Fisher: mean over samples of squared per-sample gradients with the true labels.
+
+    ``n_samples`` caps the samples this process reads (per rank under torch.distributed).
+    """
     return _fisher(model, batches, n_samples=n_samples, chunk=chunk, loss_fn=loss_fn, generator=None)
 
 
@@ -94,8 +122,14 @@ def sampled(
     loss_fn: LossFn | None = None,
 ) -> dict[str, torch.Tensor]:
     """True Fisher (Monte Carlo): labels drawn from the model's softmax, one draw per sample."""
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(_rank_seed(seed))
     return _fisher(model, batches, n_samples=n_samples, chunk=chunk, loss_fn=loss_fn, generator=generator)
+
+
+def _rank_seed(seed: int) -> int:
+    """``seed`` on rank 0 (and on one process); on rank r > 0 a stable hash of (seed, r)."""
+    r = dist.rank()
+    return seed if r == 0 else int.from_bytes(hashlib.sha256(f"{seed}:rank{r}".encode()).digest()[:8], "little") >> 1
 
 
 def _nll(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -118,6 +152,7 @@ def _fisher(
     sums, count = per_sample_square_sum(
         model, batches, n_samples=n_samples, chunk=chunk, loss_fn=loss_fn, generator=generator
     )
+    sums, count = dist.all_reduce_sums(sums, count)  # unchanged on one process
     if count == 0:
         raise ConfigError("no samples to estimate the Fisher information from; give a non-empty data set")
     dtype = next(iter(model.parameters())).dtype
