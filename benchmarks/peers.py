@@ -216,6 +216,7 @@ def fisherpack_rows(b: Bench, rate: float, criterion: str) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
+    env = environment.record(seed=args.seed, torchao=_version("torchao"))  # before any output is written
     x_train, y_train, x_test, y_test = data.load(args.data_dir).tensors()
     x_fit, y_fit, x_val, y_val = data.split_validation(x_train, y_train, args.val, args.seed)
     if args.checkpoint:
@@ -252,7 +253,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "finetune": "1 epoch, masked, Adam continued at lr 1e-3, same data order for every tool",
         "rows": rows,
         "seconds": round(time.perf_counter() - started, 1),
-        "environment": environment.record(seed=args.seed, torchao=_version("torchao")),
+        "environment": env,
     }
 
 

@@ -44,7 +44,7 @@ def _version(package: str) -> str | None:
         return None
 
 
-def run(name: str, epochs: int, seed: int, n_val: int, cfg: sensitivity.SensitivityConfig, out_dir: Path) -> list:
+def run(name: str, epochs: int, seed: int, n_val: int, cfg: sensitivity.SensitivityConfig, out_dir: Path, env) -> list:
     started = time.perf_counter()
     x_train, y_train, x_test, y_test = data.load().tensors()
     x_fit, y_fit, x_val, y_val = data.split_validation(x_train, y_train, n_val, seed)
@@ -61,7 +61,7 @@ def run(name: str, epochs: int, seed: int, n_val: int, cfg: sensitivity.Sensitiv
         "validation": {"images": len(x_val), "seed": seed, "held_out_from_training": True},
         "validation_error": evaluate(model, x_val, y_val)[0],
         "test_error_for_context": evaluate(model, x_test, y_test)[0],
-        "environment": environment.record(seed=seed, matplotlib=_version("matplotlib")),
+        "environment": env,
     }
     results = []
     for rank_by in ("adam", "empirical"):
@@ -119,8 +119,9 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     cfg = sensitivity.SensitivityConfig(fisher_samples=args.fisher_samples, seed=args.seed)
+    env = environment.record(seed=args.seed, matplotlib=_version("matplotlib"))  # before any output is written
     for name in args.models:
-        for result in run(name, args.epochs or EPOCHS.get(name, 3), args.seed, args.val, cfg, args.out_dir):
+        for result in run(name, args.epochs or EPOCHS.get(name, 3), args.seed, args.val, cfg, args.out_dir, env):
             print(_summary(result))
     return 0
 
