@@ -1,0 +1,210 @@
+"""Inference speed: dense fp32 against fisherpack's sparse runtime, and the time to decode the file.
+
+Two networks, pruned and quantized by fisherpack and written to a .fpk file:
+
+- ``lenet5``: LeNet-5 (431k parameters) at Deep Compression's per-layer kept fractions (conv1 67%,
+  conv2 5.3%, fc1 2.5%, fc2 6.1%; set with per-layer rate overrides), 5-bit codes.
+- ``mlp4096``: a wide MLP 784-4096-4096-10 (20M parameters), every layer pruned to 95%, 5-bit codes.
+
+Weights are randomly initialised and pruned by magnitude: speed depends on the shapes and the
+number of kept weights, not on what the network learned. For each network the file is decoded
+into a fresh model ("dense": plain PyTorch, fp32, zeros included) and converted by
+``fisherpack.runtime.optimize`` for batch sizes 1 and 256 ("runtime"). Each timing sample runs
+enough forward passes to last about 5 ms; dense and runtime samples are interleaved and the
+medians compared, so both see the same machine load. Decoding, loading and conversion (which
+includes the runtime's own measurements) are timed once each.
+
+Writes ``inference.json`` (figures and an environment record) and ``inference.png`` into
+``--out`` (default: benchmarks/results). ``python benchmarks/report.py`` then updates the table in
+the README from the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import fisherpack  # noqa: E402
+from fisherpack import runtime  # noqa: E402
+from fisherpack.compress import summary  # noqa: E402
+
+BATCHES = (1, 256)
+LENET5_RATES = {"conv1.weight": 0.33, "conv2.weight": 0.947, "fc1.weight": 0.975, "fc2.weight": 0.939}
+
+
+def wide_mlp(width: int = 4096) -> nn.Module:
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(784, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 10)
+    )
+
+
+def networks(quick: bool) -> dict[str, tuple]:
+    """name -> (factory, CompressConfig). ``quick`` shrinks the MLP for a smoke test."""
+    lenet = fisherpack.CompressConfig(
+        criterion="magnitude",
+        allocation="uniform",
+        bits=5,
+        overrides=tuple((n, {"rate": r}) for n, r in LENET5_RATES.items()),
+    )
+    mlp = fisherpack.CompressConfig(rate=0.95, criterion="magnitude", scope="layer", allocation="uniform", bits=5)
+    width = 256 if quick else 4096
+    return {"lenet5": (lambda: fisherpack.models.build("lenet5"), lenet), f"mlp{width}": (lambda: wide_mlp(width), mlp)}
+
+
+def _sample_ms(fn, x: torch.Tensor, inner: int) -> float:
+    start = time.perf_counter()
+    for _ in range(inner):
+        fn(x)
+    return 1e3 * (time.perf_counter() - start) / inner
+
+
+def compare(dense: nn.Module, fast: nn.Module, x: torch.Tensor, repeats: int) -> dict[str, float]:
+    """Median ms per forward pass of both models, samples interleaved."""
+    with torch.no_grad():
+        for _ in range(3):  # warm-up: first calls at a new shape allocate and pick kernels
+            one = max(_sample_ms(dense, x, 1), _sample_ms(fast, x, 1))
+        inner = max(1, int(5.0 / max(one, 1e-3)))
+        samples: dict[str, list[float]] = {"dense": [], "runtime": []}
+        for _ in range(repeats):
+            samples["dense"].append(_sample_ms(dense, x, inner))
+            samples["runtime"].append(_sample_ms(fast, x, inner))
+        torch.testing.assert_close(fast(x), dense(x), rtol=1e-4, atol=1e-4)
+    dense_ms, fast_ms = statistics.median(samples["dense"]), statistics.median(samples["runtime"])
+    return {"dense_ms": dense_ms, "runtime_ms": fast_ms, "speedup": dense_ms / fast_ms, "inner": inner}
+
+
+def run_network(name: str, factory, config, repeats: int, workdir: Path, batches: tuple[int, ...]) -> dict:
+    torch.manual_seed(0)
+    model = factory()
+    packed = fisherpack.compress(model, None, config, meta={"model": name})
+    path = workdir / f"{name}.fpk"
+    file_bytes = fisherpack.save(packed, path)
+
+    start = time.perf_counter()
+    state = fisherpack.load(path)  # read, check, decode to a dense state dict
+    decode_s = time.perf_counter() - start
+    dense = factory().eval()
+    start = time.perf_counter()
+    dense.load_state_dict(state)
+    load_s = time.perf_counter() - start
+    fast = factory()
+    fisherpack.load_into(fast, path)
+    start = time.perf_counter()
+    report = runtime.optimize(fast, *(torch.randn(b, 1, 28, 28) for b in batches))
+    optimize_s = time.perf_counter() - start
+
+    result = {
+        "params": sum(p.numel() for p in dense.parameters()),
+        "kept_fraction": summary(packed, file_bytes)["kept_fraction"],
+        "file_bytes": file_bytes,
+        "fp32_bytes": 4 * sum(p.numel() for p in dense.parameters()),
+        "decode_s": decode_s,
+        "load_s": load_s,
+        "optimize_s": optimize_s,
+        "layers": {n: {k: r[k] for k in ("density", "sparse", "kernels")} for n, r in report.items()},
+        "batches": {},
+    }
+    for b in batches:
+        x = torch.randn(b, 1, 28, 28, generator=torch.Generator().manual_seed(b))
+        result["batches"][str(b)] = compare(dense, fast, x, repeats)
+    return result
+
+
+def environment(threads: int) -> dict:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout)
+    except OSError:
+        commit, dirty = "unknown", None
+    cpu = platform.processor() or platform.machine()
+    try:
+        names = [ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    return {
+        "fisherpack": fisherpack.__version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "threads": threads,
+        "mkl": torch.backends.mkl.is_available(),
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+    }
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels, dense, fast = [], [], []
+    for name, r in results["networks"].items():
+        for b, m in r["batches"].items():
+            labels.append(f"{name}\nbatch {b}")
+            dense.append(m["dense_ms"])
+            fast.append(m["runtime_ms"])
+    x = np.arange(len(labels))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.bar(x - 0.2, dense, 0.4, label="dense fp32 (PyTorch)")
+    ax.bar(x + 0.2, fast, 0.4, label="fisherpack runtime")
+    for i, (d, f) in enumerate(zip(dense, fast)):
+        ax.text(i + 0.2, f, f"{d / f:.1f}x", ha="center", va="bottom", fontsize=9)
+    ax.set_xticks(x, labels)
+    ax.set_yscale("log")
+    ax.set_ylabel("ms per forward pass (median)")
+    env = results["environment"]
+    ax.set_title(f"Inference, {env['threads']} thread(s), torch {env['torch']}", fontsize=10)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="output folder")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
+    p.add_argument("--repeats", type=int, default=15, help="interleaved timing samples per measurement")
+    p.add_argument("--batches", default=",".join(map(str, BATCHES)), help="batch sizes, comma-separated")
+    p.add_argument("--quick", action="store_true", help="a small MLP and few repeats: a smoke test")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    repeats = 3 if args.quick else args.repeats
+    batches = tuple(int(b) for b in args.batches.split(","))
+    results = {"environment": environment(args.threads), "repeats": repeats, "networks": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, (factory, config) in networks(args.quick).items():
+            results["networks"][name] = run_network(name, factory, config, repeats, Path(tmp), batches)
+    (out / "inference.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    plot(results, out / "inference.png")
+    return results
+
+
+if __name__ == "__main__":
+    for name, r in main()["networks"].items():
+        speed = ", ".join(f"batch {b}: {m['speedup']:.2f}x" for b, m in r["batches"].items())
+        print(f"{name}: file {r['file_bytes']:,} B, decode {r['decode_s']:.3f} s, {speed}")
