@@ -204,11 +204,6 @@ class PipelineConfig(_Versioned):
         _check(self.fisher_samples >= 1, f"fisher_samples must be >= 1, got {self.fisher_samples}")
         if isinstance(self.compress, dict):
             object.__setattr__(self, "compress", CompressConfig.from_dict(self.compress))
-        _check(
-            not any("rate" in settings for _, settings in self.compress.overrides),
-            "per-layer rate overrides apply to one-shot compression (fisherpack compress); "
-            "iterative pruning prunes all layers to one rate",
-        )
         _check(self.version == self.VERSION, f"PipelineConfig version {self.version} is not supported")
 
     def to_dict(self) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from . import models, prune
 from .compress import compress, compressible
 from .config import CompressConfig, PipelineConfig
 from .data import batches
-from .errors import FisherpackError
+from .errors import ConfigError, FisherpackError
 from .fileio import atomic_write_bytes
 from .tensors import Compressed
 from .train import epoch_images, evaluate, train_epoch
@@ -158,6 +158,9 @@ def run(
 
     ``until="train"`` stops after training (``fisherpack train``), with ``compressed`` None.
     """
+    if any("rate" in settings for _, settings in cfg.compress.overrides):  # issue 5: see compress.select_masks
+        raise ConfigError("per-layer rate overrides apply to one-shot compression (fisherpack compress); "
+                          "iterative pruning prunes all layers to one rate")  # fmt: skip
     progress = progress or _Silent()
     ckpt = Path(checkpoint) if checkpoint is not None else None
     config_json = json.dumps(cfg.to_dict(), sort_keys=True)

@@ -66,5 +66,3 @@ def test_per_layer_overrides_round_trip_through_json_and_are_validated():
     ]:
         with pytest.raises(ConfigError, match=message):
             CompressConfig(overrides=bad)
-    with pytest.raises(ConfigError, match="rate overrides apply to one-shot"):
-        PipelineConfig(compress=CompressConfig(overrides=(("fc*", {"rate": 0.5}),)))

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 import fisherpack
+import fisherpack.pipeline
 from fisherpack.compress import compressible
 from fisherpack.errors import ConfigError
 from fisherpack.tensors import Alias, QuantTensor, RawTensor
@@ -160,6 +161,9 @@ def test_per_layer_overrides_of_rate_and_bits():
     assert fisherpack.CompressConfig.from_dict(packed.meta["config"]) == config
     with pytest.raises(ConfigError, match="matches no compressed tensor"):
         fisherpack.compress(model, fisher, fisherpack.CompressConfig(overrides=(("mixx.*", {"bits": 8}),)))
+    rated = fisherpack.PipelineConfig(compress=fisherpack.CompressConfig(overrides=(("fc*", {"rate": 0.5}),)))
+    with pytest.raises(ConfigError, match="rate overrides apply to one-shot"):
+        fisherpack.pipeline.run(rated, *fisherpack.data.synthetic(10, 10).tensors())
 
 
 def test_a_file_of_another_model_names_the_first_mismatching_tensor(tmp_path):
