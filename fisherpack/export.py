@@ -16,11 +16,12 @@ Both return bytes; writing them is the caller's business.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
+import re
 import warnings
 from collections.abc import Iterator
-from typing import Any
 
 import torch
 from torch import nn
@@ -29,6 +30,8 @@ from .errors import ConfigError, FisherpackError
 from .tensors import Compressed
 
 __all__ = ["safetensors_bytes", "onnx_bytes"]
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def _need(module: str) -> None:
@@ -53,16 +56,25 @@ def safetensors_bytes(compressed: Compressed) -> bytes:
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """The exporter logs and warns about things a user cannot act on; the library never prints."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    """torch.export and the ONNX exporter log, warn and print graphs about things a user cannot act
+    on (and some of it even on success); the library never prints."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
     try:
-        with warnings.catch_warnings():
+        sink = io.StringIO()
+        with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
             warnings.simplefilter("ignore")
             yield
     finally:
-        logger.setLevel(level)
+        logging.disable(previous)
+
+
+def _reason(exc: BaseException) -> str:
+    """The first line of the innermost cause, without terminal colour codes."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    lines = [ln.strip() for ln in _ANSI.sub("", str(exc)).splitlines() if ln.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:300]
 
 
 def onnx_bytes(model: nn.Module, example: torch.Tensor | tuple[torch.Tensor, ...]) -> bytes:
@@ -95,5 +107,4 @@ def onnx_bytes(model: nn.Module, example: torch.Tensor | tuple[torch.Tensor, ...
     except FisherpackError:
         raise
     except Exception as exc:
-        first: Any = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise FisherpackError(f"torch.onnx.export failed for this model: {first[:300]}") from None
+        raise FisherpackError(f"torch.onnx.export failed for this model: {_reason(exc)}") from None
