@@ -10,8 +10,9 @@ Weights are randomly initialised and pruned by magnitude: speed depends on the s
 number of kept weights, not on what the network learned. For each network the file is decoded
 into a fresh model ("dense": plain PyTorch, fp32, zeros included) and converted by
 ``fisherpack.runtime.optimize`` for batch sizes 1 and 256 ("runtime"). Each timing sample runs
-enough forward passes to last about 5 ms; dense and runtime samples are interleaved and the
-medians compared, so both see the same machine load. Decoding, loading and conversion (which
+enough forward passes to last about 20 ms; dense and runtime samples are interleaved and the
+medians compared, so both see the same machine load. Decoding (read, check, decode to a dense
+state dict; also for the file written without the rANS stage), loading and conversion (which
 includes the runtime's own measurements) are timed once each.
 
 Writes ``inference.json`` (figures and an environment record) and ``inference.png`` into
@@ -44,6 +45,7 @@ from fisherpack import runtime  # noqa: E402
 from fisherpack.compress import summary  # noqa: E402
 
 BATCHES = (1, 256)
+SAMPLE_MS = 20.0  # each timing sample repeats forward passes for at least about this long
 LENET5_RATES = {"conv1.weight": 0.33, "conv2.weight": 0.947, "fc1.weight": 0.975, "fc2.weight": 0.939}
 
 
@@ -76,9 +78,9 @@ def _sample_ms(fn, x: torch.Tensor, inner: int) -> float:
 def compare(dense: nn.Module, fast: nn.Module, x: torch.Tensor, repeats: int) -> dict[str, float]:
     """Median ms per forward pass of both models, samples interleaved."""
     with torch.no_grad():
-        for _ in range(3):  # warm-up: first calls at a new shape allocate and pick kernels
-            one = max(_sample_ms(dense, x, 1), _sample_ms(fast, x, 1))
-        inner = max(1, int(5.0 / max(one, 1e-3)))
+        # warm-up (first calls at a new shape allocate and pick kernels) and the duration of a call
+        one = min(max(_sample_ms(dense, x, 1), _sample_ms(fast, x, 1)) for _ in range(3))
+        inner = max(1, int(SAMPLE_MS / max(one, 1e-3)))
         samples: dict[str, list[float]] = {"dense": [], "runtime": []}
         for _ in range(repeats):
             samples["dense"].append(_sample_ms(dense, x, inner))
@@ -102,6 +104,11 @@ def run_network(name: str, factory, config, repeats: int, workdir: Path, batches
     start = time.perf_counter()
     dense.load_state_dict(state)
     load_s = time.perf_counter() - start
+    plain = workdir / f"{name}.plain.fpk"  # the same without the entropy stage: bigger, faster to decode
+    plain_bytes = fisherpack.save(packed, plain, entropy=False)
+    start = time.perf_counter()
+    fisherpack.load(plain)
+    decode_plain_s = time.perf_counter() - start
     fast = factory()
     fisherpack.load_into(fast, path)
     start = time.perf_counter()
@@ -114,6 +121,8 @@ def run_network(name: str, factory, config, repeats: int, workdir: Path, batches
         "file_bytes": file_bytes,
         "fp32_bytes": 4 * sum(p.numel() for p in dense.parameters()),
         "decode_s": decode_s,
+        "file_bytes_plain": plain_bytes,
+        "decode_plain_s": decode_plain_s,
         "load_s": load_s,
         "optimize_s": optimize_s,
         "layers": {n: {k: r[k] for k in ("density", "sparse", "kernels")} for n, r in report.items()},
@@ -186,7 +195,7 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="output folder")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
-    p.add_argument("--repeats", type=int, default=15, help="interleaved timing samples per measurement")
+    p.add_argument("--repeats", type=int, default=21, help="interleaved timing samples per measurement")
     p.add_argument("--batches", default=",".join(map(str, BATCHES)), help="batch sizes, comma-separated")
     p.add_argument("--quick", action="store_true", help="a small MLP and few repeats: a smoke test")
     args = p.parse_args(argv)

@@ -27,7 +27,7 @@ def _ms(x: float) -> str:
 
 def render(results: dict) -> str:
     """The README's Markdown for one benchmark run."""
-    head = ["network", "kept weights", "file (fp32)", "decode + load"]
+    head = ["network", "kept weights", "file (fp32)", "decode + load (without rANS)", "runtime setup"]
     batches = sorted({b for r in results["networks"].values() for b in r["batches"]}, key=int)
     head += [f"batch {b}: dense → runtime" for b in batches]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -36,7 +36,9 @@ def render(results: dict) -> str:
             NAMES.get(name, name),
             f"{r['kept_fraction']:.1%} of {r['params'] / 1e6:.2f}M",
             f"{_size(r['file_bytes'])} ({_size(r['fp32_bytes'])})",
-            f"{1e3 * (r['decode_s'] + r['load_s']):.0f} ms",
+            f"{1e3 * (r['decode_s'] + r['load_s']):.0f} ms "
+            f"({1e3 * (r['decode_plain_s'] + r['load_s']):.0f} ms, {_size(r['file_bytes_plain'])})",
+            f"{r['optimize_s']:.1f} s",
         ]
         for b in batches:
             m = r["batches"][b]
@@ -45,6 +47,7 @@ def render(results: dict) -> str:
     env = results["environment"]
     rows.append("")
     rows.append(
+        "Runtime setup is `runtime.optimize`, which times every candidate layer at every batch size. "
         f"Median ms per forward pass over {results['repeats']} interleaved samples; {env['cpu']}, "
         f"{env['threads']} thread(s), torch {env['torch']}, commit {env['git_commit'][:7]}, {env['date'][:10]}. "
         "Rerun: `python benchmarks/inference.py && python benchmarks/report.py`."

@@ -10,8 +10,9 @@ Sparse is not always faster: a layer with many survivors, or a small one at batc
 dense. :func:`optimize` therefore **measures at conversion time**: it runs the model on the
 example inputs you give (one per batch size you care about), records each candidate layer's
 input, and times the dense product against both sparse kernels on it, interleaving repetitions and
-taking medians. Each layer gets, per measured batch size, the fastest of ``dense``, ``addmm`` and
-``linear``; other batch sizes use the choice of the nearest measured one (in log scale). A layer
+taking medians (a sample repeats a fast call for about 1 ms). Each layer gets, per measured batch
+size, the fastest of ``dense``, ``addmm`` and ``linear``; other batch sizes use the choice of the
+nearest measured one (in log scale). A layer
 where dense always wins stays an ``nn.Linear``; a layer where sparse always wins keeps only its
 CSR weight; a layer that needs both keeps both. Layers below ``min_sparsity`` are not even timed.
 The choice depends on the machine, its load and thread count, and on the example batch sizes; the
@@ -110,16 +111,21 @@ class SparseLinear(nn.Module):
 
 
 def _median_ms(fns: dict[str, Any], repeats: int) -> dict[str, float]:
-    """Median wall time of each function in ms; repetitions interleaved so drifts in machine load
-    hit every candidate alike."""
-    for fn in fns.values():
+    """Median wall time of each function in ms. Repetitions are interleaved so that drifts in
+    machine load hit every candidate alike; a sample repeats a fast call for about 1 ms."""
+    inner = {}
+    for k, fn in fns.items():
         fn()  # warm-up: first calls allocate and pick code paths
+        start = time.perf_counter()
+        fn()
+        inner[k] = min(1000, max(1, int(1e-3 / max(time.perf_counter() - start, 1e-7))))
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for k, fn in fns.items():
             start = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - start)
+            for _ in range(inner[k]):
+                fn()
+            times[k].append((time.perf_counter() - start) / inner[k])
     return {k: 1e3 * statistics.median(v) for k, v in times.items()}
 
 
