@@ -27,3 +27,15 @@ def test_inference_benchmark_smoke_run(tmp_path):
     for r in results["networks"].values():
         assert set(r["batches"]) == {"1", "8"} and r["file_bytes"] < r["fp32_bytes"] / 10
     assert results["environment"]["threads"] == 1 and results["environment"]["git_commit"]
+
+
+def test_readme_table_is_generated_from_the_committed_results():
+    results = json.loads((ROOT / "benchmarks" / "results" / "inference.json").read_text())
+    readme = (ROOT / "README.md").read_text()
+    report = _module("report")
+    assert report.update(readme, results) == readme, "run: python benchmarks/report.py"
+    assert report.render(results) in readme
+    mlp = results["networks"]["mlp4096"]
+    assert abs(mlp["kept_fraction"] - 0.05) < 0.001
+    for batch in ("1", "256"):  # the claim: at 95% sparsity the runtime beats dense fp32, same run
+        assert mlp["batches"][batch]["runtime_ms"] < mlp["batches"][batch]["dense_ms"]
