@@ -87,6 +87,11 @@ def compress(
             raise ConfigError(f"weight {n!r} has NaN or Inf values; fix the model before compressing")
     if masks is None:
         masks = select_masks(config, weights, fisher, layer)
+    if config.quantize_biases:  # quantized like the weights, never pruned
+        masks = dict(masks)
+        for n in _biases_of(params, names):
+            weights[n] = params[n].detach().float()
+            masks[n] = torch.ones_like(weights[n], dtype=torch.bool)
     quantized = quant.quantize(
         weights,
         masks,
@@ -155,6 +160,12 @@ def _entries(model: nn.Module, quantized: dict[str, QuantTensor]) -> dict[str, Q
         tensors[first] = quantized[tied[0]] if tied else RawTensor(state[first].detach().clone().contiguous())
         tensors.update({n: Alias(first) for n in names[1:]})
     return {name: tensors[name] for name in state}
+
+
+def _biases_of(params: dict[str, nn.Parameter], weight_names: list[str]) -> list[str]:
+    """The ``bias`` beside each ``weight`` name, where the layer has one."""
+    candidates = [n[: -len("weight")] + "bias" for n in weight_names if n.endswith("weight")]
+    return [n for n in candidates if n in params and params[n].is_floating_point()]
 
 
 def decompress(compressed: Compressed) -> dict[str, torch.Tensor]:
