@@ -24,10 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import fisherpack  # noqa: E402
-from fisherpack import runtime  # noqa: E402
+from fisherpack import environment, runtime  # noqa: E402
 from fisherpack.compress import summary  # noqa: E402
 
 BATCHES = (1, 256)
@@ -134,34 +131,6 @@ def run_network(name: str, factory, config, repeats: int, workdir: Path, batches
     return result
 
 
-def environment(threads: int) -> dict:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout)
-    except OSError:
-        commit, dirty = "unknown", None
-    cpu = platform.processor() or platform.machine()
-    try:
-        names = [ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    return {
-        "fisherpack": fisherpack.__version__,
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "threads": threads,
-        "mkl": torch.backends.mkl.is_available(),
-        "git_commit": commit,
-        "git_dirty": dirty,
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
-    }
-
-
 def plot(results: dict, path: Path) -> None:
     import matplotlib
 
@@ -204,7 +173,8 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     repeats = 3 if args.quick else args.repeats
     batches = tuple(int(b) for b in args.batches.split(","))
-    results = {"environment": environment(args.threads), "repeats": repeats, "networks": {}}
+    env = environment.record(date=time.strftime("%Y-%m-%d %H:%M:%S %z"), mkl=torch.backends.mkl.is_available())
+    results = {"environment": env, "repeats": repeats, "networks": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for name, (factory, config) in networks(args.quick).items():
             results["networks"][name] = run_network(name, factory, config, repeats, Path(tmp), batches)

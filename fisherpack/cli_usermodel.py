@@ -125,6 +125,8 @@ def compress_user(args: argparse.Namespace, config: CompressConfig, log) -> tupl
         fisher = fisher_mod.from_adam_state(optimizer, model)
     elif needs:
         batches = _batches(args, "train", log)
+        if batches is None and args.fisher:
+            raise ConfigError(f"--fisher {source} needs data: give --data package.module:function or --data-dir D")
         if batches is None:
             raise ConfigError(
                 f"{ckpt} has no Adam state to read the Fisher from; give a data source (--data or --data-dir), "

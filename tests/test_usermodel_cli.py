@@ -105,6 +105,8 @@ def test_fisher_source_follows_the_checkpoint(checkpoints, tmp_path, capsys):
     assert main([*bare, *plain]) == 0  # magnitude + uniform: no Fisher needed, no data needed
     assert fisherpack.read(tmp_path / "c.fpk").meta["fisher"] is None
     full = ["compress", "--model", SPEC, "--checkpoint", str(checkpoints / "full.pt")]
+    err = _error(capsys, [*full, "--fisher", "empirical", "--out", str(tmp_path / "e.fpk")])
+    assert "--fisher empirical needs data" in err
     argv = [*full, "--fisher", "sampled", "--data", "examples.tinyres:train_batches", "--fisher-samples", "16"]
     assert main([*argv, "--out", str(tmp_path / "d.fpk")]) == 0
 
