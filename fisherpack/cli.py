@@ -155,7 +155,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     fig = {"model": cfg.model, **outcome.figures, **_evaluate_file(out, args.data_dir, (x_test, y_test))}
     fig.update(
         seconds=round(time.perf_counter() - started, 1),
-        file=str(out),
+        file=out.name,
         config=cfg.to_dict(),
         environment=environment.record(seed=cfg.seed),
     )
