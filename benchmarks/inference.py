@@ -2,12 +2,14 @@
 
 Two networks, pruned and quantized by fisherpack and written to a .fpk file:
 
-- ``lenet5``: LeNet-5 (431k parameters) at Deep Compression's per-layer kept fractions (conv1 67%,
-  conv2 5.3%, fc1 2.5%, fc2 6.1%; set with per-layer rate overrides), 5-bit codes.
+- ``lenet5``: LeNet-5 (431k parameters), the reference file ``benchmarks/results/lenet5.fpk`` made
+  by ``fisherpack reproduce`` (trained on MNIST, pruned and quantized with the defaults). Without
+  that file: random weights at Deep Compression's per-layer kept fractions (conv1 67%, conv2 5.3%,
+  fc1 2.5%, fc2 6.1%; set with per-layer rate overrides), 5-bit codes.
 - ``mlp4096``: a wide MLP 784-4096-4096-10 (20M parameters), every layer pruned to 95%, 5-bit codes.
 
-Weights are randomly initialised and pruned by magnitude: speed depends on the shapes and the
-number of kept weights, not on what the network learned. For each network the file is decoded
+The MLP's weights are random and pruned by magnitude: speed depends on the shapes and the number
+of kept weights, not on what the network learned. For each network the file is decoded
 into a fresh model ("dense": plain PyTorch, fp32, zeros included) and converted by
 ``fisherpack.runtime.optimize`` for batch sizes 1 and 256 ("runtime"). Each timing sample runs
 enough forward passes to last about 20 ms; dense and runtime samples are interleaved and the
@@ -42,6 +44,7 @@ from fisherpack import environment, runtime  # noqa: E402
 from fisherpack.compress import summary  # noqa: E402
 
 BATCHES = (1, 256)
+REFERENCE_LENET5 = ROOT / "benchmarks" / "results" / "lenet5.fpk"
 SAMPLE_MS = 20.0  # each timing sample repeats forward passes for at least about this long
 LENET5_RATES = {"conv1.weight": 0.33, "conv2.weight": 0.947, "fc1.weight": 0.975, "fc2.weight": 0.939}
 
@@ -53,7 +56,7 @@ def wide_mlp(width: int = 4096) -> nn.Module:
 
 
 def networks(quick: bool) -> dict[str, tuple]:
-    """name -> (factory, CompressConfig). ``quick`` shrinks the MLP for a smoke test."""
+    """name -> (factory, CompressConfig or an existing .fpk). ``quick`` shrinks the MLP for a smoke test."""
     lenet = fisherpack.CompressConfig(
         criterion="magnitude",
         allocation="uniform",
@@ -62,7 +65,11 @@ def networks(quick: bool) -> dict[str, tuple]:
     )
     mlp = fisherpack.CompressConfig(rate=0.95, criterion="magnitude", scope="layer", allocation="uniform", bits=5)
     width = 256 if quick else 4096
-    return {"lenet5": (lambda: fisherpack.models.build("lenet5"), lenet), f"mlp{width}": (lambda: wide_mlp(width), mlp)}
+    lenet_source = REFERENCE_LENET5 if REFERENCE_LENET5.is_file() else lenet
+    return {
+        "lenet5": (lambda: fisherpack.models.build("lenet5"), lenet_source),
+        f"mlp{width}": (lambda: wide_mlp(width), mlp),
+    }
 
 
 def _sample_ms(fn, x: torch.Tensor, inner: int) -> float:
@@ -87,12 +94,15 @@ def compare(dense: nn.Module, fast: nn.Module, x: torch.Tensor, repeats: int) ->
     return {"dense_ms": dense_ms, "runtime_ms": fast_ms, "speedup": dense_ms / fast_ms, "inner": inner}
 
 
-def run_network(name: str, factory, config, repeats: int, workdir: Path, batches: tuple[int, ...]) -> dict:
-    torch.manual_seed(0)
-    model = factory()
-    packed = fisherpack.compress(model, None, config, meta={"model": name})
-    path = workdir / f"{name}.fpk"
-    file_bytes = fisherpack.save(packed, path)
+def run_network(name: str, factory, source, repeats: int, workdir: Path, batches: tuple[int, ...]) -> dict:
+    if isinstance(source, Path):
+        path, packed = source, fisherpack.read(source)
+        file_bytes = path.stat().st_size
+    else:
+        torch.manual_seed(0)
+        packed = fisherpack.compress(factory(), None, source, meta={"model": name})
+        path = workdir / f"{name}.fpk"
+        file_bytes = fisherpack.save(packed, path)
 
     start = time.perf_counter()
     state = fisherpack.load(path)  # read, check, decode to a dense state dict
@@ -113,6 +123,7 @@ def run_network(name: str, factory, config, repeats: int, workdir: Path, batches
     optimize_s = time.perf_counter() - start
 
     result = {
+        "source": str(source.relative_to(ROOT)) if isinstance(source, Path) else "random weights",
         "params": sum(p.numel() for p in dense.parameters()),
         "kept_fraction": summary(packed, file_bytes)["kept_fraction"],
         "file_bytes": file_bytes,

@@ -32,8 +32,9 @@ def render(results: dict) -> str:
     head += [f"batch {b}: dense → runtime" for b in batches]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in results["networks"].items():
+        source = r.get("source", "random weights")
         cells = [
-            NAMES.get(name, name),
+            NAMES.get(name, name) + ("" if source == "random weights" else f", `{source}`"),
             f"{r['kept_fraction']:.1%} of {r['params'] / 1e6:.2f}M",
             f"{_size(r['file_bytes'])} ({_size(r['fp32_bytes'])})",
             f"{1e3 * (r['decode_s'] + r['load_s']):.0f} ms "
