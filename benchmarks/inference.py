@@ -12,8 +12,11 @@ The MLP's weights are random and pruned by magnitude: speed depends on the shape
 of kept weights, not on what the network learned. For each network the file is decoded
 into a fresh model ("dense": plain PyTorch, fp32, zeros included) and converted by
 ``fisherpack.runtime.optimize`` for batch sizes 1 and 256 ("runtime"). Each timing sample runs
-enough forward passes to last about 20 ms; dense and runtime samples are interleaved and the
-medians compared, so both see the same machine load. Decoding (read, check, decode to a dense
+enough forward passes of one model to last about 20 ms (the same for both, so that both lose the
+same share of a sample to other processes on a shared machine); dense and runtime samples are
+interleaved and the medians compared, so both see the same machine load. Besides wall time, the
+CPU time of the calling thread (``time.thread_time``; with one torch thread all the work runs
+there) is recorded: it does not count time the process waits for a core. Decoding (read, check, decode to a dense
 state dict; also for the file written without the rANS stage), loading and conversion (which
 includes the runtime's own measurements) are timed once each.
 
@@ -72,26 +75,37 @@ def networks(quick: bool) -> dict[str, tuple]:
     }
 
 
-def _sample_ms(fn, x: torch.Tensor, inner: int) -> float:
-    start = time.perf_counter()
+def _sample(fn, x: torch.Tensor, inner: int) -> tuple[float, float]:
+    """(wall ms, CPU ms of this thread) per call, over ``inner`` calls."""
+    wall, cpu = time.perf_counter(), time.thread_time()
     for _ in range(inner):
         fn(x)
-    return 1e3 * (time.perf_counter() - start) / inner
+    return 1e3 * (time.perf_counter() - wall) / inner, 1e3 * (time.thread_time() - cpu) / inner
 
 
 def compare(dense: nn.Module, fast: nn.Module, x: torch.Tensor, repeats: int) -> dict[str, float]:
-    """Median ms per forward pass of both models, samples interleaved."""
+    """Median ms per forward pass of both models, samples interleaved, each about SAMPLE_MS long."""
+    models = {"dense": dense, "runtime": fast}
     with torch.no_grad():
         # warm-up (first calls at a new shape allocate and pick kernels) and the duration of a call
-        one = min(max(_sample_ms(dense, x, 1), _sample_ms(fast, x, 1)) for _ in range(3))
-        inner = max(1, int(SAMPLE_MS / max(one, 1e-3)))
-        samples: dict[str, list[float]] = {"dense": [], "runtime": []}
+        one = {k: min(_sample(m, x, 1)[0] for _ in range(3)) for k, m in models.items()}
+        inner = {k: max(1, int(SAMPLE_MS / max(t, 1e-3))) for k, t in one.items()}
+        samples: dict[str, list[tuple[float, float]]] = {k: [] for k in models}
         for _ in range(repeats):
-            samples["dense"].append(_sample_ms(dense, x, inner))
-            samples["runtime"].append(_sample_ms(fast, x, inner))
+            for k, m in models.items():
+                samples[k].append(_sample(m, x, inner[k]))
         torch.testing.assert_close(fast(x), dense(x), rtol=1e-4, atol=1e-4)
-    dense_ms, fast_ms = statistics.median(samples["dense"]), statistics.median(samples["runtime"])
-    return {"dense_ms": dense_ms, "runtime_ms": fast_ms, "speedup": dense_ms / fast_ms, "inner": inner}
+    wall = {k: statistics.median(w for w, _ in v) for k, v in samples.items()}
+    cpu = {k: statistics.median(c for _, c in v) for k, v in samples.items()}
+    return {
+        "dense_ms": wall["dense"],
+        "runtime_ms": wall["runtime"],
+        "speedup": wall["dense"] / wall["runtime"],
+        "dense_cpu_ms": cpu["dense"],
+        "runtime_cpu_ms": cpu["runtime"],
+        "cpu_speedup": cpu["dense"] / cpu["runtime"],
+        "inner": inner,
+    }
 
 
 def run_network(name: str, factory, source, repeats: int, workdir: Path, batches: tuple[int, ...]) -> dict:

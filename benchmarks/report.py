@@ -43,13 +43,16 @@ def render(results: dict) -> str:
         ]
         for b in batches:
             m = r["batches"][b]
-            cells.append(f"{_ms(m['dense_ms'])} → {_ms(m['runtime_ms'])} ms (**{m['speedup']:.1f}x**)")
+            cpu = f"; CPU time {m['cpu_speedup']:.1f}x" if "cpu_speedup" in m else ""
+            cells.append(f"{_ms(m['dense_ms'])} → {_ms(m['runtime_ms'])} ms (**{m['speedup']:.1f}x**{cpu})")
         rows.append("| " + " | ".join(cells) + " |")
     env = results["environment"]
     rows.append("")
     rows.append(
         "Runtime setup is `runtime.optimize`, which times every candidate layer at every batch size. "
-        f"Median ms per forward pass over {results['repeats']} interleaved samples; {env['cpu']}, "
+        f"Median wall ms per forward pass over {results['repeats']} interleaved samples of about 20 ms each "
+        "(CPU time: of the computing thread, which ignores waits for a core); "
+        f"{env['cpu']}, "
         f"{env['threads']} thread(s), torch {env['torch']}, commit {env['git_commit'][:7]}, {env['date'][:10]}. "
         "Rerun: `python benchmarks/inference.py && python benchmarks/report.py`."
     )
