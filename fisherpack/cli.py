@@ -274,7 +274,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     for name in names:
         path = paths[name]
         results = _read_results(path)
-        todo = sweep.pending(sweep.plan(name, seeds, quick=args.quick), results["points"])
+        specs = sweep.plan(name, seeds, quick=args.quick)
+        current = {sweep.key(s) for s in specs}  # points of other defaults or plans are stale
+        results["points"] = {k: v for k, v in results["points"].items() if k in current}
+        todo = sweep.pending(specs, results["points"])
         bar = _Bar(not args.quiet, unit="point")
         bar.start(len(todo), 0)
         try:

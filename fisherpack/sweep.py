@@ -21,6 +21,7 @@ settings of ``pipeline.default_config(model)``, cached in the work folder.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -81,7 +82,7 @@ class Sweep:
     # ------------------------------------------------------------------ shared pieces
     def base(self, model: str, seed: int) -> dict[str, Any]:
         """The trained dense model of (model, seed): state dicts and figures, cached on disk."""
-        path = self.workdir / f"base-{model}-seed{seed}.pt"
+        path = self.workdir / f"base-{model}-{settings_id(model)}-seed{seed}.pt"
         if path.exists():
             return torch.load(path, weights_only=True)
         cfg = pipeline.default_config(model).replace(seed=seed)
@@ -229,6 +230,14 @@ def weights_of(net: torch.nn.Module, names: list[str]) -> list[torch.Tensor]:
     return [params[n] for n in names]
 
 
+def settings_id(model: str) -> str:
+    """A short hash of ``pipeline.default_config(model)``: part of every point's key, so a change of
+    the defaults (which the base models and pipeline points are made with) makes new points."""
+    d = pipeline.default_config(model).to_dict()
+    d.pop("seed")
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+
+
 def pipeline_config(spec: dict[str, Any]) -> PipelineConfig:
     """The pipeline settings of a ``pipeline`` point: fisherpack's defaults, or the same schedule
     with magnitude pruning and uniform fixed point (the fair baseline)."""
@@ -265,7 +274,7 @@ def plan(model: str, seeds: tuple[int, ...] = (0, 1, 2), quick: bool = False) ->
     seeds = seeds[:1] if quick else seeds
     specs: list[dict[str, Any]] = []
     for seed in seeds:
-        common = {"model": model, "seed": seed}
+        common = {"model": model, "seed": seed, "defaults": settings_id(model)}
         for method in PRUNE_METHODS:
             for scope in scopes:
                 for rate in rates:
