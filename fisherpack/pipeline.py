@@ -41,7 +41,7 @@ from . import format as fmt
 from .compress import compress, compressible
 from .config import CompressConfig, PipelineConfig
 from .data import batches
-from .errors import FisherpackError
+from .errors import ConfigError, FisherpackError
 from .fileio import atomic_write_bytes
 from .quant import FakeQuant, requantize
 from .tensors import Compressed, QuantTensor
@@ -185,6 +185,9 @@ def run(
     ``start`` skips training: ``{"model": state_dict, "optimizer": state_dict, "figures": dict}`` of
     a model trained with ``cfg``'s training settings (as ``until="train"`` returns them).
     """
+    if any("rate" in settings for _, settings in cfg.compress.overrides):  # issue 5: see compress.select_masks
+        raise ConfigError("per-layer rate overrides apply to one-shot compression (fisherpack compress); "
+                          "iterative pruning prunes all layers to one rate")  # fmt: skip
     progress = progress or _Silent()
     ckpt = Path(checkpoint) if checkpoint is not None else None
     config_json = json.dumps(cfg.to_dict(), sort_keys=True)
