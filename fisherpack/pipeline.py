@@ -336,7 +336,8 @@ _DEFAULTS = {
         final_epochs=3,
         qat_epochs=2,
         distill=0.5,
-        compress=CompressConfig(rate=0.98, criterion="obd", bits=4.0),
+        augment=2,
+        compress=CompressConfig(rate=0.99, criterion="obd", bits=4.0, quantize_biases=True),
     ),
     "lenet300": PipelineConfig(
         model="lenet300",
@@ -346,7 +347,8 @@ _DEFAULTS = {
         final_epochs=6,
         qat_epochs=3,
         distill=0.5,
-        compress=CompressConfig(rate=0.95, criterion="obd", bits=4.0),
+        augment=2,
+        compress=CompressConfig(rate=0.95, criterion="obd", bits=4.0, quantize_biases=True),
     ),
 }
 
