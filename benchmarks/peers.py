@@ -1,6 +1,7 @@
 """Peer tools and fisherpack on one trained LeNet-5, measured in the same run on real MNIST.
 
-The model: LeNet-5 trained with fisherpack's pipeline (Adam, seeded) on the MNIST training set minus
+The model: LeNet-5 trained with fisherpack's pipeline (PipelineConfig defaults: Adam lr 1e-3, batch 64,
+cosine schedule, no augmentation; seeded) on the MNIST training set minus
 a held-out validation split, or a `fisherpack train` checkpoint (``--checkpoint``). Every tool
 starts from that same model; every fine-tune is one epoch of masked training on the same split,
 in the same data order, continuing the training run's Adam state at lr 1e-3 (fisherpack's
@@ -41,7 +42,7 @@ from torch import nn
 import fisherpack
 from fisherpack import data, environment, fisher, format, models, pipeline
 from fisherpack.compress import compress, compressible, load_into
-from fisherpack.config import CompressConfig
+from fisherpack.config import CompressConfig, PipelineConfig
 from fisherpack.fileio import atomic_write_bytes
 from fisherpack.prune import apply_masks, select
 from fisherpack.train import evaluate, train_epoch
@@ -223,7 +224,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         model, optimizer, batch_size = pipeline.restore_checkpoint(pipeline.load_training_checkpoint(args.checkpoint))
         source, epochs = {"checkpoint": args.checkpoint, "held_out_validation": False}, None
     else:
-        cfg = pipeline.default_config("lenet5").replace(seed=args.seed, epochs=args.epochs)
+        cfg = PipelineConfig(model="lenet5", seed=args.seed, epochs=args.epochs)  # plain Adam, no augmentation
         print(f"training LeNet-5 for {args.epochs} epochs on {len(x_fit):,} images", file=sys.stderr)
         outcome = pipeline.run(cfg, x_fit, y_fit, x_val, y_val, until="train")
         model, optimizer, batch_size, epochs = outcome.model, outcome.optimizer, cfg.batch_size, args.epochs

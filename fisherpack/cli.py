@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from . import __version__, data, dist, environment, format, models, pipeline, sensitivity, sweep
+from . import __version__, cli_usermodel, data, dist, environment, format, models, pipeline, sensitivity, sweep
 from .compress import load_into, summary
 from .config import FISHER_SOURCES, CompressConfig, PipelineConfig
 from .errors import ConfigError, FisherpackError
@@ -92,6 +92,7 @@ def _add_compress_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--allocation", choices=ALLOCATIONS, help="how widths are given to Fisher groups")
     g.add_argument("--groups", type=int, help="Fisher groups per tensor (waterfill)")
     g.add_argument("--no-entropy", action="store_true", help="disable the rANS entropy-coding stage")
+    cli_usermodel.add_layer_flags(g)  # --include / --exclude / --override
 
 
 def _compress_config(args: argparse.Namespace, base: CompressConfig) -> CompressConfig:
@@ -102,6 +103,7 @@ def _compress_config(args: argparse.Namespace, base: CompressConfig) -> Compress
     }
     if getattr(args, "no_entropy", False):
         changes["entropy"] = False
+    changes.update(cli_usermodel.layer_changes(args))
     return base.replace(**changes)
 
 
@@ -142,7 +144,10 @@ def _evaluate_file(
     compressed = format.load(path)
     name = compressed.meta.get("model")
     if name not in models.MODELS:
-        raise ConfigError(f"{path} holds a model fisherpack cannot rebuild ({name!r}); load it with fisherpack.load")
+        raise ConfigError(
+            f"{path} holds a model that is not in fisherpack's registry ({name!r}); "
+            "evaluate it with --model package.module:factory and --data or --data-dir"
+        )
     model = load_into(models.build(name), compressed)
     x_test, y_test = test if test is not None else data.load(data_dir, log=_log).tensors()[2:]
     fig = {"model": name, **summary(compressed, path.stat().st_size)}
@@ -215,6 +220,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
+    if args.user_model:  # a user's own model: see cli_usermodel
+        return _compress_user(args)
+    args.checkpoint = args.checkpoint or args.checkpoint_flag
+    if not args.checkpoint:
+        raise ConfigError("give a checkpoint: fisherpack compress CKPT (or --model PKG.MOD:FACTORY --checkpoint CKPT)")
     ckpt = pipeline.load_training_checkpoint(args.checkpoint)
     cfg = _pipeline_config(argparse.Namespace(**{**vars(args), "model": ckpt["model"]}))
     out = Path(args.out or Path(args.checkpoint).with_suffix(".fpk"))
@@ -228,9 +238,21 @@ def cmd_compress(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compress_user(args: argparse.Namespace) -> int:
+    config = _compress_config(args, CompressConfig())
+    compressed, out = cli_usermodel.compress_user(args, config, _log)
+    size = format.save(compressed, out, entropy=config.entropy)
+    print(_figures_table({"model": args.user_model, **summary(compressed, size)}))
+    print(f"wrote {out}")
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     path = Path(args.file)
-    fig = _evaluate_file(path, args.data_dir)
+    if args.user_model or args.data:  # a user's own model or data: see cli_usermodel
+        fig = cli_usermodel.evaluate(path, args, _log)
+    else:
+        fig = _evaluate_file(path, args.data_dir)
     print(json.dumps(fig, sort_keys=True) if args.json else _figures_table(fig))
     return 0
 
@@ -250,6 +272,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         encs = " ".join(f"{s['role']}:{s['encoding']}" for s in t.get("streams", []))
         lines.append(f"{t['name']:<24} {shape:<16} {kept:>8} {bits:<12} {t['bytes']:>9,}  {encs}")
     lines.append(f"file: {described['file_bytes']:,} bytes, header {described['header_bytes']:,} bytes")
+    lines.append(f"model: {described['meta'].get('model', '?')}")
     print("\n".join(lines))
     return 0
 
@@ -449,12 +472,13 @@ def _parser() -> argparse.ArgumentParser:
     run_flags(q, "checkpoint file (default: MODEL.pt)")
     q.set_defaults(func=cmd_train)
 
-    q = sub.add_parser("compress", help="one-shot prune + quantize a checkpoint from `fisherpack train`")
-    q.add_argument("checkpoint", help="checkpoint written by fisherpack train")
+    q = sub.add_parser("compress", help="one-shot prune + quantize a checkpoint (ours, or your model's with --model)")
+    q.add_argument("checkpoint", nargs="?", help="checkpoint written by fisherpack train")
     q.add_argument("--out", help="output file (default: CHECKPOINT with .fpk)")
     q.add_argument("--fisher", choices=FISHER_SOURCES, help="Fisher estimator (default: adam)")
     data_flag(q)
     _add_compress_flags(q)
+    cli_usermodel.add_model_flags(q, checkpoint=True)
     q.set_defaults(func=cmd_compress)
 
     q = sub.add_parser("sweep", help="measure every method the same way: pruning, quantization, whole pipeline")
@@ -472,12 +496,15 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("file")
     q.add_argument("--json", action="store_true", help="print one JSON object")
     data_flag(q)
+    cli_usermodel.add_model_flags(q)
     q.set_defaults(func=cmd_eval)
 
     q = sub.add_parser("inspect", help="per-tensor layout of a file")
     q.add_argument("file")
     q.add_argument("--json", action="store_true", help="print one JSON object")
     q.set_defaults(func=cmd_inspect)
+
+    cli_usermodel.add_export_command(sub)
     _sensitivity_parser(sub)
     return p
 

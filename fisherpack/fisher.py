@@ -16,10 +16,18 @@ diagonal Fisher of parameter ``theta_i`` is
 - :func:`sampled` (the "true" Fisher): the same with ``y_n`` drawn from the model's own softmax,
   one draw per sample, with a seeded generator.
 
+- :func:`from_adam_state`: the same as :func:`from_adam`, read from a saved
+  ``optimizer.state_dict()`` (e.g. in a checkpoint) instead of a live optimizer.
+
 Both data estimators run the model in eval mode (BatchNorm uses its running statistics) and return
 float32 tensors (float64 if the model is float64). ``loss_fn(output, target)`` is the negative
 log-likelihood of one sample (default: cross-entropy on logits); it must sum, not average, over
 anything but the batch of one.
+
+Batches are ``(x, y)`` pairs for any model: ``x`` is one tensor (``model(x)``) or a tuple/list of
+tensors (``model(*x)``), all with the batch along dim 0; ``y`` is a tensor with the batch along
+dim 0 (class indices for the default loss). Keyword inputs need a small adapter module.
+Tied parameters appear once, under their first name, as in ``named_parameters()``.
 
 Under torch.distributed (an initialised process group of N ranks; see dist.py) every function
 here is a collective: call it on every rank.
@@ -55,9 +63,9 @@ from torch.func import functional_call, grad, vmap
 from . import dist
 from .errors import ConfigError
 
-__all__ = ["from_adam", "empirical", "sampled", "per_sample_square_sum"]
+__all__ = ["from_adam", "from_adam_state", "empirical", "sampled", "per_sample_square_sum"]
 
-Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+Batches = Iterable[tuple[torch.Tensor | tuple[torch.Tensor, ...], torch.Tensor]]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -87,6 +95,43 @@ def from_adam(
         out[name] = v
     if dist.world_size() > 1:
         dist.agree(dist.digest(out), "Adam's exp_avg_sq (train under DistributedDataParallel: fisherpack.dist.wrap)")
+    return out
+
+
+def from_adam_state(state: dict, model: nn.Module) -> dict[str, torch.Tensor]:
+    """``exp_avg_sq`` for each named parameter from a saved Adam/AdamW ``optimizer.state_dict()``.
+
+    A state dict keys parameters by position: the order of the parameters given to the optimizer,
+    group after group. They are matched with ``model.parameters()`` in order (or with its trainable
+    parameters only, if the optimizer holds exactly those); ConfigError if counts or shapes differ.
+    """
+    try:
+        ids = [i for group in state["param_groups"] for i in group["params"]]
+        slots = state["state"]
+    except (KeyError, TypeError):
+        raise ConfigError("the optimizer state is not an optimizer.state_dict()") from None
+    named = list(model.named_parameters())
+    if len(ids) != len(named):
+        named = [(n, p) for n, p in named if p.requires_grad]
+    if len(ids) != len(named):
+        raise ConfigError(
+            f"the optimizer state holds {len(ids)} parameters, the model has {len(named)}; it must come "
+            "from an optimizer built on model.parameters()"
+        )
+    out: dict[str, torch.Tensor] = {}
+    for i, (name, param) in zip(ids, named):
+        slot = slots.get(i)
+        v = slot.get("exp_avg_sq") if isinstance(slot, dict) else None
+        if v is None and not param.requires_grad:
+            continue  # a frozen parameter has no Adam state, as in from_adam
+        if v is None:
+            raise ConfigError(f"the optimizer state has no Adam exp_avg_sq for parameter {name!r}; is it Adam/AdamW?")
+        if tuple(v.shape) != tuple(param.shape):
+            raise ConfigError(
+                f"the optimizer state of {name!r} has shape {tuple(v.shape)}, the parameter {tuple(param.shape)}; "
+                "the optimizer state does not belong to this model"
+            )
+        out[name] = v.detach().clone().to(param.dtype)
     return out
 
 
@@ -178,8 +223,8 @@ def per_sample_square_sum(
     frozen = {n: p.detach() for n, p in model.named_parameters() if not p.requires_grad}
     frozen.update({n: b.detach() for n, b in model.named_buffers()})
 
-    def sample_loss(p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        out = functional_call(model, (p, frozen), (x.unsqueeze(0),))
+    def sample_loss(p: dict[str, torch.Tensor], xs: tuple[torch.Tensor, ...], y: torch.Tensor) -> torch.Tensor:
+        out = functional_call(model, (p, frozen), tuple(x.unsqueeze(0) for x in xs))
         return loss_fn(out, y.unsqueeze(0))
 
     per_sample_grad = vmap(grad(sample_loss), in_dims=(None, 0, 0))
@@ -188,22 +233,36 @@ def per_sample_square_sum(
     was_training = model.training
     model.eval()
     try:
-        for xb, yb in batches:
-            for start in range(0, len(xb), chunk):
+        for batch in batches:
+            xb, yb = _split_batch(batch)
+            for start in range(0, len(yb), chunk):
                 if n_samples is not None and count >= n_samples:
                     break
                 stop = start + chunk if n_samples is None else min(start + chunk, start + n_samples - count)
-                x, y = xb[start:stop], yb[start:stop]
+                xs, y = tuple(x[start:stop] for x in xb), yb[start:stop]
                 if generator is not None:
                     with torch.no_grad():
-                        probs = torch.softmax(model(x).double(), dim=-1)  # (n, classes)
+                        probs = torch.softmax(model(*xs).double(), dim=-1)  # (n, classes)
                     y = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-                grads = per_sample_grad(params, x, y)  # each (n, *param.shape)
+                grads = per_sample_grad(params, xs, y)  # each (n, *param.shape)
                 for name, g in grads.items():
                     sums[name] += g.double().square().sum(0)
-                count += len(x)
+                count += len(y)
             if n_samples is not None and count >= n_samples:
                 break
     finally:
         model.train(was_training)
     return sums, count
+
+
+def _split_batch(batch: object) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    """``(x, y)`` -> (inputs as a tuple, y), checking that every input has y's batch size."""
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        raise ConfigError(f"a batch must be an (x, y) pair, got {type(batch).__name__}")
+    x, y = batch
+    xs = tuple(x) if isinstance(x, (tuple, list)) else (x,)
+    if not isinstance(y, torch.Tensor) or y.ndim == 0 or not all(isinstance(t, torch.Tensor) for t in xs):
+        raise ConfigError("a batch must be (x, y) with y a tensor of targets and x a tensor or a tuple of tensors")
+    if any(t.ndim == 0 or len(t) != len(y) for t in xs):
+        raise ConfigError(f"every input of a batch must have the batch size of y ({len(y)}) along dim 0")
+    return xs, y

@@ -41,7 +41,7 @@ from . import format as fmt
 from .compress import compress, compressible
 from .config import CompressConfig, PipelineConfig
 from .data import batches
-from .errors import FisherpackError
+from .errors import ConfigError, FisherpackError
 from .fileio import atomic_write_bytes
 from .quant import FakeQuant, requantize
 from .tensors import Compressed, QuantTensor
@@ -186,6 +186,9 @@ def run(
     ``start`` skips training: ``{"model": state_dict, "optimizer": state_dict, "figures": dict}`` of
     a model trained with ``cfg``'s training settings (as ``until="train"`` returns them).
     """
+    if any("rate" in settings for _, settings in cfg.compress.overrides):  # issue 5: see compress.select_masks
+        raise ConfigError("per-layer rate overrides apply to one-shot compression (fisherpack compress); "
+                          "iterative pruning prunes all layers to one rate")  # fmt: skip
     progress = progress or _Silent()
     ckpt = Path(checkpoint) if checkpoint is not None else None
     config_json = json.dumps(cfg.to_dict(), sort_keys=True)
@@ -334,7 +337,8 @@ _DEFAULTS = {
         final_epochs=3,
         qat_epochs=2,
         distill=0.5,
-        compress=CompressConfig(rate=0.98, criterion="obd", bits=4.0),
+        augment=2,
+        compress=CompressConfig(rate=0.99, criterion="obd", bits=4.0, quantize_biases=True),
     ),
     "lenet300": PipelineConfig(
         model="lenet300",
@@ -344,7 +348,8 @@ _DEFAULTS = {
         final_epochs=6,
         qat_epochs=3,
         distill=0.5,
-        compress=CompressConfig(rate=0.95, criterion="obd", bits=4.0),
+        augment=2,
+        compress=CompressConfig(rate=0.95, criterion="obd", bits=4.0, quantize_biases=True),
     ),
 }
 
