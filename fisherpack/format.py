@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import struct
 import zlib
 
@@ -22,7 +23,7 @@ from . import entropy as rans
 from . import pack
 from .errors import FisherpackError, FormatError
 from .fileio import atomic_write_bytes
-from .header import DTYPES, MAGIC, MAX_ANS_BITS, MAX_NAME, PRE, VERSION, inflate, split, validate
+from .header import DTYPES, MAGIC, MAX_ANS_BITS, MAX_NAME, PRE, VERSION, check_preamble, inflate, split, validate
 from .tensors import Alias, Compressed, QuantTensor, RawTensor
 
 __all__ = ["MAGIC", "VERSION", "DTYPES", "encode", "decode", "save", "read", "load", "describe"]
@@ -153,11 +154,12 @@ def _decode_raw(e: dict, blob: memoryview) -> RawTensor:
     tdtype, npdtype = DTYPES[e["dtype"]]
     size = e["_numel"] * np.dtype(npdtype).itemsize
     what = f"tensor {e['name']!r}"
-    if e["data"]["encoding"] == "zlib":
-        blob = memoryview(inflate(blob, size, f"{what} data", True))
+    fresh = e["data"]["encoding"] == "zlib"  # inflated into a new writable buffer: no copy needed
+    if fresh:
+        blob = inflate(blob, size, f"{what} data", True)
     elif len(blob) != size:
         raise FormatError(f"{what}: data is {len(blob)} bytes, {e['dtype']} {e['shape']} needs {size}")
-    arr = np.frombuffer(blob, dtype=npdtype).astype(np.dtype(npdtype).newbyteorder("="))  # a writable copy
+    arr = np.frombuffer(blob, dtype=npdtype).astype(np.dtype(npdtype).newbyteorder("="), copy=not fresh)
     if e["dtype"] == "bool" and arr.size and int(arr.max()) > 1:
         raise FormatError(f"{what}: bool data holds a byte other than 0 or 1")
     t = torch.from_numpy(arr)
@@ -173,7 +175,7 @@ def _decode_mask(e: dict, blob: memoryview, what: str) -> np.ndarray:
         return np.ones(n, dtype=bool)
     if s["encoding"] == "bitmap":
         pack.check_bit_stream(blob, n, f"{what} mask")
-        mask = np.unpackbits(np.frombuffer(blob, dtype=np.uint8), count=n).astype(bool)
+        mask = np.unpackbits(np.frombuffer(blob, dtype=np.uint8), count=n).view(bool)  # 0/1 bytes: a bool view
         if int(mask.sum()) != kept:
             raise FormatError(f"{what}: mask bitmap has {int(mask.sum())} kept entries, header says {kept}")
         return mask
@@ -215,14 +217,16 @@ def _decode_quant(e: dict, blobs: list[memoryview]) -> QuantTensor:
         raise FormatError(f"{what}: {exc}") from None
 
 
-def decode(data: bytes, max_elements: int = 2**28) -> Compressed:
+def decode(data: bytes, max_elements: int | None = None) -> Compressed:
     """Parse .fpk bytes into a :class:`Compressed`. FormatError (one line) for any malformed input.
 
-    ``max_elements`` caps the entries of each tensor and of the whole file, so a hostile header
-    cannot make this allocate more than about 10 bytes per allowed entry.
+    ``max_elements`` caps the entries (numel) of each tensor and of the whole file; decoding needs
+    a few bytes per entry (about 7 more to dequantize). The default, ``header.default_max_elements``,
+    allows 4096 entries per byte of file (at least 2**20, at most 2**28), so a small hostile file
+    cannot claim huge tensors; pass a number to read a trusted file beyond that.
     """
     _, header, payload = split(data)
-    meta, entries = validate(header, len(payload), max_elements)
+    meta, entries = validate(header, len(payload), len(data), max_elements)
     tensors: dict[str, QuantTensor | RawTensor | Alias] = {}
     offset = 0
     for e in entries:
@@ -242,28 +246,34 @@ def decode(data: bytes, max_elements: int = 2**28) -> Compressed:
 def read(path: str | os.PathLike) -> bytes:
     """The bytes of a file for :func:`decode` / :func:`describe`; FisherpackError if it cannot be read.
 
-    Only a file that starts with the magic is read past its first 22 bytes, so pointing fisherpack
-    at a huge file of another kind fails fast instead of reading it all.
+    Only a file whose 22-byte preamble is valid and matches the file's size is read further, so a
+    huge file of another kind, or a damaged one, fails fast instead of being read into memory.
     """
     try:
         with open(path, "rb") as fh:
             data = fh.read(PRE.size)
-            return data + fh.read() if data[:8] == MAGIC else data
+            st = os.fstat(fh.fileno())
+            if data[:8] != MAGIC or len(data) < PRE.size:
+                return data  # decode says what is wrong
+            if stat.S_ISREG(st.st_mode):
+                check_preamble(data, st.st_size)
+            return data + fh.read()
     except OSError as exc:
         raise FisherpackError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
-def load(path: str | os.PathLike, max_elements: int = 2**28) -> Compressed:
+def load(path: str | os.PathLike, max_elements: int | None = None) -> Compressed:
     """Read and decode a .fpk file. FisherpackError if it cannot be read, FormatError if malformed."""
     return decode(read(path), max_elements=max_elements)
 
 
-def describe(data: bytes, max_elements: int = 2**28) -> dict:
+def describe(data: bytes, max_elements: int | None = None) -> dict:
     """Layout of a .fpk file without decoding tensors: preamble sizes, meta, and for each tensor its
     kind, shape, numel, dtype or kept/groups, alias target, and every stream's role, encoding, bytes.
     """
     hlen, header, payload = split(data)
-    meta, entries = validate(header, len(payload), max_elements)
+    meta, entries = validate(header, len(payload), len(data), max_elements)
+    shapes = {e["name"]: e.get("shape") for e in entries}
     out = []
     for e in entries:
         d = {k: v for k, v in e.items() if k in ("name", "kind", "shape", "dtype", "kept", "groups", "target")}
@@ -272,7 +282,7 @@ def describe(data: bytes, max_elements: int = 2**28) -> dict:
         d["streams"] = [{"role": r, **s} for r, s in zip(roles, e["_streams"])]
         d["bytes"] = sum(s["length"] for s in e["_streams"])
         if e["kind"] == "alias":
-            d["shape"] = next(t["shape"] for t in entries if t["name"] == e["target"])
+            d["shape"] = shapes[e["target"]]
         else:
             d["numel"] = e["_numel"]
         out.append(d)
