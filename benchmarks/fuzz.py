@@ -33,6 +33,7 @@ if "--atheris" in sys.argv:  # coverage instrumentation of fisherpack only: it m
         import fisherpack.format  # noqa: F401
 
 import fuzzcases as fz  # noqa: E402
+import fuzzgen as fg  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -49,11 +50,11 @@ def _file(name: str) -> bytes:
 
 def _families(name: str, rng: np.random.Generator, n: int):
     data = _file(name)
-    yield "payload edits", fz.payload_edits(data, rng, n)
-    yield "stream swaps", fz.stream_swaps(data, rng, n)
-    yield "header edits", fz.header_edits(data, rng, 2 * n)
-    yield "header text edits", fz.header_text_edits(data, rng, n)
-    yield "bit flips", fz.bit_flips(data, rng, n)
+    yield "payload edits", fg.payload_edits(data, rng, n)
+    yield "stream swaps", fg.stream_swaps(data, rng, n)
+    yield "header edits", fg.header_edits(data, rng, 2 * n)
+    yield "header text edits", fg.header_text_edits(data, rng, n)
+    yield "bit flips", fg.bit_flips(data, rng, n)
 
 
 def _environment() -> dict:
@@ -125,7 +126,7 @@ def atheris_run(seconds: float, seed: int, finish) -> None:
 
 def _one_bomb(name: str) -> dict:
     """Run in a fresh process: peak RSS growth and time of decoding one bomb."""
-    data = fz.bombs()[name]
+    data = fg.bombs()[name]
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
     try:
@@ -141,12 +142,12 @@ def _one_bomb(name: str) -> dict:
 
 def memory_run() -> dict:
     rows = []
-    for name in fz.bombs():
+    for name in fg.bombs():
         done = subprocess.run(
             [sys.executable, __file__, "--one-bomb", name], capture_output=True, text=True, check=True
         )
         rows.append(json.loads(done.stdout))
-        outcome, traced, _ = fz.measure(fz.bombs()[name])
+        outcome, traced, _ = fz.measure(fg.bombs()[name])
         rows[-1]["tracemalloc_peak_mib"] = round(traced, 1)
         r = rows[-1]
         print(f"{name:<40} {r['file_bytes']:>9} B  RSS +{r['peak_rss_growth_mib']:7.1f} MiB  "

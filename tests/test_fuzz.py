@@ -16,6 +16,7 @@ import json
 import os
 
 import fuzzcases as fz
+import fuzzgen as fg
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -56,7 +57,7 @@ def test_sample_files_are_real_and_use_every_encoding():
 @pytest.mark.parametrize("name", FILES)
 def test_truncation_at_every_byte(name):
     data = FILES[name]()
-    seen = fz.run(f"{name}: cut at every byte", fz.truncations(data), expect="error")
+    seen = fz.run(f"{name}: cut at every byte", fg.truncations(data), expect="error")
     assert seen["error"] == len(data)
 
 
@@ -64,41 +65,41 @@ def test_truncation_at_every_byte(name):
 def test_payload_cut_behind_a_valid_crc(name):
     """At every byte for the LeNet-5 file fisherpack writes by default; at every 10th for the plain one."""
     data, step = FILES[name](), 10 if name == "lenet5 plain" else 1
-    seen = fz.run(f"{name}: payload cut, re-signed", fz.cut_payloads(data, step), expect="error")
+    seen = fz.run(f"{name}: payload cut, re-signed", fg.cut_payloads(data, step), expect="error")
     assert seen["error"] == len(range(0, len(fz.parts(data)[1]), step)) + 1
 
 
 @pytest.mark.parametrize("name", FILES)
 def test_header_cut_at_every_byte_behind_a_valid_crc(name):
     data = FILES[name]()
-    seen = fz.run(f"{name}: header cut, re-signed", fz.cut_headers(data), expect="error")
+    seen = fz.run(f"{name}: header cut, re-signed", fg.cut_headers(data), expect="error")
     assert seen["error"] == len(fz.parts(data)[0])
 
 
 @pytest.mark.parametrize("name", FILES)
 def test_random_bit_flips_are_caught(name):
-    fz.run(f"{name}: bit flips", fz.bit_flips(FILES[name](), rng(name, "flips"), 400 * SCALE), expect="error")
+    fz.run(f"{name}: bit flips", fg.bit_flips(FILES[name](), rng(name, "flips"), 400 * SCALE), expect="error")
 
 
 @pytest.mark.parametrize("name", FILES)
 def test_payload_edits_behind_a_valid_crc(name):
-    fz.run(f"{name}: payload edits", fz.payload_edits(FILES[name](), rng(name, "payload"), RANDOM[name] * SCALE))
+    fz.run(f"{name}: payload edits", fg.payload_edits(FILES[name](), rng(name, "payload"), RANDOM[name] * SCALE))
 
 
 @pytest.mark.parametrize("name", FILES)
 def test_streams_replaced_by_garbage(name):
-    fz.run(f"{name}: stream swaps", fz.stream_swaps(FILES[name](), rng(name, "swaps"), RANDOM[name] * SCALE))
+    fz.run(f"{name}: stream swaps", fg.stream_swaps(FILES[name](), rng(name, "swaps"), RANDOM[name] * SCALE))
 
 
 @pytest.mark.parametrize("name", FILES)
 def test_header_edits_behind_a_valid_crc(name):
     n = 2 * RANDOM[name] * SCALE
-    fz.run(f"{name}: header edits", fz.header_edits(FILES[name](), rng(name, "header"), n))
+    fz.run(f"{name}: header edits", fg.header_edits(FILES[name](), rng(name, "header"), n))
 
 
 @pytest.mark.parametrize("name", ["mixed", "lenet5"])
 def test_header_text_edits_behind_a_valid_crc(name):
-    cases = fz.header_text_edits(FILES[name](), rng(name, "text"), 400 * SCALE)
+    cases = fg.header_text_edits(FILES[name](), rng(name, "text"), 400 * SCALE)
     fz.run(f"{name}: header text edits", cases)
 
 
@@ -168,7 +169,7 @@ HEADER = st.fixed_dictionaries(
 def _declared_length(header: dict) -> int | None:
     """Sum of the stream lengths if they are plausible, so the payload can match them."""
     try:
-        return sum(s["length"] for s in fz._streams(header) if type(s["length"]) is int and 0 <= s["length"] < 64)
+        return sum(s["length"] for s in fg._streams(header) if type(s["length"]) is int and 0 <= s["length"] < 64)
     except (KeyError, TypeError):
         return None
 
@@ -207,7 +208,7 @@ BOMB_BUDGET_MIB = {
 
 
 def test_bombs_are_refused_or_cost_what_their_size_allows(record_property):
-    bombs = fz.bombs()
+    bombs = fg.bombs()
     assert set(bombs) == set(BOMB_BUDGET_MIB)
     for name, data in bombs.items():
         expected, budget = BOMB_BUDGET_MIB[name]
