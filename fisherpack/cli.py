@@ -202,8 +202,10 @@ def cmd_compress(args: argparse.Namespace) -> int:
     out = Path(args.out or Path(args.checkpoint).with_suffix(".fpk"))
     check_writable(out)
     x_train, y_train, _, _ = data.load(args.data_dir, log=_log).tensors() if cfg.fisher != "adam" else (None,) * 4
-    compressed = pipeline.compress_checkpoint(ckpt, cfg, x_train, y_train)
+    progress = Path(f"{out}.ckpt")  # a Fisher estimated from data survives a killed run
+    compressed = pipeline.compress_checkpoint(ckpt, cfg, x_train, y_train, checkpoint=progress)
     size = format.save(compressed, out, entropy=cfg.compress.entropy)
+    progress.unlink(missing_ok=True)
     fig = {"model": cfg.model, **summary(compressed, size)}
     print(_figures_table(fig))
     print(f"wrote {out}")

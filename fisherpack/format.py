@@ -151,7 +151,7 @@ def save(c: Compressed, path: str | os.PathLike, entropy: bool = True) -> int:
 
 
 def _decode_raw(e: dict, blob: memoryview) -> RawTensor:
-    tdtype, npdtype = DTYPES[e["dtype"]]
+    _, npdtype = DTYPES[e["dtype"]]
     size = e["_numel"] * np.dtype(npdtype).itemsize
     what = f"tensor {e['name']!r}"
     fresh = e["data"]["encoding"] == "zlib"  # inflated into a new writable buffer: no copy needed
@@ -160,11 +160,12 @@ def _decode_raw(e: dict, blob: memoryview) -> RawTensor:
     elif len(blob) != size:
         raise FormatError(f"{what}: data is {len(blob)} bytes, {e['dtype']} {e['shape']} needs {size}")
     arr = np.frombuffer(blob, dtype=npdtype).astype(np.dtype(npdtype).newbyteorder("="), copy=not fresh)
-    if e["dtype"] == "bool" and arr.size and int(arr.max()) > 1:
-        raise FormatError(f"{what}: bool data holds a byte other than 0 or 1")
-    t = torch.from_numpy(arr)
-    t = t.view(torch.bfloat16) if e["dtype"] == "bfloat16" else t.to(tdtype) if e["dtype"] == "bool" else t
-    return RawTensor(t.reshape(e["shape"]))
+    if e["dtype"] == "bool":
+        if arr.size and int(arr.max()) > 1:
+            raise FormatError(f"{what}: bool data holds a byte other than 0 or 1")
+        arr = arr.view(np.bool_)  # 0/1 bytes are numpy's bools
+    t = torch.from_numpy(arr.reshape(e["shape"]))  # reshaped in numpy: much cheaper per tensor than torch
+    return RawTensor(t.view(torch.bfloat16) if e["dtype"] == "bfloat16" else t)
 
 
 def _decode_mask(e: dict, blob: memoryview, what: str) -> np.ndarray:

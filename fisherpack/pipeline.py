@@ -8,14 +8,16 @@
    pruned weights stay pruned), fine-tune ``finetune_epochs`` with the masks applied;
 3. estimate the Fisher once more and ``compress`` (quantize the survivors) into a Compressed.
 
-After each epoch or round the state (model, optimizer, masks, figures) is saved to a checkpoint
-file, written atomically and read back with ``torch.load(weights_only=True)``; a run started again
-with the same config resumes from it and ends with the same bytes. Shuffling depends only on
+After each epoch or round the state (model, optimizer, masks, figures, torch's global RNG) is
+saved to a checkpoint file, written atomically and read back with ``torch.load(weights_only=True)``;
+a run started again with the same config and data (checked by a SHA-256 fingerprint) resumes from
+it and ends with the same bytes, however it was stopped, SIGKILL included. Shuffling depends only on
 (seed, epoch index), so a resumed run sees the data in the same order.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -44,6 +46,7 @@ __all__ = [
     "default_config",
     "load_training_checkpoint",
     "compress_checkpoint",
+    "fingerprint",
 ]
 
 
@@ -121,13 +124,24 @@ def plan(cfg: PipelineConfig, *, until: str = "quantize") -> list[_Step]:
     return steps
 
 
+def fingerprint(*tensors: torch.Tensor) -> str:
+    """SHA-256 of the tensors' dtypes, shapes and bytes: names a data set or a model state."""
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     buf = io.BytesIO()
     torch.save(state, buf)
     atomic_write_bytes(path, buf.getvalue())
 
 
-def _load_checkpoint(path: Path, cfg: PipelineConfig) -> dict[str, Any] | None:
+def _load_checkpoint(path: Path, cfg: PipelineConfig, data: str, what: str = "data") -> dict[str, Any] | None:
+    """The checkpoint at ``path`` if there is one; FisherpackError if it belongs to another run."""
     if not path.exists():
         return None
     try:
@@ -136,10 +150,12 @@ def _load_checkpoint(path: Path, cfg: PipelineConfig) -> dict[str, Any] | None:
         raise FisherpackError(
             f"checkpoint {path} is unreadable ({exc.__class__.__name__}); delete it to start over"
         ) from None
-    if state.get("config") != json.dumps(cfg.to_dict(), sort_keys=True):
+    if not isinstance(state, dict) or state.get("config") != json.dumps(cfg.to_dict(), sort_keys=True):
         raise FisherpackError(
             f"checkpoint {path} belongs to a run with other settings; delete it, or rerun with the same settings"
         )
+    if state.get("data") != data:
+        raise FisherpackError(f"checkpoint {path} belongs to a run with other {what}; delete it to start over")
     return state
 
 
@@ -167,12 +183,14 @@ def run(
     names = compressible(model, cfg.compress.include, cfg.compress.exclude)
     masks: dict[str, torch.Tensor] | None = None
     index, figures = 0, {}
-    state = _load_checkpoint(ckpt, cfg) if ckpt is not None else None
+    data_key = fingerprint(x_train, y_train, x_test, y_test) if ckpt is not None else ""
+    state = _load_checkpoint(ckpt, cfg, data_key) if ckpt is not None else None
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         masks = state["masks"] or None
         index, figures = state["index"], json.loads(state["figures"])
+        torch.set_rng_state(state["rng"])  # nothing draws from it today; a model with dropout would
 
     def save(next_index: int) -> None:
         if ckpt is not None:
@@ -180,6 +198,8 @@ def run(
                 ckpt,
                 {
                     "config": config_json,
+                    "data": data_key,
+                    "rng": torch.get_rng_state(),
                     "index": next_index,
                     "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
@@ -270,9 +290,18 @@ def load_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def compress_checkpoint(
-    ckpt: dict[str, Any], cfg: PipelineConfig, x_train: torch.Tensor | None, y_train: torch.Tensor | None
+    ckpt: dict[str, Any],
+    cfg: PipelineConfig,
+    x_train: torch.Tensor | None,
+    y_train: torch.Tensor | None,
+    *,
+    checkpoint: str | os.PathLike | None = None,
 ) -> Compressed:
-    """One-shot prune + quantize of a training checkpoint, with the Fisher ``cfg.fisher`` names."""
+    """One-shot prune + quantize of a training checkpoint, with the Fisher ``cfg.fisher`` names.
+
+    With ``checkpoint``, a Fisher estimated from data is saved there once computed (the slow part)
+    and reused by a rerun with the same settings, model and data; the caller deletes it when done.
+    """
     model = models.build(ckpt["model"])
     try:
         model.load_state_dict(ckpt["state_dict"])
@@ -282,6 +311,15 @@ def compress_checkpoint(
         raise FisherpackError(
             f"the checkpoint does not match model {ckpt['model']!r}: {str(exc).splitlines()[0]}"
         ) from None
-    fisher = estimate_fisher(cfg, model, optimizer, x_train, y_train, salt=0)
+    if checkpoint is None or cfg.fisher == "adam":  # Adam's state is the estimate: nothing to save
+        fisher = estimate_fisher(cfg, model, optimizer, x_train, y_train, salt=0)
+    else:
+        key = fingerprint(*model.state_dict().values(), x_train, y_train)
+        state = _load_checkpoint(Path(checkpoint), cfg, key, "data or another model")
+        fisher = state["fisher"] if state is not None else None
+        if fisher is None:
+            fisher = estimate_fisher(cfg, model, optimizer, x_train, y_train, salt=0)
+            _save_checkpoint(Path(checkpoint), {"config": json.dumps(cfg.to_dict(), sort_keys=True), "data": key,
+                                                "fisher": fisher})  # fmt: skip
     meta = {"pipeline": cfg.to_dict(), "model": cfg.model, "seed": cfg.seed}
     return compress(model, fisher, cfg.compress, meta=meta)

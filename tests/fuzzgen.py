@@ -9,6 +9,7 @@ format allows: the suite checks what each one costs.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import zlib
@@ -205,6 +206,7 @@ def rng_text(n: int) -> str:
     return alphabet[np.random.default_rng(n).integers(0, alphabet.size, n)].tobytes().decode()
 
 
+@functools.cache
 def bombs() -> dict[str, bytes]:
     """Hostile files built to make a reader allocate or loop as much as the format lets them."""
     from fisherpack.header import HEADER_CAP, MAX_SEPARATORS, default_max_elements

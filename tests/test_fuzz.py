@@ -191,31 +191,34 @@ def test_generated_headers(header, data):
 # ---------------------------------------------------------------- bombs and memory
 
 
-# Expected outcome of each bomb, and a bound on what decoding it may allocate (tracemalloc peak).
-BOMB_BUDGET_MIB = {
+# Each bomb: the expected outcome, and a bound on what decoding it may allocate (tracemalloc peak, in
+# MiB), or None where the bomb is about time (many small objects: tracemalloc would slow it tenfold).
+BOMBS = {
     "header: 2**20 empty lists": ("decoded", 96),
     "header: 64 MiB of empty lists": ("error", (HEADER_CAP >> 20) + 16),
     "header: 64 MiB string": ("decoded", (2 * HEADER_CAP >> 20) + 16),
     "header: 65 MiB (over the cap)": ("error", (HEADER_CAP >> 20) + 16),
     "quant: 0 of max entries kept": ("decoded", 8),
     "quant: one entry over the default": ("error", 1),
-    "rans: 64 symbols per byte, 1 symbol": ("error", 4),
+    "rans: 64 symbols per byte, 1 symbol": ("error", None),
     "raw: zlib of 256 MiB": ("decoded", 320),
-    "header: 100k empty raw tensors": ("decoded", 128),
-    "header: 150k aliases": ("decoded", 128),
+    "header: 100k empty raw tensors": ("decoded", None),
+    "header: 150k aliases": ("decoded", None),
     "quant: 0 of 2**28 kept, 64 KiB file": ("decoded", 1300),
 }
 
 
 def test_bombs_are_refused_or_cost_what_their_size_allows(record_property):
+    """Each bomb decodes or is refused within 30 s (a few seconds unloaded) and within its budget.
+    benchmarks/fuzz.py --memory measures the resident memory of each in a fresh process."""
     bombs = fg.bombs()
-    assert set(bombs) == set(BOMB_BUDGET_MIB)
+    assert set(bombs) == set(BOMBS)
     for name, data in bombs.items():
-        expected, budget = BOMB_BUDGET_MIB[name]
-        outcome, peak, seconds = fz.measure(data)
+        expected, budget = BOMBS[name]
+        outcome, peak, seconds = fz.measure(data, limit=30, traced=budget is not None)
         record_property(name, f"{len(data)} bytes, peak {peak:.1f} MiB, {seconds:.2f} s")
         assert outcome == expected, name
-        assert peak < budget, f"{name}: {peak:.0f} MiB allocated, budget {budget} MiB"
+        assert budget is None or peak < budget, f"{name}: {peak:.0f} MiB allocated, budget {budget} MiB"
 
 
 EXPECTED_TESTS = 1 + 7 * len(FILES) + 2 + 1 + 1 + 1  # the tests of this file, parametrizations included
