@@ -10,7 +10,6 @@ import argparse
 import io
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 
 import torch
 
-from . import __version__, data, format, models, pipeline
+from . import __version__, data, environment, format, models, pipeline, sweep
 from .compress import load_into, summary
 from .config import FISHER_SOURCES, CompressConfig, PipelineConfig
 from .errors import ConfigError, FisherpackError
@@ -38,14 +37,17 @@ class _Parser(argparse.ArgumentParser):
 class _Bar:
     """pipeline.Progress on a tqdm bar (images/s and ETA) on stderr."""
 
-    def __init__(self, enabled: bool) -> None:
-        self.enabled, self.bar = enabled, None
+    def __init__(self, enabled: bool, unit: str = "img") -> None:
+        self.enabled, self.unit, self.bar = enabled, unit, None
 
     def start(self, total: int, done: int) -> None:
         if self.enabled:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, initial=done, unit="img", unit_scale=True, dynamic_ncols=True, file=sys.stderr)
+            scale = self.unit == "img"
+            self.bar = tqdm(
+                total=total, initial=done, unit=self.unit, unit_scale=scale, dynamic_ncols=True, file=sys.stderr
+            )
 
     def advance(self, n: int) -> None:
         if self.bar is not None:
@@ -95,16 +97,6 @@ def _pipeline_config(args: argparse.Namespace) -> PipelineConfig:
     return cfg.replace(**changes)
 
 
-def _environment() -> dict[str, Any]:
-    return {
-        "fisherpack": __version__,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "threads": torch.get_num_threads(),
-    }
-
-
 def _table(rows: list[tuple[str, str]]) -> str:
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
@@ -127,13 +119,15 @@ def _figures_table(fig: dict[str, Any]) -> str:
     return _table(rows)
 
 
-def _evaluate_file(path: Path, data_dir: str | None) -> dict[str, Any]:
+def _evaluate_file(
+    path: Path, data_dir: str | None, test: tuple[torch.Tensor, torch.Tensor] | None = None
+) -> dict[str, Any]:
     compressed = format.load(path)
     name = compressed.meta.get("model")
     if name not in models.MODELS:
         raise ConfigError(f"{path} holds a model fisherpack cannot rebuild ({name!r}); load it with fisherpack.load")
     model = load_into(models.build(name), compressed)
-    _, _, x_test, y_test = data.load(data_dir, log=_log).tensors()
+    x_test, y_test = test if test is not None else data.load(data_dir, log=_log).tensors()[2:]
     fig = {"model": name, **summary(compressed, path.stat().st_size)}
     fig["test_error"], fig["test_loss"] = evaluate(model, x_test, y_test)
     return fig
@@ -153,9 +147,12 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     format.save(outcome.compressed, out, entropy=cfg.compress.entropy)
-    fig = {"model": cfg.model, **outcome.figures, **_evaluate_file(out, args.data_dir)}
+    fig = {"model": cfg.model, **outcome.figures, **_evaluate_file(out, args.data_dir, (x_test, y_test))}
     fig.update(
-        seconds=round(time.perf_counter() - started, 1), file=str(out), config=cfg.to_dict(), environment=_environment()
+        seconds=round(time.perf_counter() - started, 1),
+        file=out.name,
+        config=cfg.to_dict(),
+        environment=environment.record(seed=cfg.seed),
     )
     atomic_write_bytes(Path(f"{out}.json"), (json.dumps(fig, indent=2, sort_keys=True) + "\n").encode())
     ckpt.unlink(missing_ok=True)
@@ -238,10 +235,73 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    names = sorted(models.MODELS) if args.model == "all" else [args.model]
+    for name in names:
+        models.build(name)  # unknown model: one-line error before any work
+    try:
+        seeds = tuple(int(s) for s in args.seeds.split(","))
+    except ValueError:
+        raise ConfigError(f"--seeds takes comma-separated whole numbers, got {args.seeds!r}") from None
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    suffix = "_quick" if args.quick else ""
+    paths = {name: out_dir / f"sweep_{name}{suffix}.json" for name in names}
+    for path in paths.values():
+        check_writable(path)
+    runner = sweep.Sweep(data.load(args.data_dir, log=_log), Path(args.workdir))
+    for name in names:
+        path = paths[name]
+        results = _read_results(path)
+        specs = sweep.plan(name, seeds, quick=args.quick)
+        current = {sweep.key(s) for s in specs}  # points of other defaults or plans are stale
+        results["points"] = {k: v for k, v in results["points"].items() if k in current}
+        todo = sweep.pending(specs, results["points"])
+        bar = _Bar(not args.quiet, unit="point")
+        bar.start(len(todo), 0)
+        try:
+            for spec in todo:
+                bar.stage(f"{name} {spec['sweep']} {spec.get('method', spec.get('scheme'))}")
+                results["points"][sweep.key(spec)] = runner.run(spec)
+                results["environment"] = environment.record(seeds=list(seeds), quick=args.quick)
+                atomic_write_bytes(path, (json.dumps(results, indent=1, sort_keys=True) + "\n").encode())
+                bar.advance(1)
+        finally:
+            bar.close()
+        if not args.no_plots:
+            _sweep_plots(results["points"], name, out_dir, suffix)
+        print(f"{name}: {len(results['points'])} points in {path}")
+    return 0
+
+
+def _read_results(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {"points": {}}
+    try:
+        results = json.loads(path.read_text())
+        assert isinstance(results.get("points"), dict)
+    except (ValueError, AssertionError, AttributeError):
+        raise FisherpackError(f"{path} is not a sweep result file; move it away to start a new sweep") from None
+    return results
+
+
+def _sweep_plots(points: dict[str, Any], name: str, out_dir: Path, suffix: str) -> None:
+    from . import plots
+
+    plots.plot_prune(points, name, out_dir / f"sweep_{name}{suffix}_prune.png")
+    plots.plot_quant(points, name, out_dir / f"sweep_{name}{suffix}_quant.png")
+    plots.plot_front(points, name, out_dir / f"sweep_{name}{suffix}_front.png")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="fisherpack", description="Prune and quantize networks by Fisher information into small files.")
     p.add_argument("--version", action="version", version=f"fisherpack {__version__}")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: fastest for LeNet-sized models, same bytes on any machine)",
+    )
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def data_flag(q: argparse.ArgumentParser) -> None:
@@ -275,6 +335,17 @@ def _parser() -> argparse.ArgumentParser:
     _add_compress_flags(q)
     q.set_defaults(func=cmd_compress)
 
+    q = sub.add_parser("sweep", help="measure every method the same way: pruning, quantization, whole pipeline")
+    q.add_argument("--model", default="all", help="lenet5, lenet300 or all")
+    q.add_argument("--quick", action="store_true", help="a thin slice of the sweep that runs in minutes")
+    q.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    q.add_argument("--out", default="benchmarks/results", help="folder for the JSON results and PNG plots")
+    q.add_argument("--workdir", default="benchmarks/work", help="folder for cached base models")
+    q.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    q.add_argument("--quiet", action="store_true", help="no progress bar")
+    data_flag(q)
+    q.set_defaults(func=cmd_sweep)
+
     q = sub.add_parser("eval", help="decode a file and measure its test error")
     q.add_argument("file")
     q.add_argument("--json", action="store_true", help="print one JSON object")
@@ -290,10 +361,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.threads is not None:
-        if args.threads < 1:
-            _parser().error(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    if args.threads < 1:
+        _parser().error(f"--threads must be >= 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
     try:
         return args.func(args)
     except FisherpackError as exc:

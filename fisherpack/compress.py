@@ -81,6 +81,11 @@ def compress(
                 magnitude_share=config.magnitude_share,
                 seed=config.seed,
             )
+    if config.quantize_biases:  # quantized like the weights, never pruned
+        masks = dict(masks)
+        for n in _biases_of(params, names):
+            weights[n] = params[n].detach().float()
+            masks[n] = torch.ones_like(weights[n], dtype=torch.bool)
     quantized = quant.quantize(
         weights,
         masks,
@@ -105,6 +110,12 @@ def compress(
     header = {"fisherpack": __version__, "config": config.to_dict()}
     header.update(meta or {})
     return Compressed(tensors, header)
+
+
+def _biases_of(params: dict[str, nn.Parameter], weight_names: list[str]) -> list[str]:
+    """The ``bias`` beside each ``weight`` name, where the layer has one."""
+    candidates = [n[: -len("weight")] + "bias" for n in weight_names if n.endswith("weight")]
+    return [n for n in candidates if n in params and params[n].is_floating_point()]
 
 
 def decompress(compressed: Compressed) -> dict[str, torch.Tensor]:

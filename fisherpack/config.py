@@ -68,6 +68,8 @@ class CompressConfig(_Versioned):
     allocation / bits / groups / group_bits: see quant.py.
     include / exclude: fnmatch patterns on parameter names; by default the weights of Linear,
         Conv and Embedding layers are compressed and everything else is stored losslessly.
+    quantize_biases: also quantize (never prune) the bias beside each compressed weight, with
+        widths from the same allocation; off by default (biases stored losslessly).
     entropy: allow the rANS entropy-coding stage where it makes a stream smaller.
     """
 
@@ -81,6 +83,7 @@ class CompressConfig(_Versioned):
     group_bits: tuple[int, ...] = (6, 4, 2)
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
+    quantize_biases: bool = False
     entropy: bool = True
     seed: int = 0
     version: int = 1
@@ -117,7 +120,11 @@ class PipelineConfig(_Versioned):
     """How ``reproduce`` trains and fine-tunes: ``epochs`` of Adam at ``lr`` (cosine-decayed per
     epoch with ``lr_schedule="cosine"``), then ``rounds`` of estimate Fisher -> prune ->
     fine-tune ``finetune_epochs`` at ``finetune_lr`` following prune.schedule, then
-    ``final_epochs`` of masked fine-tuning (cosine from ``finetune_lr``), then quantization."""
+    ``final_epochs`` of masked fine-tuning (cosine from ``finetune_lr``), then quantization, then
+    ``qat_epochs`` of quantization-aware fine-tuning (straight-through estimator, widths and steps
+    frozen, cosine from ``qat_lr``). With ``distill`` > 0 every step after training learns from
+    the trained dense model's soft targets as well (knowledge distillation, see train.py).
+    ``augment`` = k shifts training images by up to k pixels (0 = off)."""
 
     model: str = "lenet5"
     seed: int = 0
@@ -128,6 +135,10 @@ class PipelineConfig(_Versioned):
     finetune_epochs: float = 1.0
     finetune_lr: float = 1e-3
     final_epochs: int = 0
+    qat_epochs: int = 0
+    qat_lr: float = 1e-4
+    distill: float = 0.0
+    augment: int = 0
     lr_schedule: str = "cosine"
     fisher: str = "adam"
     fisher_samples: int = 1000
@@ -144,6 +155,12 @@ class PipelineConfig(_Versioned):
         _check(self.finetune_epochs >= 0, f"finetune_epochs must be >= 0, got {self.finetune_epochs}")
         _check(
             isinstance(self.final_epochs, int) and self.final_epochs >= 0, "final_epochs must be a whole number >= 0"
+        )
+        _check(isinstance(self.qat_epochs, int) and self.qat_epochs >= 0, "qat_epochs must be a whole number >= 0")
+        _check(self.qat_lr > 0, "qat_lr must be > 0")
+        _check(0.0 <= self.distill <= 1.0, f"distill must be in [0, 1], got {self.distill}")
+        _check(
+            isinstance(self.augment, int) and 0 <= self.augment <= 8, f"augment must be 0..8 pixels, got {self.augment}"
         )
         _choice(self.lr_schedule, ("cosine", "constant"), "learning-rate schedule")
         _choice(self.fisher, FISHER_SOURCES, "Fisher estimator")

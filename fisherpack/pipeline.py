@@ -17,6 +17,7 @@ it and ends with the same bytes, however it was stopped, SIGKILL included. Shuff
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import json
@@ -29,13 +30,15 @@ from typing import Any, Protocol
 import torch
 
 from . import fisher as fisher_mod
+from . import format as fmt
 from . import models, prune
 from .compress import compress, compressible
 from .config import CompressConfig, PipelineConfig
 from .data import batches
 from .errors import FisherpackError
 from .fileio import atomic_write_bytes
-from .tensors import Compressed
+from .quant import FakeQuant, requantize
+from .tensors import Compressed, QuantTensor
 from .train import epoch_images, evaluate, train_epoch
 
 __all__ = [
@@ -94,7 +97,7 @@ class _Step:
     """One unit of work between checkpoints: an epoch of training, a pruning round, or an epoch of
     masked fine-tuning after the last round."""
 
-    kind: str  # "train" | "prune" | "final"
+    kind: str  # "train" | "prune" | "final" | "qat"
     epoch: int  # index into the shuffling sequence: every step sees its own order
     lr: float
     fraction: float = 1.0
@@ -121,6 +124,9 @@ def plan(cfg: PipelineConfig, *, until: str = "quantize") -> list[_Step]:
     for f in range(cfg.final_epochs):
         lr = _cosine(cfg.finetune_lr, f, cfg.final_epochs) if cfg.lr_schedule == "cosine" else cfg.finetune_lr
         steps.append(_Step("final", len(steps), lr, label=f"fine-tune {f + 1}/{cfg.final_epochs}"))
+    for q in range(cfg.qat_epochs):
+        lr = _cosine(cfg.qat_lr, q, cfg.qat_epochs) if cfg.lr_schedule == "cosine" else cfg.qat_lr
+        steps.append(_Step("qat", len(steps), lr, label=f"quantization-aware {q + 1}/{cfg.qat_epochs}"))
     return steps
 
 
@@ -169,10 +175,13 @@ def run(
     checkpoint: str | os.PathLike | None = None,
     progress: Progress | None = None,
     until: str = "quantize",
+    start: dict[str, Any] | None = None,
 ) -> Outcome:
     """Train, prune and quantize as ``cfg`` says; returns the model, the Compressed and figures.
 
     ``until="train"`` stops after training (``fisherpack train``), with ``compressed`` None.
+    ``start`` skips training: ``{"model": state_dict, "optimizer": state_dict, "figures": dict}`` of
+    a model trained with ``cfg``'s training settings (as ``until="train"`` returns them).
     """
     progress = progress or _Silent()
     ckpt = Path(checkpoint) if checkpoint is not None else None
@@ -182,18 +191,31 @@ def run(
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     names = compressible(model, cfg.compress.include, cfg.compress.exclude)
     masks: dict[str, torch.Tensor] | None = None
-    index, figures = 0, {}
+    index, figures, quantized, teacher = 0, {}, None, None
     data_key = fingerprint(x_train, y_train, x_test, y_test) if ckpt is not None else ""
     state = _load_checkpoint(ckpt, cfg, data_key) if ckpt is not None else None
+    if state is None and start is not None:
+        state = {**start, "index": cfg.epochs, "masks": {}, "figures": json.dumps(start.get("figures", {}))}
+        state.update(quantized=torch.zeros(0), teacher={})
+        if cfg.distill > 0:
+            state["teacher"] = start["model"]
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         masks = state["masks"] or None
         index, figures = state["index"], json.loads(state["figures"])
-        torch.set_rng_state(state["rng"])  # nothing draws from it today; a model with dropout would
+        if "rng" in state:  # a checkpoint, not ``start``: nothing draws from it today; dropout would
+            torch.set_rng_state(state["rng"])
+        if state["quantized"].numel():
+            quantized = fmt.decode(state["quantized"].numpy().tobytes())
+        if state["teacher"]:
+            teacher = copy.deepcopy(model)
+            teacher.load_state_dict(state["teacher"])
+            teacher.eval()
 
     def save(next_index: int) -> None:
         if ckpt is not None:
+            spec = fmt.encode(quantized, entropy=False) if quantized is not None else b""
             _save_checkpoint(
                 ckpt,
                 {
@@ -205,8 +227,20 @@ def run(
                     "optimizer": optimizer.state_dict(),
                     "masks": masks or {},
                     "figures": json.dumps(figures),
+                    "quantized": torch.frombuffer(bytearray(spec), dtype=torch.uint8) if spec else torch.zeros(0),
+                    "teacher": teacher.state_dict() if teacher is not None else {},
                 },
             )
+
+    def quantize(salt: int) -> Compressed:
+        progress.stage("quantize")
+        fisher = estimate_fisher(cfg, model, optimizer, x_train, y_train, salt=salt)
+        figures["test_error_pruned"] = evaluate(model, x_test, y_test)[0]
+        meta = {"pipeline": cfg.to_dict(), "model": cfg.model, "seed": cfg.seed}
+        # pruning is done: pass the masks, so compress prunes nothing more
+        out = compress(model, fisher, cfg.compress.replace(rate=0.0), masks=masks, meta=meta)
+        out.meta["config"] = cfg.compress.to_dict()
+        return out
 
     steps = plan(cfg, until=until)
     n_train = len(x_train)
@@ -215,8 +249,9 @@ def run(
     params = dict(model.named_parameters())
     for i in range(index, len(steps)):
         step = steps[i]
-        progress.stage(step.label)
+        fake_quant = None
         if step.kind == "prune":
+            progress.stage(step.label)
             fisher = estimate_fisher(cfg, model, optimizer, x_train, y_train, salt=i)
             masks = prune.select(
                 cfg.compress.criterion,
@@ -229,6 +264,12 @@ def run(
                 seed=cfg.compress.seed + i,
             )
             prune.apply_masks(model, masks)
+        elif step.kind == "qat":
+            if quantized is None:
+                quantized = quantize(salt=i)
+                figures["test_error_quantized"] = _error_of(quantized, model, x_test, y_test)
+            fake_quant = {n: FakeQuant(q) for n, q in quantized.tensors.items() if isinstance(q, QuantTensor)}
+        progress.stage(step.label)
         for group in optimizer.param_groups:
             group["lr"] = step.lr
         train_epoch(
@@ -242,28 +283,56 @@ def run(
             masks=masks,
             fraction=step.fraction,
             on_batch=lambda n, loss: progress.advance(n),
+            fake_quant=fake_quant,
+            teacher=teacher if step.kind != "train" else None,
+            distill=cfg.distill,
+            augment=cfg.augment,
         )
         if i + 1 == cfg.epochs:
             figures["test_error_before"] = evaluate(model, x_test, y_test)[0]
+            if cfg.distill > 0:  # the trained dense model teaches its pruned and quantized self
+                teacher = copy.deepcopy(model).eval()
         save(i + 1)
     if "test_error_before" not in figures:  # no training epochs: the model as initialised
         figures["test_error_before"] = evaluate(model, x_test, y_test)[0]
     if until == "train":
         return Outcome(model, optimizer, None, figures)
-
-    progress.stage("quantize")
-    fisher = estimate_fisher(cfg, model, optimizer, x_train, y_train, salt=len(steps))
-    figures["test_error_pruned"] = evaluate(model, x_test, y_test)[0]
-    meta = {"pipeline": cfg.to_dict(), "model": cfg.model, "seed": cfg.seed}
-    # pruning is done: without masks, compress keeps every weight (a zero weight counts as pruned)
-    compressed = compress(model, fisher, cfg.compress.replace(rate=0.0), masks=masks, meta=meta)
-    compressed.meta["config"] = cfg.compress.to_dict()
-    return Outcome(model, optimizer, compressed, figures)
+    if quantized is None:
+        return Outcome(model, optimizer, quantize(salt=len(steps)), figures)
+    # after quantization-aware fine-tuning: the frozen layout, codes of the fine-tuned weights
+    tensors = {n: requantize(q, params[n]) if isinstance(q, QuantTensor) else q for n, q in quantized.tensors.items()}
+    return Outcome(model, optimizer, Compressed(tensors, quantized.meta), figures)
 
 
+def _error_of(compressed: Compressed, like: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Error of the decoded ``compressed`` in a copy of ``like`` (which stays as it is)."""
+    model = copy.deepcopy(like)
+    model.load_state_dict(compressed.state_dict())
+    return evaluate(model, x, y)[0]
+
+
+# Chosen on a validation split held out from the training set (see benchmarks/ and the sweep).
 _DEFAULTS = {
-    "lenet5": PipelineConfig(model="lenet5", compress=CompressConfig(rate=0.98, criterion="obd", bits=5.0)),
-    "lenet300": PipelineConfig(model="lenet300", compress=CompressConfig(rate=0.95, criterion="obd", bits=5.0)),
+    "lenet5": PipelineConfig(
+        model="lenet5",
+        epochs=8,
+        rounds=6,
+        finetune_epochs=1.0,
+        final_epochs=3,
+        qat_epochs=2,
+        distill=0.5,
+        compress=CompressConfig(rate=0.98, criterion="obd", bits=4.0),
+    ),
+    "lenet300": PipelineConfig(
+        model="lenet300",
+        epochs=30,
+        rounds=6,
+        finetune_epochs=2.0,
+        final_epochs=6,
+        qat_epochs=3,
+        distill=0.5,
+        compress=CompressConfig(rate=0.95, criterion="obd", bits=4.0),
+    ),
 }
 
 

@@ -35,7 +35,15 @@ import torch
 from .errors import ConfigError
 from .tensors import MAX_BITS, MAX_EXP, MAX_GROUPS, MIN_EXP, QuantTensor, dequantize_codes
 
-__all__ = ["ALLOCATIONS", "quantize_group", "group_error_table", "allocate_waterfill", "quantize"]
+__all__ = [
+    "ALLOCATIONS",
+    "quantize_group",
+    "group_error_table",
+    "allocate_waterfill",
+    "quantize",
+    "FakeQuant",
+    "requantize",
+]
 
 ALLOCATIONS = ("waterfill", "quantile", "uniform")
 _EXP_CANDIDATES = 6  # how many steps below the smallest step that covers the largest |w| to try
@@ -222,3 +230,53 @@ def _compact(gid: np.ndarray, name: str, width_of: dict) -> tuple[np.ndarray, li
             kept_groups.append((g, b))
         remap[g] = by_width[b]
     return remap[gid] if gid.size else gid, kept_groups
+
+
+class FakeQuant:
+    """Straight-through fake quantization of one weight tensor with a frozen QuantTensor layout.
+
+    The forward value is what :func:`requantize` would store (same mask, groups, widths, steps and
+    grids; only the codes follow the weight); the backward pass is the identity on kept entries
+    (straight-through estimator) and zero on pruned ones. Per entry, with step ``d = 2**e``:
+    ``"int"``: ``clamp(round(w / d), lo, hi) * d``; ``"odd"``: ``(clamp(floor(w / d), lo, hi) + 0.5) * d``,
+    ``lo = -2**(b-1)``, ``hi = 2**(b-1) - 1``: the same values as tensors.dequantize_codes.
+    """
+
+    def __init__(self, qt: QuantTensor) -> None:
+        gid = torch.from_numpy(qt.groups.astype(np.int64))
+        bits = torch.tensor(qt.bits, dtype=torch.float32)[gid]
+        exps = torch.tensor(qt.exps, dtype=torch.float32)[gid]
+        odd = torch.tensor([g == "odd" for g in qt.grids])[gid]
+        self.mask = torch.from_numpy(qt.mask.copy()).view(qt.shape)  # (*shape) bool
+        self.shape = qt.shape
+
+        def dense(kept_values: torch.Tensor, fill: float) -> torch.Tensor:
+            out = torch.full((qt.numel,), fill, dtype=kept_values.dtype)
+            out[self.mask.flatten()] = kept_values
+            return out.view(qt.shape)
+
+        self.step = dense(torch.exp2(exps), 1.0)
+        self.lo = dense(-torch.exp2(bits - 1), 0.0)
+        self.hi = dense(torch.exp2(bits - 1) - 1, 0.0)
+        self.odd = dense(odd, False)
+
+    def values(self, w: torch.Tensor) -> torch.Tensor:
+        scaled = w.detach() / self.step  # exact: power-of-two steps
+        level = torch.where(self.odd, torch.floor(scaled), torch.round(scaled))
+        level = torch.minimum(torch.maximum(level, self.lo), self.hi)
+        return torch.where(self.mask, (level + self.odd.to(w.dtype) * 0.5) * self.step, torch.zeros_like(w))
+
+    def __call__(self, w: torch.Tensor) -> torch.Tensor:
+        return w * self.mask + (self.values(w) - w * self.mask).detach()
+
+
+def requantize(qt: QuantTensor, weight: torch.Tensor) -> QuantTensor:
+    """The same layout as ``qt`` (mask, groups, widths, steps, grids) with codes for ``weight``."""
+    kept = weight.detach().flatten().double().numpy()[qt.mask]
+    if not np.isfinite(kept).all():
+        raise ConfigError("weights became NaN or Inf during quantization-aware fine-tuning; lower its learning rate")
+    codes = np.zeros(qt.kept, dtype=np.uint16)
+    for g, (b, e, grid) in enumerate(zip(qt.bits, qt.exps, qt.grids)):
+        sel = qt.groups == g
+        codes[sel] = _codes(kept[sel], b, e, grid)
+    return QuantTensor(qt.shape, qt.mask, qt.groups, codes, qt.bits, qt.exps, qt.grids)

@@ -79,3 +79,16 @@ def test_load_into_names_the_first_mismatching_tensor():
     wrong.fc1 = nn.Linear(784, 301)
     with pytest.raises(ConfigError, match="'fc1.weight' has shape \\(300, 784\\) in the file but \\(301, 784\\)"):
         load_into(wrong, c)
+
+
+def test_quantize_biases_quantizes_but_never_prunes_them():
+    model = models.build("lenet300")
+    fisher = _fisher(model)
+    c = compress(model, fisher, CompressConfig(rate=0.9, bits=6, quantize_biases=True))
+    bias = c.tensors["fc1.bias"]
+    assert isinstance(bias, QuantTensor) and bias.kept == 300
+    err = (decompress(c)["fc1.bias"] - model.fc1.bias.detach()).abs().max()
+    assert 0 < err < model.fc1.bias.detach().abs().max() / 8
+    weights = [c.tensors[f"fc{i}.weight"] for i in (1, 2, 3)]
+    total = sum(q.numel for q in weights)
+    assert sum(q.kept for q in weights) == total - round(0.9 * total)  # biases do not dilute the rate

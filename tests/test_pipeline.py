@@ -5,6 +5,7 @@ import torch
 from fisherpack import data, pipeline
 from fisherpack.config import CompressConfig, PipelineConfig
 from fisherpack.errors import FisherpackError
+from fisherpack.quant import FakeQuant
 from fisherpack.tensors import QuantTensor
 
 CFG = PipelineConfig(
@@ -12,6 +13,8 @@ CFG = PipelineConfig(
     epochs=2,
     rounds=2,
     finetune_epochs=0.5,
+    final_epochs=1,
+    qat_epochs=1,
     batch_size=50,
     compress=CompressConfig(rate=0.9, criterion="obd", bits=4, groups=2),
 )
@@ -56,22 +59,28 @@ def test_pipeline_prunes_to_the_rate_and_reports_progress(tensors):
     quant = [e for e in out.compressed.tensors.values() if isinstance(e, QuantTensor)]
     kept, total = sum(q.kept for q in quant), sum(q.numel for q in quant)
     assert abs(kept / total - 0.1) < 1e-3
-    assert rec.seen == rec.total == 2 * 500 + 2 * 250
-    assert rec.stages[0] == "train epoch 1/2" and rec.stages[-1] == "quantize"
+    assert rec.seen == rec.total == 2 * 500 + 2 * 250 + 500 + 500
+    assert rec.stages[0] == "train epoch 1/2" and rec.stages[-2:] == ["quantize", "quantization-aware 1/1"]
     assert out.figures["test_error_before"] < 0.3
+    assert set(out.figures) == {"test_error_before", "test_error_pruned", "test_error_quantized"}
+    # the file holds exactly the fake-quantized weights the model was fine-tuned with
+    for name, q in out.compressed.tensors.items():
+        if isinstance(q, QuantTensor):
+            latent = dict(out.model.named_parameters())[name]
+            assert torch.equal(q.dequantize(), FakeQuant(q).values(latent.detach()))
     assert out.compressed.meta["config"]["rate"] == 0.9 and out.compressed.meta["model"] == "lenet300"
 
 
 def test_an_interrupted_run_resumes_to_the_same_result(tensors, tmp_path):
     reference = pipeline.run(CFG, *tensors).compressed
     ckpt = tmp_path / "run.ckpt"
-    for stop in (600, 1300):  # mid-training, then mid-pruning
+    for stop in (600, 1300, 2200):  # mid-training, mid-pruning, mid quantization-aware training
         with pytest.raises(KeyboardInterrupt):
             pipeline.run(CFG, *tensors, checkpoint=ckpt, progress=_Recorder(stop_after=stop))
         assert ckpt.exists()
     rec = _Recorder()
     resumed = pipeline.run(CFG, *tensors, checkpoint=ckpt, progress=rec)
-    assert rec.done == 2 * 500 + 1 * 250  # resumed after the first pruning round
+    assert rec.done == 2 * 500 + 2 * 250 + 500  # resumed at the start of the QAT epoch
     _same(reference, resumed.compressed)
 
 

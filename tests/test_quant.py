@@ -99,3 +99,20 @@ def test_bad_inputs_are_config_errors():
         quant.quantize({"a": torch.tensor([1.0, float("nan"), 0.0, 1.0])}, m, None, allocation="uniform", bits=4)
     with pytest.raises(ConfigError, match="bit width must be in"):
         quant.quantize_group(np.ones(3), None, 0)
+
+
+def test_fake_quant_forward_equals_the_stored_values_and_passes_gradients_straight_through():
+    torch.manual_seed(0)
+    w = torch.randn(30, 20)
+    masks = {"w": torch.rand(30, 20) > 0.3}
+    qt = quant.quantize({"w": w}, masks, {"w": torch.rand(30, 20)}, bits=3, groups=3)["w"]
+    fq = quant.FakeQuant(qt)
+    latent = (w + 0.01 * torch.randn(30, 20)).requires_grad_()
+    out = fq(latent)
+    stored = quant.requantize(qt, latent).dequantize()
+    assert torch.equal(out.detach(), stored)
+    (out * torch.arange(600.0).view(30, 20)).sum().backward()
+    expected = torch.arange(600.0).view(30, 20) * masks["w"]
+    assert torch.equal(latent.grad, expected)
+    again = quant.requantize(qt, w)
+    assert np.array_equal(again.codes, qt.codes)  # the layout reproduces the original codes

@@ -32,3 +32,12 @@ def test_python_example_runs_as_written(tmp_path, monkeypatch):
     decoded = fisherpack.load(tmp_path / "lenet300.fpk")
     assert torch.equal(scope["small"].fc1.weight, decoded["fc1.weight"])
     assert (decoded["fc1.weight"] != 0).float().mean() < 0.11
+
+
+def test_results_section_is_generated_from_the_committed_json():
+    import subprocess
+    import sys
+
+    script = ROOT / "benchmarks" / "readme_results.py"
+    done = subprocess.run([sys.executable, str(script), "--check"], capture_output=True)
+    assert done.returncode == 0, "README results are stale: run python benchmarks/readme_results.py"

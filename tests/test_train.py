@@ -1,7 +1,7 @@
 import torch
 
 from fisherpack import data, models
-from fisherpack.train import epoch_images, evaluate, train_epoch
+from fisherpack.train import epoch_images, evaluate, shift_images, train_epoch
 
 
 def _synthetic():
@@ -64,3 +64,14 @@ def test_training_is_deterministic_and_fraction_limits_batches():
         states.append(model.fc1.weight.detach().clone())
         assert len(seen) == 3 and sum(seen) == epoch_images(600, 64, 0.3) == 192
     assert torch.equal(states[0], states[1])
+
+
+def test_shift_images_moves_each_image_by_its_own_offset():
+    x = torch.zeros(3, 1, 5, 5)
+    x[:, 0, 2, 2] = 1.0  # a dot in the centre of each image
+    out = shift_images(x, 2, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    positions = [tuple((img[0] == 1).nonzero()[0].tolist()) for img in out]
+    assert all(0 <= r <= 4 and 0 <= c <= 4 for r, c in positions)
+    assert len(set(positions)) > 1  # not all the same offset
+    assert torch.equal(out.sum((1, 2, 3)), torch.ones(3))

@@ -1,0 +1,151 @@
+"""Regenerate the results section of README.md from the committed JSON (no hand-typed numbers).
+
+python benchmarks/readme_results.py          # rewrite README.md between the results markers
+python benchmarks/readme_results.py --check  # exit 1 if README.md is not what the JSON says
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+MODELS = ("lenet5", "lenet300")
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def reference_table() -> list[str]:
+    rows = []
+    for model in MODELS:
+        path = RESULTS / f"{model}.fpk.json"
+        if not path.exists():
+            continue
+        f = json.loads(path.read_text())
+        rows.append(
+            f"| `{model}.fpk` | {f['params']:,} | {f['kept_fraction']:.2%} | {f['avg_bits']:.2f} | "
+            f"{f['file_bytes']:,} | **{f['ratio']:.0f}x** | {_pct(f['test_error_before'])} | "
+            f"**{_pct(f['test_error'])}** |"
+        )
+    if not rows:
+        return []
+    return [
+        "Made by `fisherpack reproduce` with the default settings on real MNIST (60,000 training, 10,000",
+        "test images), then read back from disk by `fisherpack eval`:",
+        "",
+        "| file | params | kept | avg bits | file bytes | fp32 / file | test error, dense | test error, from file |",
+        "|---|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+    ]
+
+
+def _mean_std(values: list[float]) -> str:
+    a = np.asarray(values)
+    return f"{100 * a.mean():.2f} ± {100 * a.std():.2f}" if len(a) > 1 else f"{100 * a.mean():.2f}"
+
+
+def sweep_tables(model: str) -> list[str]:
+    path = RESULTS / f"sweep_{model}.json"
+    if not path.exists():
+        return []
+    points = {k: v for k, v in json.loads(path.read_text())["points"].items()}
+    specs = [(json.loads(k), v) for k, v in points.items()]
+    seeds = sorted({s["seed"] for s, _ in specs})
+    out = [f"### {model} (validation error in %, mean ± std over seeds {', '.join(map(str, seeds))})", ""]
+    prune = defaultdict(list)
+    for s, r in specs:
+        if s["sweep"] == "prune" and s["scope"] == "global" and "finetuned" in r:
+            prune[(s["method"], s["rate"])].append(r["finetuned"]["val_error"])
+    rates = sorted({rate for _, rate in prune if rate >= 0.9})
+    if prune:
+        out += ["Pruning, global ranking, one-shot then the same fine-tuning budget for every method:", ""]
+        out += ["| method | " + " | ".join(f"{r:.1%} pruned" for r in rates) + " |", "|---" * (len(rates) + 1) + "|"]
+        for method in sorted({m for m, _ in prune}):
+            out.append(
+                f"| {method} | "
+                + " | ".join(_mean_std(prune[(method, r)]) if (method, r) in prune else "" for r in rates)
+                + " |"
+            )
+        out.append("")
+    quant = defaultdict(list)
+    for s, r in specs:
+        if s["sweep"] == "quant":
+            quant[(s["scheme"], s["bits"], "ptq")].append(r["ptq"]["val_error"])
+            if "qat" in r:
+                quant[(s["scheme"], s["bits"], "qat")].append(r["qat"]["val_error"])
+    bits = [b for b in (2, 3, 4) if any(k[1] == b for k in quant)]
+    if quant:
+        out += ["Quantization of the dense model to an average width (codes only), before / after fine-tuning:", ""]
+        out += ["| scheme | " + " | ".join(f"{b} bits" for b in bits) + " |", "|---" * (len(bits) + 1) + "|"]
+        for scheme in sorted({k[0] for k in quant}):
+            cells = [
+                f"{_mean_std(quant[(scheme, b, 'ptq')])} / {_mean_std(quant[(scheme, b, 'qat')])}"
+                if (scheme, b, "qat") in quant
+                else ""
+                for b in bits
+            ]
+            out.append(f"| {scheme} | " + " | ".join(cells) + " |")
+        out.append("")
+    front = defaultdict(list)
+    for s, r in specs:
+        if s["sweep"] == "pipeline":
+            front[(s["method"], s["rate"], s["bits"])].append((r["file_bytes"], r["val_error"], r["test_error"]))
+    if front:
+        out += ["Whole pipeline to a file (iterative pruning, quantization, fine-tuning), bytes on disk:", ""]
+        out += [
+            "| method | pruned | avg bits | file bytes | validation error | test error |",
+            "|---|---|---|---|---|---|",
+        ]
+        for (method, rate, b), vals in sorted(front.items()):
+            nbytes, val, test = (np.asarray(v) for v in zip(*vals))
+            out.append(
+                f"| {method} | {rate:.1%} | {b} | {nbytes.mean():,.0f} | {_mean_std(list(val))} | "
+                f"{_mean_std(list(test))} |"
+            )
+        out.append("")
+    for kind in ("prune", "quant", "front"):
+        png = RESULTS / f"sweep_{model}_{kind}.png"
+        if png.exists():
+            out.append(f"![{model} {kind}](benchmarks/results/{png.name})")
+    out.append("")
+    return out
+
+
+def render() -> str:
+    lines = reference_table()
+    sweeps = [line for model in MODELS for line in sweep_tables(model)]
+    if sweeps:
+        lines += [
+            "The sweeps (`fisherpack sweep`, regenerate this section with `python benchmarks/readme_results.py`):",
+            "",
+            *sweeps,
+        ]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true")
+    args = parser.parse_args()
+    readme = (ROOT / "README.md").read_text()
+    head, rest = readme.split(START, 1)
+    _, tail = rest.split(END, 1)
+    updated = f"{head}{START}\n{render()}{END}{tail}"
+    if args.check:
+        return 0 if updated == readme else 1
+    (ROOT / "README.md").write_text(updated)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

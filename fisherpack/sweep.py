@@ -1,0 +1,300 @@
+"""Sweeps: the same measurements for every method, resumable point by point.
+
+A sweep is a list of *points*, each a JSON spec such as
+``{"sweep": "prune", "model": "lenet5", "seed": 0, "method": "obd-adam", "scope": "global",
+"rate": 0.9, "finetune_epochs": 0.5}``. A point's result is stored under its canonical JSON key as
+soon as it is measured; a finished point is never recomputed, so a killed sweep resumes.
+
+Every choice is measured on a validation split held out from the training set (the last
+``VAL_SIZE`` of a fixed permutation, the same for every seed); test errors are recorded beside it
+for reporting only. Each (model, seed) starts from one base model trained with the training
+settings of ``pipeline.default_config(model)``, cached in the work folder.
+
+- ``prune``: one-shot pruning of the base model at ``rate`` by ``method`` (criterion x Fisher
+  source), errors before and after ``finetune_epochs`` of masked fine-tuning (same budget for all).
+- ``quant``: quantization of the dense base model to ``bits`` by ``scheme``: the paper's Fisher
+  quantile groups, the Fisher-weighted water-filling (1 or 4 groups per layer), uniform fixed
+  point, k-means weight sharing; errors before and after ``qat_epochs`` of fine-tuning.
+- ``pipeline``: the whole pipeline (iterative pruning, quantization, QAT) to a file; its bytes
+  on disk against the error, for fisherpack's settings and for magnitude + uniform.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import fisher as fisher_mod
+from . import format as fmt
+from . import models, pipeline, prune, quant
+from .baselines import SharedWeights
+from .compress import compress, compressible, summary
+from .config import CompressConfig, PipelineConfig
+from .data import Dataset, batches, split_validation
+from .fileio import atomic_write_bytes
+from .train import evaluate, train_epoch
+
+__all__ = ["PRUNE_METHODS", "QUANT_SCHEMES", "PIPELINE_METHODS", "VAL_SIZE", "key", "Sweep"]
+
+VAL_SIZE = 10_000
+PRUNE_METHODS = {  # name -> (criterion, Fisher source)
+    "fisher-adam": ("fisher", "adam"),
+    "fisher-empirical": ("fisher", "empirical"),
+    "fisher-sampled": ("fisher", "sampled"),
+    "obd-adam": ("obd", "adam"),
+    "obd-empirical": ("obd", "empirical"),
+    "two_stage-adam": ("two_stage", "adam"),
+    "magnitude": ("magnitude", None),
+    "random": ("random", None),
+}
+QUANT_SCHEMES = ("quantile", "waterfill", "waterfill-g4", "uniform", "kmeans")
+PIPELINE_METHODS = ("fisherpack", "magnitude-uniform")
+FISHER_SAMPLES = 1000
+
+
+def key(spec: dict[str, Any]) -> str:
+    """The canonical JSON of a point's spec: its identity in the results."""
+    return json.dumps(spec, sort_keys=True, separators=(",", ":"))
+
+
+class Sweep:
+    """Runs points against a data set, caching base models under ``workdir``.
+
+    ``results`` maps keys to results and is updated in place; ``on_result(results)`` is called
+    after each new point (the caller persists it). The class touches only ``workdir``.
+    """
+
+    def __init__(self, dataset: Dataset, workdir: str | os.PathLike, val_size: int = VAL_SIZE) -> None:
+        x, y, self.x_test, self.y_test = dataset.tensors()
+        self.x, self.y, self.x_val, self.y_val = split_validation(x, y, val_size, seed=0)
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._fisher: dict[tuple, dict[str, torch.Tensor]] = {}
+
+    # ------------------------------------------------------------------ shared pieces
+    def base(self, model: str, seed: int) -> dict[str, Any]:
+        """The trained dense model of (model, seed): state dicts and figures, cached on disk."""
+        path = self.workdir / f"base-{model}-{settings_id(model)}-seed{seed}.pt"
+        if path.exists():
+            return torch.load(path, weights_only=True)
+        cfg = pipeline.default_config(model).replace(seed=seed)
+        out = pipeline.run(cfg, self.x, self.y, self.x_val, self.y_val, checkpoint=f"{path}.ckpt", until="train")
+        state = {"model": out.model.state_dict(), "optimizer": out.optimizer.state_dict(), "figures": out.figures}
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        atomic_write_bytes(path, buf.getvalue())
+        Path(f"{path}.ckpt").unlink(missing_ok=True)
+        return state
+
+    def restore(self, model: str, seed: int, lr: float) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+        state = self.base(model, seed)
+        net = models.build(model)
+        net.load_state_dict(state["model"])
+        opt = torch.optim.Adam(net.parameters(), lr=lr)
+        opt.load_state_dict(state["optimizer"])
+        for group in opt.param_groups:
+            group["lr"] = lr
+        return net, opt
+
+    def fisher(self, model: str, seed: int, source: str) -> dict[str, torch.Tensor]:
+        """Fisher of the base model: Adam's state, or 1,000 training samples (cached per run)."""
+        k = (model, seed, source)
+        if k not in self._fisher:
+            net, opt = self.restore(model, seed, 1e-3)
+            if source == "adam":
+                self._fisher[k] = fisher_mod.from_adam(opt, net)
+            else:
+                data = batches(self.x, self.y, FISHER_SAMPLES, shuffle=True, seed=seed, epoch=20_000)
+                est = fisher_mod.empirical if source == "empirical" else fisher_mod.sampled
+                kwargs = {} if source == "empirical" else {"seed": seed}
+                self._fisher[k] = est(net, data, n_samples=FISHER_SAMPLES, **kwargs)
+        return self._fisher[k]
+
+    def errors(self, net: torch.nn.Module) -> dict[str, float]:
+        val_error, val_loss = evaluate(net, self.x_val, self.y_val)
+        return {"val_error": val_error, "val_loss": val_loss, "test_error": evaluate(net, self.x_test, self.y_test)[0]}
+
+    def finetune(self, net, opt, epochs: float, seed: int, salt: int, masks=None, fake_quant=None) -> None:
+        """``epochs`` of (masked, or fake-quantized) fine-tuning at the optimizer's lr, cosine-decayed."""
+        lr, done, e = opt.param_groups[0]["lr"], 0.0, 0
+        while done < epochs - 1e-9:
+            part = min(1.0, epochs - done)
+            for group in opt.param_groups:
+                group["lr"] = lr * 0.5 * (1 + np.cos(np.pi * done / epochs))
+            train_epoch(
+                net, opt, self.x, self.y, batch_size=64, seed=seed, epoch=1000 + 100 * salt + e,
+                masks=masks, fraction=part, fake_quant=fake_quant,
+            )  # fmt: skip
+            done, e = done + part, e + 1
+
+    # ------------------------------------------------------------------ points
+    def run(self, spec: dict[str, Any]) -> dict[str, Any]:
+        started = time.perf_counter()
+        kind = spec["sweep"]
+        result = {"prune": self._prune, "quant": self._quant, "pipeline": self._pipeline}[kind](spec)
+        result["seconds"] = round(time.perf_counter() - started, 2)
+        return result
+
+    def _prune(self, spec: dict[str, Any]) -> dict[str, Any]:
+        model, seed = spec["model"], spec["seed"]
+        criterion, source = PRUNE_METHODS[spec["method"]]
+        net, opt = self.restore(model, seed, pipeline.default_config(model).finetune_lr)
+        names = compressible(net)
+        params = dict(net.named_parameters())
+        fisher = self.fisher(model, seed, source) if source else None
+        weights = {n: params[n].detach() for n in names}
+        masks = prune.select(criterion, weights, fisher, spec["rate"], scope=spec["scope"], seed=seed)
+        prune.apply_masks(net, masks)
+        out = {"oneshot": self.errors(net), "kept": {n: float(m.float().mean()) for n, m in masks.items()}}
+        if spec["finetune_epochs"] > 0:
+            self.finetune(net, opt, spec["finetune_epochs"], seed, salt=1, masks=masks)
+            out["finetuned"] = self.errors(net)
+        return out
+
+    def _quant(self, spec: dict[str, Any]) -> dict[str, Any]:
+        model, seed, scheme, bits = spec["model"], spec["seed"], spec["scheme"], spec["bits"]
+        net, opt = self.restore(model, seed, 1e-4)
+        names = compressible(net)
+        params = dict(net.named_parameters())
+        if scheme == "kmeans":
+            shared = {n: SharedWeights(params[n].detach(), params[n].detach() != 0, bits) for n in names}
+            with torch.no_grad():
+                for n, sw in shared.items():
+                    params[n].copy_(sw())
+            out = {"avg_bits": float(bits), "ptq": self.errors(net)}
+            codebook_bytes = 4 * (1 << bits) * len(names)
+            out["est_bytes"] = int(sum(p.numel() for p in weights_of(net, names)) * bits / 8 + codebook_bytes)
+            if spec["qat_epochs"] > 0:
+                self._finetune_codebooks(net, shared, spec["qat_epochs"], seed)
+                out["qat"] = self.errors(net)
+            return out
+        allocation = {"quantile": "quantile", "uniform": "uniform"}.get(scheme, "waterfill")
+        cfg = CompressConfig(
+            allocation=allocation, bits=float(bits), groups=4 if scheme == "waterfill-g4" else 1,
+            group_bits=(bits + 1, bits, max(bits - 1, 1)),
+        )  # fmt: skip
+        packed = compress(net, self.fisher(model, seed, "adam"), cfg)
+        figures = summary(packed, len(fmt.encode(packed)))
+        out = {"avg_bits": figures["avg_bits"], "file_bytes": figures["file_bytes"]}
+        net.load_state_dict(packed.state_dict())
+        out["ptq"] = self.errors(net)
+        if spec["qat_epochs"] > 0:
+            q = {n: t for n, t in packed.tensors.items() if isinstance(t, quant.QuantTensor)}
+            net.load_state_dict(self.base(model, seed)["model"])  # latent weights start at the float ones
+            self.finetune(
+                net, opt, spec["qat_epochs"], seed, salt=2, fake_quant={n: quant.FakeQuant(t) for n, t in q.items()}
+            )
+            with torch.no_grad():
+                for n, t in q.items():
+                    params[n].copy_(quant.requantize(t, params[n]).dequantize())
+            out["qat"] = self.errors(net)
+        return out
+
+    def _finetune_codebooks(self, net, shared: dict[str, SharedWeights], epochs: float, seed: int) -> None:
+        opt = torch.optim.Adam([sw.codebook for sw in shared.values()], lr=1e-4)
+        for e in range(int(np.ceil(epochs))):
+            fraction = min(1.0, epochs - e)
+            for i, (xb, yb) in enumerate(batches(self.x, self.y, 64, shuffle=True, seed=seed, epoch=3000 + e)):
+                if i >= fraction * len(self.x) / 64:
+                    break
+                opt.zero_grad()
+                out = torch.func.functional_call(net, {n: sw() for n, sw in shared.items()}, (xb,))
+                torch.nn.functional.cross_entropy(out, yb).backward()
+                opt.step()
+        with torch.no_grad():
+            params = dict(net.named_parameters())
+            for n, sw in shared.items():
+                params[n].copy_(sw())
+
+    def _pipeline(self, spec: dict[str, Any]) -> dict[str, Any]:
+        cfg = pipeline_config(spec)
+        start = self.base(spec["model"], spec["seed"])
+        out = pipeline.run(cfg, self.x, self.y, self.x_val, self.y_val, start=start)
+        blob = fmt.encode(out.compressed, entropy=cfg.compress.entropy)
+        net = models.build(spec["model"])
+        net.load_state_dict(fmt.decode(blob).state_dict())
+        figures = summary(out.compressed, len(blob))
+        return {**self.errors(net), **{k: figures[k] for k in ("file_bytes", "ratio", "avg_bits", "kept_fraction")}}
+
+
+def weights_of(net: torch.nn.Module, names: list[str]) -> list[torch.Tensor]:
+    params = dict(net.named_parameters())
+    return [params[n] for n in names]
+
+
+def settings_id(model: str) -> str:
+    """A short hash of ``pipeline.default_config(model)``: part of every point's key, so a change of
+    the defaults (which the base models and pipeline points are made with) makes new points."""
+    d = pipeline.default_config(model).to_dict()
+    d.pop("seed")
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def pipeline_config(spec: dict[str, Any]) -> PipelineConfig:
+    """The pipeline settings of a ``pipeline`` point: fisherpack's defaults, or the same schedule
+    with magnitude pruning and uniform fixed point (the fair baseline)."""
+    base = pipeline.default_config(spec["model"]).replace(seed=spec["seed"])
+    base = base.replace(**{k: spec[k] for k in ("rounds", "final_epochs", "qat_epochs") if k in spec})
+    changes = {"rate": spec["rate"], "bits": float(spec["bits"])}
+    if spec["method"] == "magnitude-uniform":
+        changes.update(criterion="magnitude", allocation="uniform", groups=1, quantize_biases=False)
+    return base.replace(compress=base.compress.replace(**changes))
+
+
+def pending(specs: list[dict[str, Any]], results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The specs whose results are not in ``results`` yet, in order."""
+    return [s for s in specs if key(s) not in results]
+
+
+PRUNE_RATES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995)
+QUANT_BITS = (1, 2, 3, 4, 5, 6, 7, 8)
+PIPELINE_POINTS = {  # (rate, average bits) per model, spanning the size/error front
+    "lenet5": ((0.95, 5), (0.98, 4), (0.99, 4), (0.995, 3)),
+    "lenet300": ((0.9, 5), (0.95, 4), (0.97, 4), (0.98, 3)),
+}
+FINETUNE = {"lenet5": 0.5, "lenet300": 1.0}  # epochs of fine-tuning per prune or quant point
+
+
+def plan(model: str, seeds: tuple[int, ...] = (0, 1, 2), quick: bool = False) -> list[dict[str, Any]]:
+    """Every point of the sweep of one model; ``quick`` is a thin slice that runs in minutes."""
+    rates = (0.5, 0.9, 0.98) if quick else PRUNE_RATES
+    scopes = ("global",) if quick else ("global", "layer")
+    bits = (2, 4, 6) if quick else QUANT_BITS
+    ft = 0.2 if quick else FINETUNE.get(model, 1.0)
+    points = PIPELINE_POINTS.get(model, ((0.9, 4),))
+    points = points[1:2] if quick else points
+    seeds = seeds[:1] if quick else seeds
+    specs: list[dict[str, Any]] = []
+    for seed in seeds:
+        common = {"model": model, "seed": seed, "defaults": settings_id(model)}
+        for method in PRUNE_METHODS:
+            for scope in scopes:
+                for rate in rates:
+                    specs.append(
+                        {
+                            "sweep": "prune",
+                            **common,
+                            "method": method,
+                            "scope": scope,
+                            "rate": rate,
+                            "finetune_epochs": ft,
+                        }
+                    )
+        for scheme in QUANT_SCHEMES:
+            for b in bits:
+                specs.append({"sweep": "quant", **common, "scheme": scheme, "bits": b, "qat_epochs": ft})
+        for method in PIPELINE_METHODS:
+            for rate, b in points:
+                spec = {"sweep": "pipeline", **common, "method": method, "rate": rate, "bits": b}
+                if quick:
+                    spec.update(rounds=2, final_epochs=1, qat_epochs=1)
+                specs.append(spec)
+    return specs

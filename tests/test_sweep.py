@@ -1,0 +1,125 @@
+"""Sweeps on synthetic data: every kind of point runs, results are keyed and resumable."""
+
+import json
+
+import pytest
+
+from fisherpack import data, sweep
+from fisherpack.cli import main
+
+
+@pytest.fixture(scope="module")
+def runner(tmp_path_factory):
+    return sweep.Sweep(data.synthetic(400, 100, seed=0), tmp_path_factory.mktemp("work"), val_size=100)
+
+
+def test_plans_cover_every_method_rate_scheme_and_seed():
+    specs = sweep.plan("lenet5")
+    prune = [s for s in specs if s["sweep"] == "prune"]
+    assert {s["method"] for s in prune} == set(sweep.PRUNE_METHODS)
+    assert {s["rate"] for s in prune} == set(sweep.PRUNE_RATES) and min(sweep.PRUNE_RATES) == 0.5
+    assert max(sweep.PRUNE_RATES) == 0.995 and {s["scope"] for s in prune} == {"global", "layer"}
+    assert {s["seed"] for s in specs} == {0, 1, 2}
+    quant = [s for s in specs if s["sweep"] == "quant"]
+    assert {s["scheme"] for s in quant} == set(sweep.QUANT_SCHEMES) and {s["bits"] for s in quant} == set(range(1, 9))
+    assert len({sweep.key(s) for s in specs}) == len(specs)
+    assert len(sweep.plan("lenet5", quick=True)) < len(specs) / 10
+
+
+@pytest.mark.parametrize("method", ["obd-adam", "fisher-empirical", "two_stage-adam", "random"])
+def test_prune_points_prune_to_the_rate_and_fine_tune(runner, method):
+    spec = {
+        "sweep": "prune",
+        "model": "lenet300",
+        "seed": 0,
+        "method": method,
+        "scope": "layer",
+        "rate": 0.9,
+        "finetune_epochs": 0.2,
+    }
+    result = runner.run(spec)
+    assert all(abs(kept - 0.1) < 0.01 for kept in result["kept"].values())
+    assert 0 <= result["oneshot"]["val_error"] <= 1 and 0 <= result["finetuned"]["test_error"] <= 1
+
+
+@pytest.mark.parametrize("scheme", sweep.QUANT_SCHEMES)
+def test_quant_points_meet_the_bit_budget(runner, scheme):
+    result = runner.run(
+        {"sweep": "quant", "model": "lenet300", "seed": 0, "scheme": scheme, "bits": 3, "qat_epochs": 0.2}
+    )
+    assert result["avg_bits"] <= 3 + (1 / 3 if scheme == "quantile" else 1e-9)
+    assert {"ptq", "qat"} <= set(result)
+
+
+def test_pipeline_points_measure_the_file(runner):
+    spec = {"sweep": "pipeline", "model": "lenet300", "seed": 0, "method": "magnitude-uniform", "rate": 0.9, "bits": 4}
+    spec.update(rounds=1, final_epochs=0, qat_epochs=0)
+    result = runner.run(spec)
+    assert result["avg_bits"] == 4 and abs(result["kept_fraction"] - 0.1) < 0.01
+    assert result["ratio"] == pytest.approx(4 * 266_610 / result["file_bytes"])
+
+
+def test_sweep_command_resumes_without_recomputing(tmp_path, monkeypatch):
+    idx = data.write_dataset(tmp_path / "idx", data.synthetic(300, 60, seed=1))
+    few = [
+        {"sweep": "quant", "model": "lenet300", "seed": 0, "scheme": "uniform", "bits": b, "qat_epochs": 0}
+        for b in (2, 4)
+    ]
+    monkeypatch.setattr(sweep, "plan", lambda model, seeds, quick: few)
+    monkeypatch.setattr(sweep, "VAL_SIZE", 50)
+    monkeypatch.setattr(sweep.Sweep.__init__, "__defaults__", (50,))
+    argv = [
+        "sweep",
+        "--model",
+        "lenet300",
+        "--data-dir",
+        str(idx),
+        "--out",
+        str(tmp_path / "res"),
+        "--workdir",
+        str(tmp_path / "w"),
+        "--quiet",
+        "--no-plots",
+    ]
+    assert main(argv) == 0
+    path = tmp_path / "res" / "sweep_lenet300.json"
+    first = json.loads(path.read_text())
+    assert len(first["points"]) == 2 and first["environment"]["seeds"] == [0, 1, 2]
+    calls = []
+    monkeypatch.setattr(sweep.Sweep, "run", lambda self, spec: calls.append(spec))
+    assert main(argv) == 0
+    assert calls == [] and json.loads(path.read_text())["points"] == first["points"]
+
+
+def test_plots_draw_every_sweep(tmp_path):
+    from fisherpack import plots
+
+    points = {}
+    for seed in (0, 1):
+        for rate in (0.5, 0.9):
+            spec = {
+                "sweep": "prune",
+                "model": "m",
+                "seed": seed,
+                "method": "magnitude",
+                "scope": "global",
+                "rate": rate,
+                "finetune_epochs": 1,
+            }
+            points[sweep.key(spec)] = {
+                "oneshot": {"val_error": rate / 10 + seed / 100},
+                "finetuned": {"val_error": rate / 20},
+            }
+        for b in (2, 4):
+            spec = {"sweep": "quant", "model": "m", "seed": seed, "scheme": "uniform", "bits": b, "qat_epochs": 1}
+            points[sweep.key(spec)] = {"avg_bits": b, "ptq": {"val_error": 0.1 / b}, "qat": {"val_error": 0.05 / b}}
+        spec = {"sweep": "pipeline", "model": "m", "seed": seed, "method": "fisherpack", "rate": 0.9, "bits": 4}
+        points[sweep.key(spec)] = {"file_bytes": 1000 + seed, "test_error": 0.01}
+    curves = plots.group(points, "prune", ("method", "scope"), "rate", lambda r: r["oneshot"]["val_error"])
+    xs, mean, lo, hi = curves[("magnitude", "global")]
+    assert list(xs) == [0.5, 0.9] and mean[0] == pytest.approx(0.055)
+    assert (lo[0], hi[0]) == pytest.approx((0.05, 0.06))
+    for draw in (plots.plot_prune, plots.plot_quant, plots.plot_front):
+        path = tmp_path / f"{draw.__name__}.png"
+        draw(points, "lenet5", path)
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
