@@ -120,9 +120,12 @@ def _figures_table(fig: dict[str, Any]) -> str:
 
 
 def _evaluate_file(
-    path: Path, data_dir: str | None, test: tuple[torch.Tensor, torch.Tensor] | None = None
+    path: Path,
+    data_dir: str | None,
+    test: tuple[torch.Tensor, torch.Tensor] | None = None,
+    max_elements: int | None = None,
 ) -> dict[str, Any]:
-    compressed = format.load(path)
+    compressed = format.load(path, max_elements=max_elements)
     name = compressed.meta.get("model")
     if name not in models.MODELS:
         raise ConfigError(f"{path} holds a model fisherpack cannot rebuild ({name!r}); load it with fisherpack.load")
@@ -211,14 +214,14 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     path = Path(args.file)
-    fig = _evaluate_file(path, args.data_dir)
+    fig = _evaluate_file(path, args.data_dir, max_elements=args.max_elements)
     print(json.dumps(fig, sort_keys=True) if args.json else _figures_table(fig))
     return 0
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     path = Path(args.file)
-    described = format.describe(format.read(path))
+    described = format.describe(format.read(path), max_elements=args.max_elements)
     if args.json:
         print(json.dumps(described, sort_keys=True))
         return 0
@@ -349,12 +352,16 @@ def _parser() -> argparse.ArgumentParser:
     q = sub.add_parser("eval", help="decode a file and measure its test error")
     q.add_argument("file")
     q.add_argument("--json", action="store_true", help="print one JSON object")
+    q.add_argument("--max-elements", type=int, help="entries a file may declare (default: 4096 per byte of file, "
+                   "at least 2**20, at most 2**28); raise it only for files you trust")  # fmt: skip
     data_flag(q)
     q.set_defaults(func=cmd_eval)
 
     q = sub.add_parser("inspect", help="per-tensor layout of a file")
     q.add_argument("file")
     q.add_argument("--json", action="store_true", help="print one JSON object")
+    q.add_argument("--max-elements", type=int, help="entries a file may declare (default: 4096 per byte of file, "
+                   "at least 2**20, at most 2**28); raise it only for files you trust")  # fmt: skip
     q.set_defaults(func=cmd_inspect)
     return p
 

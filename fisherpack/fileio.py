@@ -31,7 +31,10 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as exc:  # e.g. ``path`` is a directory
+            raise FisherpackError(f"cannot write {path}: {exc.strerror or exc}; choose another output path") from None
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -50,6 +53,8 @@ def check_writable(path: str | os.PathLike) -> None:
     if path.is_dir():
         raise FisherpackError(f"cannot write {path}: it is a directory; give a file name")
     directory = path.parent if str(path.parent) else Path(".")
+    if directory.exists() and not directory.is_dir():
+        raise FisherpackError(f"cannot write {path}: {directory} is a file, not a folder")
     if not directory.is_dir():
         raise FisherpackError(f"cannot write {path}: folder {directory} does not exist; create it first")
     try:

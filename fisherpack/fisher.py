@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from .data import check_labels
 from .errors import ConfigError
 
 __all__ = ["from_adam", "empirical", "sampled", "per_sample_square_sum"]
@@ -159,6 +160,9 @@ def per_sample_square_sum(
                     break
                 stop = start + chunk if n_samples is None else min(start + chunk, start + n_samples - count)
                 x, y = xb[start:stop], yb[start:stop]
+                if loss_fn is _nll and generator is None:  # true labels: they must fit the model
+                    with torch.no_grad():
+                        check_labels(y, model(x[:1]).shape[-1])
                 if generator is not None:
                     with torch.no_grad():
                         probs = torch.softmax(model(x).double(), dim=-1)  # (n, classes)

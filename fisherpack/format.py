@@ -21,7 +21,7 @@ import torch
 
 from . import entropy as rans
 from . import pack
-from .errors import FisherpackError, FormatError
+from .errors import ConfigError, FisherpackError, FormatError
 from .fileio import atomic_write_bytes
 from .header import DTYPES, MAGIC, MAX_ANS_BITS, MAX_NAME, PRE, VERSION, check_preamble, inflate, split, validate
 from .tensors import Alias, Compressed, QuantTensor, RawTensor
@@ -42,7 +42,7 @@ def _smallest(cands: list[tuple[dict, bytes]]) -> tuple[dict, bytes]:
 def _encode_raw(t: torch.Tensor, entropy_on: bool) -> tuple[dict, list]:
     t = t.detach().cpu().contiguous()
     if t.dtype not in _DTYPE_NAMES:
-        raise ValueError(f"cannot store dtype {t.dtype}; supported: {', '.join(DTYPES)}")
+        raise ConfigError(f"cannot store dtype {t.dtype}; supported: {', '.join(DTYPES)}")
     name = _DTYPE_NAMES[t.dtype]
     arr = (t.view(torch.int16) if name == "bfloat16" else t).numpy()
     data = arr.astype(DTYPES[name][1]).tobytes()  # bool -> 0/1 bytes
@@ -108,25 +108,25 @@ def _encode_quant(q: QuantTensor, entropy_on: bool) -> tuple[dict, list]:
 def encode(c: Compressed, entropy: bool = True) -> bytes:
     """The .fpk bytes of ``c``. ``entropy=False`` stores every stream plain (no rANS, no zlib).
 
-    Deterministic: equal inputs give equal bytes. ValueError if ``c`` cannot be stored (bad name,
-    alias to a missing or aliased entry, unsupported dtype, meta not JSON).
+    Deterministic: equal inputs give equal bytes. ConfigError (a ValueError) if ``c`` cannot be
+    stored (bad name, alias to a missing or aliased entry, unsupported dtype, meta not JSON).
     """
     if not isinstance(c.meta, dict):
-        raise ValueError(f"meta must be a dict, got {type(c.meta).__name__}")
+        raise ConfigError(f"meta must be a dict, got {type(c.meta).__name__}")
     entries, blobs, stored = [], [], set()
     for name, t in c.tensors.items():
         if not isinstance(name, str) or not 1 <= len(name) <= MAX_NAME:
-            raise ValueError(f"tensor names must be strings of 1..{MAX_NAME} characters, got {name!r}")
+            raise ConfigError(f"tensor names must be strings of 1..{MAX_NAME} characters, got {name!r}")
         if isinstance(t, Alias):
             if t.target not in stored:
-                raise ValueError(f"alias {name!r} must point to an earlier non-alias entry, not {t.target!r}")
+                raise ConfigError(f"alias {name!r} must point to an earlier non-alias entry, not {t.target!r}")
             entry, parts = {"kind": "alias", "target": t.target}, []
         elif isinstance(t, RawTensor):
             entry, parts = _encode_raw(t.tensor, entropy)
         elif isinstance(t, QuantTensor):
             entry, parts = _encode_quant(t, entropy)
         else:
-            raise ValueError(f"cannot store {type(t).__name__} for {name!r}")
+            raise ConfigError(f"cannot store {type(t).__name__} for {name!r}")
         if not isinstance(t, Alias):
             stored.add(name)
         entries.append({"name": name, **entry})
@@ -134,7 +134,7 @@ def encode(c: Compressed, entropy: bool = True) -> bytes:
     try:
         text = json.dumps({"meta": c.meta, "tensors": entries}, sort_keys=True, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"meta must be JSON-serializable (no NaN/inf): {exc}") from None
+        raise ConfigError(f"meta must be JSON-serializable (no NaN/inf): {exc}") from None
     header, payload = zlib.compress(text.encode("utf-8"), 9), b"".join(blobs)
     body = PRE.pack(MAGIC, VERSION, len(header), len(payload)) + header + payload
     return body + struct.pack("<I", zlib.crc32(body))

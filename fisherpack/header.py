@@ -180,9 +180,9 @@ def _stream(s: Any, what: str, encodings: dict[str, set[str]], limit: int) -> di
 
 
 def _too_many(what: str, limit: int, file_bytes: int | None) -> FormatError:
-    why = (f"max_elements={limit}" if file_bytes is None else f"{limit}, the default limit for a {file_bytes}-byte "
-           f"file ({ELEMENTS_PER_BYTE} per byte, at least 2**20, at most 2**28)")  # fmt: skip
-    return FormatError(f"{what} has more than {why} entries; pass a larger max_elements if you trust this file")
+    why = (f"max_elements={limit} entries" if file_bytes is None else f"{limit} entries (the default limit for a "
+           f"{file_bytes}-byte file: {ELEMENTS_PER_BYTE} per byte, at least 2**20, at most 2**28)")  # fmt: skip
+    return FormatError(f"{what} has more than {why}; pass a larger max_elements if you trust this file")
 
 
 def _numel(shape: Any, what: str, limit: int, file_bytes: int | None) -> int:

@@ -345,6 +345,8 @@ def default_config(model: str) -> PipelineConfig:
 def load_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read a checkpoint written by ``fisherpack train`` (``torch.load(weights_only=True)``)."""
     path = Path(path)
+    if path.is_dir():
+        raise FisherpackError(f"checkpoint {path} is a directory; give the file `fisherpack train` wrote")
     if not path.is_file():
         raise FisherpackError(f"checkpoint {path} does not exist; write one with `fisherpack train --out {path}`")
     try:
@@ -356,6 +358,13 @@ def load_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(ckpt, dict) or ckpt.get("fisherpack_checkpoint") != 1 or ckpt.get("model") not in models.MODELS:
         raise FisherpackError(f"{path} is not a checkpoint written by `fisherpack train`")
     return ckpt
+
+
+def _detail(exc: Exception) -> str:
+    """The informative line of a load_state_dict error (its first line only names the class)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    detail = lines[1] if len(lines) > 1 and lines[0].startswith("Error(s) in loading") else lines[0] if lines else ""
+    return detail if len(detail) <= 160 else detail[:157] + "..."
 
 
 def compress_checkpoint(
@@ -377,9 +386,7 @@ def compress_checkpoint(
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
         optimizer.load_state_dict(ckpt["optimizer"])
     except (RuntimeError, ValueError, KeyError) as exc:
-        raise FisherpackError(
-            f"the checkpoint does not match model {ckpt['model']!r}: {str(exc).splitlines()[0]}"
-        ) from None
+        raise FisherpackError(f"the checkpoint does not match model {ckpt['model']!r}: {_detail(exc)}") from None
     if checkpoint is None or cfg.fisher == "adam":  # Adam's state is the estimate: nothing to save
         fisher = estimate_fisher(cfg, model, optimizer, x_train, y_train, salt=0)
     else:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .data import batches
+from .data import batches, check_labels
 from .prune import apply_masks
 
 __all__ = ["train_epoch", "shift_images", "batch_limit", "epoch_images", "evaluate", "predict_error"]
@@ -79,6 +79,7 @@ def train_epoch(
             out = torch.func.functional_call(model, replaced, (xb,))
         else:
             out = model(xb)
+        check_labels(yb, out.shape[1])  # cross-entropy would fail with an index error deep in torch
         loss = nn.functional.cross_entropy(out, yb)
         if teacher is not None and distill > 0:
             with torch.no_grad():
@@ -122,6 +123,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     for start in range(0, len(x), batch_size):
         out = model(x[start : start + batch_size])
         target = y[start : start + batch_size]
+        check_labels(target, out.shape[1])
         wrong += int((out.argmax(1) != target).sum())
         loss += float(nn.functional.cross_entropy(out, target, reduction="sum"))
     model.train(was_training)

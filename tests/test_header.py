@@ -61,7 +61,7 @@ def test_default_element_limit_follows_the_file_size():
     assert default_max_elements(100) == 2**20 and default_max_elements(10**4) == 4096 * 10**4
     assert default_max_elements(10**6) == 2**28
     bombs = fg.bombs()
-    with pytest.raises(FormatError, match=r"default limit for a \d+-byte file .* pass a larger max_elements"):
+    with pytest.raises(FormatError, match=r"default limit for a \d+-byte file.*pass a larger max_elements"):
         fpk.decode(bombs["quant: one entry over the default"])
     w = fpk.decode(bombs["quant: one entry over the default"], max_elements=2**21).state_dict()["w"]
     assert w.shape == (2**20 + 1,) and not w.any()
