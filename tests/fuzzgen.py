@@ -146,7 +146,8 @@ def _mutate(h: dict, rng: np.random.Generator) -> None:
         if value["encoding"] == "gaps":
             value["width"] = int(rng.integers(0, 34))
         if value["encoding"] == "gaps_ans":
-            value["buckets_length"] = int(rng.integers(0, value.get("length", 0) + 2))
+            length = value.get("length")  # an earlier edit may have made it anything
+            value["buckets_length"] = int(rng.integers(0, length + 2 if type(length) is int and length >= 0 else 8))
     else:  # copy another node's value here (through JSON: a copy, never a cycle)
         other, other_key, _ = _pick(rng, _nodes(h))
         container[key] = json.loads(json.dumps(other[other_key]))
