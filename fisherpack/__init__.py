@@ -6,6 +6,9 @@ The API in four calls::
     packed = fisherpack.compress(model, fisher, fisherpack.CompressConfig(rate=0.95, bits=5))
     fisherpack.save(packed, "model.fpk")                             # bit-packed, pickle-free
     fisherpack.load_into(model, "model.fpk")                         # decoded weights, bit-exact
+
+Any nn.Module works (see compress.py); ``fisherpack.runtime`` runs pruned layers sparsely where
+that is measured faster, ``fisherpack.export`` writes safetensors and ONNX.
 """
 
 from __future__ import annotations
@@ -16,11 +19,11 @@ import os
 
 from torch import nn
 
-from . import data, fisher, models, prune, quant
+from . import data, dist, export, fisher, models, prune, quant, runtime
 from .compress import compress, decompress
 from .compress import load_into as _load_into
 from .config import CompressConfig, PipelineConfig
-from .errors import ConfigError, DataError, FisherpackError, FormatError
+from .errors import ConfigError, DataError, DistributedError, FisherpackError, FormatError, RanksDisagreeError
 from .format import load as read
 from .format import save
 from .tensors import Compressed
@@ -40,11 +43,16 @@ __all__ = [
     "FormatError",
     "DataError",
     "ConfigError",
+    "DistributedError",
+    "RanksDisagreeError",
     "data",
+    "dist",
     "fisher",
     "models",
     "prune",
     "quant",
+    "runtime",
+    "export",
 ]
 
 

@@ -2,22 +2,28 @@
 
 Every user mistake ends as one line on stderr, ``fisherpack: error: ...``, and a non-zero exit
 (2 for bad flags, 1 for everything else); progress bars go to stderr, tables to stdout.
+
+Launched by torchrun (WORLD_SIZE > 1 in the environment) every command joins the process group
+(dist.init_from_env) and runs on every rank; only rank 0 shows progress, logs and tables and writes
+files; an error is reported by every rank that meets it, each with its own line and exit status.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from . import __version__, data, environment, format, models, pipeline, sweep
+from . import __version__, cli_usermodel, data, dist, environment, format, models, pipeline, sweep
 from .compress import load_into, summary
 from .config import FISHER_SOURCES, CompressConfig, PipelineConfig
 from .errors import ConfigError, FisherpackError
@@ -63,7 +69,18 @@ class _Bar:
 
 
 def _log(message: str) -> None:
-    print(message, file=sys.stderr)
+    if dist.rank() == 0:
+        print(message, file=sys.stderr)
+
+
+def _on_rank0(what: str, *actions: Callable[[], object]) -> None:
+    """File actions on rank 0 only (no shared disk is assumed); every rank learns if they failed."""
+
+    def run() -> None:
+        for action in actions:
+            action()
+
+    dist.from_rank0(run, what)
 
 
 def _add_compress_flags(p: argparse.ArgumentParser) -> None:
@@ -75,6 +92,7 @@ def _add_compress_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--allocation", choices=ALLOCATIONS, help="how widths are given to Fisher groups")
     g.add_argument("--groups", type=int, help="Fisher groups per tensor (waterfill)")
     g.add_argument("--no-entropy", action="store_true", help="disable the rANS entropy-coding stage")
+    cli_usermodel.add_layer_flags(g)  # --include / --exclude / --override
 
 
 def _compress_config(args: argparse.Namespace, base: CompressConfig) -> CompressConfig:
@@ -85,6 +103,7 @@ def _compress_config(args: argparse.Namespace, base: CompressConfig) -> Compress
     }
     if getattr(args, "no_entropy", False):
         changes["entropy"] = False
+    changes.update(cli_usermodel.layer_changes(args))
     return base.replace(**changes)
 
 
@@ -128,7 +147,10 @@ def _evaluate_file(
     compressed = format.load(path, max_elements=max_elements)
     name = compressed.meta.get("model")
     if name not in models.MODELS:
-        raise ConfigError(f"{path} holds a model fisherpack cannot rebuild ({name!r}); load it with fisherpack.load")
+        raise ConfigError(
+            f"{path} holds a model that is not in fisherpack's registry ({name!r}); "
+            "evaluate it with --model package.module:factory and --data or --data-dir"
+        )
     model = load_into(models.build(name), compressed)
     x_test, y_test = test if test is not None else data.load(data_dir, log=_log).tensors()[2:]
     fig = {"model": name, **summary(compressed, path.stat().st_size)}
@@ -139,37 +161,42 @@ def _evaluate_file(
 def cmd_reproduce(args: argparse.Namespace) -> int:
     cfg = _pipeline_config(args)
     out = Path(args.out or f"{cfg.model}.fpk")
-    check_writable(out)
-    check_writable(Path(f"{out}.json"))
+    _on_rank0(f"checking {out}", lambda: check_writable(out), lambda: check_writable(Path(f"{out}.json")))
     started = time.perf_counter()
     x_train, y_train, x_test, y_test = data.load(args.data_dir, log=_log).tensors()
-    bar = _Bar(not args.quiet)
+    bar = _Bar(not args.quiet and dist.rank() == 0)
     ckpt = Path(f"{out}.ckpt")
     try:
         outcome = pipeline.run(cfg, x_train, y_train, x_test, y_test, checkpoint=ckpt, progress=bar)
     finally:
         bar.close()
-    format.save(outcome.compressed, out, entropy=cfg.compress.entropy)
-    fig = {"model": cfg.model, **outcome.figures, **_evaluate_file(out, args.data_dir, (x_test, y_test))}
-    fig.update(
-        seconds=round(time.perf_counter() - started, 1),
-        file=out.name,
-        config=cfg.to_dict(),
-        environment=environment.record(seed=cfg.seed),
-    )
-    atomic_write_bytes(Path(f"{out}.json"), (json.dumps(fig, indent=2, sort_keys=True) + "\n").encode())
-    ckpt.unlink(missing_ok=True)
-    print(_figures_table(fig))
-    print(f"wrote {out} and {out}.json")
+    _, digests = dist.save(outcome.compressed, out, entropy=cfg.compress.entropy)
+
+    def finish() -> None:  # rank 0 alone has the file (no shared disk is assumed); the others wait
+        fig = {"model": cfg.model, **outcome.figures, **_evaluate_file(out, args.data_dir, (x_test, y_test))}
+        if dist.world_size() > 1:  # every rank's SHA-256 of the file bytes, equal or save() had stopped
+            fig["distributed"] = {"world_size": dist.world_size(), "rank_sha256": digests}
+        fig.update(
+            seconds=round(time.perf_counter() - started, 1),
+            file=out.name,
+            config=cfg.to_dict(),
+            environment=environment.record(seed=cfg.seed),
+        )
+        atomic_write_bytes(Path(f"{out}.json"), (json.dumps(fig, indent=2, sort_keys=True) + "\n").encode())
+        ckpt.unlink(missing_ok=True)
+        print(_figures_table(fig))
+        print(f"wrote {out} and {out}.json")
+
+    _on_rank0(f"evaluating {out}", finish)
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = _pipeline_config(args)
     out = Path(args.out or f"{cfg.model}.pt")
-    check_writable(out)
+    _on_rank0(f"checking {out}", lambda: check_writable(out))
     x_train, y_train, x_test, y_test = data.load(args.data_dir, log=_log).tensors()
-    bar = _Bar(not args.quiet)
+    bar = _Bar(not args.quiet and dist.rank() == 0)
     ckpt = Path(f"{out}.ckpt")
     try:
         outcome = pipeline.run(cfg, x_train, y_train, x_test, y_test, checkpoint=ckpt, progress=bar, until="train")
@@ -186,8 +213,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         },
         buf,
     )
-    atomic_write_bytes(out, buf.getvalue())
-    ckpt.unlink(missing_ok=True)
+    _on_rank0(f"writing {out}", lambda: atomic_write_bytes(out, buf.getvalue()), lambda: ckpt.unlink(missing_ok=True))
     print(
         _table(
             [("model", cfg.model), ("test error", f"{outcome.figures['test_error_before']:.2%}"), ("wrote", str(out))]
@@ -197,24 +223,41 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
+    if args.user_model:  # a user's own model: see cli_usermodel
+        return _compress_user(args)
+    args.checkpoint = args.checkpoint or args.checkpoint_flag
+    if not args.checkpoint:
+        raise ConfigError("give a checkpoint: fisherpack compress CKPT (or --model PKG.MOD:FACTORY --checkpoint CKPT)")
     ckpt = pipeline.load_training_checkpoint(args.checkpoint)
     cfg = _pipeline_config(argparse.Namespace(**{**vars(args), "model": ckpt["model"]}))
     out = Path(args.out or Path(args.checkpoint).with_suffix(".fpk"))
-    check_writable(out)
+    _on_rank0(f"checking {out}", lambda: check_writable(out))
     x_train, y_train, _, _ = data.load(args.data_dir, log=_log).tensors() if cfg.fisher != "adam" else (None,) * 4
     progress = Path(f"{out}.ckpt")  # a Fisher estimated from data survives a killed run
     compressed = pipeline.compress_checkpoint(ckpt, cfg, x_train, y_train, checkpoint=progress)
-    size = format.save(compressed, out, entropy=cfg.compress.entropy)
-    progress.unlink(missing_ok=True)
+    size, _ = dist.save(compressed, out, entropy=cfg.compress.entropy)
+    _on_rank0(f"removing {progress}", lambda: progress.unlink(missing_ok=True))
     fig = {"model": cfg.model, **summary(compressed, size)}
     print(_figures_table(fig))
     print(f"wrote {out}")
     return 0
 
 
+def _compress_user(args: argparse.Namespace) -> int:
+    config = _compress_config(args, CompressConfig())
+    compressed, out = cli_usermodel.compress_user(args, config, _log)
+    size = format.save(compressed, out, entropy=config.entropy)
+    print(_figures_table({"model": args.user_model, **summary(compressed, size)}))
+    print(f"wrote {out}")
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     path = Path(args.file)
-    fig = _evaluate_file(path, args.data_dir, max_elements=args.max_elements)
+    if args.user_model or args.data:  # a user's own model or data: see cli_usermodel
+        fig = cli_usermodel.evaluate(path, args, _log)
+    else:
+        fig = _evaluate_file(path, args.data_dir, max_elements=args.max_elements)
     print(json.dumps(fig, sort_keys=True) if args.json else _figures_table(fig))
     return 0
 
@@ -234,6 +277,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         encs = " ".join(f"{s['role']}:{s['encoding']}" for s in t.get("streams", []))
         lines.append(f"{t['name']:<24} {shape:<16} {kept:>8} {bits:<12} {t['bytes']:>9,}  {encs}")
     lines.append(f"file: {described['file_bytes']:,} bytes, header {described['header_bytes']:,} bytes")
+    lines.append(f"model: {described['meta'].get('model', '?')}")
     print("\n".join(lines))
     return 0
 
@@ -305,6 +349,12 @@ def _parser() -> argparse.ArgumentParser:
         default=1,
         help="torch CPU threads (default 1: fastest for LeNet-sized models, same bytes on any machine)",
     )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=dist.DEFAULT_TIMEOUT,
+        help=f"under torchrun: seconds a rank waits for the others before giving up (default {dist.DEFAULT_TIMEOUT:g})",
+    )
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def data_flag(q: argparse.ArgumentParser) -> None:
@@ -330,12 +380,13 @@ def _parser() -> argparse.ArgumentParser:
     run_flags(q, "checkpoint file (default: MODEL.pt)")
     q.set_defaults(func=cmd_train)
 
-    q = sub.add_parser("compress", help="one-shot prune + quantize a checkpoint from `fisherpack train`")
-    q.add_argument("checkpoint", help="checkpoint written by fisherpack train")
+    q = sub.add_parser("compress", help="one-shot prune + quantize a checkpoint (ours, or your model's with --model)")
+    q.add_argument("checkpoint", nargs="?", help="checkpoint written by fisherpack train")
     q.add_argument("--out", help="output file (default: CHECKPOINT with .fpk)")
     q.add_argument("--fisher", choices=FISHER_SOURCES, help="Fisher estimator (default: adam)")
     data_flag(q)
     _add_compress_flags(q)
+    cli_usermodel.add_model_flags(q, checkpoint=True)
     q.set_defaults(func=cmd_compress)
 
     q = sub.add_parser("sweep", help="measure every method the same way: pruning, quantization, whole pipeline")
@@ -355,6 +406,7 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--max-elements", type=int, help="entries a file may declare (default: 4096 per byte of file, "
                    "at least 2**20, at most 2**28); raise it only for files you trust")  # fmt: skip
     data_flag(q)
+    cli_usermodel.add_model_flags(q)
     q.set_defaults(func=cmd_eval)
 
     q = sub.add_parser("inspect", help="per-tensor layout of a file")
@@ -363,6 +415,8 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--max-elements", type=int, help="entries a file may declare (default: 4096 per byte of file, "
                    "at least 2**20, at most 2**28); raise it only for files you trust")  # fmt: skip
     q.set_defaults(func=cmd_inspect)
+
+    cli_usermodel.add_export_command(sub)
     return p
 
 
@@ -371,8 +425,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads < 1:
         _parser().error(f"--threads must be >= 1, got {args.threads}")
     torch.set_num_threads(args.threads)
+    owned = not dist.active()  # a group the caller set up is theirs to close
     try:
-        return args.func(args)
+        with contextlib.ExitStack() as stack:
+            if dist.init_from_env(args.timeout) and dist.rank() != 0:  # tables come from rank 0 only
+                stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
+            return args.func(args)
     except FisherpackError as exc:
         print(f"fisherpack: error: {exc}", file=sys.stderr)
         return 1
@@ -385,3 +443,6 @@ def main(argv: list[str] | None = None) -> int:
         where = f": {exc.filename}" if exc.filename else ""
         print(f"fisherpack: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 1
+    finally:
+        if owned:
+            dist.shutdown()

@@ -1,13 +1,18 @@
 """The one verb: ``compress(model, fisher, config) -> Compressed``, and its inverse.
 
-Which tensors are compressed: by default the ``weight`` of every Linear, Conv1d/2d/3d and
-Embedding layer; ``config.include`` (fnmatch patterns on parameter names) replaces that choice and
-``config.exclude`` removes from it. Every other parameter and buffer is stored losslessly; a tensor
-shared by several names (tied weights) is stored once and recorded as an alias.
+Works on any ``nn.Module``. Which tensors are compressed: by default the ``weight`` of every
+Linear, Conv1d/2d/3d and Embedding layer; ``config.include`` (fnmatch patterns on parameter names)
+replaces that choice and ``config.exclude`` removes from it. Names are those of
+``model.named_parameters()``: a parameter shared by several modules (tied weights) goes by its
+first name. Every other parameter and buffer (BatchNorm statistics including the int64
+``num_batches_tracked``, parameters of custom modules) is stored losslessly; a tensor shared by
+several names is stored once and recorded as an alias of its first name.
 
 Already-zero weights of a compressed tensor count as pruned, so a model pruned elsewhere (or by
 :mod:`fisherpack.pipeline`) keeps its sparsity; ``config.rate`` prunes further to that rate with
 ``config.criterion`` (see prune.py), then the kept entries are quantized (see quant.py).
+``config.overrides`` gives single tensors their own rate (each pruned on its own, the others
+ranked together as ``config.scope`` says) and/or a fixed bit width.
 """
 
 from __future__ import annotations
@@ -22,26 +27,37 @@ from torch import nn
 from . import __version__, prune, quant
 from .config import CompressConfig
 from .errors import ConfigError
+from .format import DTYPES
 from .tensors import Alias, Compressed, QuantTensor, RawTensor
 
-__all__ = ["COMPRESSIBLE_LAYERS", "compressible", "compress", "decompress", "load_into", "summary"]
+__all__ = [
+    "COMPRESSIBLE_LAYERS",
+    "compressible",
+    "compress",
+    "select_masks",
+    "decompress",
+    "load_into",
+    "check_state_dict",
+    "summary",
+]
 
 COMPRESSIBLE_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)
 
 
 def compressible(model: nn.Module, include: tuple[str, ...] = (), exclude: tuple[str, ...] = ()) -> list[str]:
-    """Names of the parameters to prune and quantize (see module docstring)."""
+    """Names of the parameters to prune and quantize, in ``named_parameters()`` order (see module
+    docstring); a tied parameter is listed once, under its first name."""
+    first = {id(p): n for n, p in reversed(list(model.named_parameters()))}  # id -> first name
     names = [n for n, p in model.named_parameters() if p.is_floating_point()]
     if include:
-        chosen = [n for n in names if any(fnmatch.fnmatchcase(n, pat) for pat in include)]
+        chosen = {n for n in names if any(fnmatch.fnmatchcase(n, pat) for pat in include)}
     else:
-        chosen = [
-            f"{prefix}.weight" if prefix else "weight"
-            for prefix, module in model.named_modules()
+        chosen = {
+            first[id(module.weight)]
+            for module in model.modules()
             if isinstance(module, COMPRESSIBLE_LAYERS) and isinstance(getattr(module, "weight", None), nn.Parameter)
-        ]
-        chosen = [n for n in names if n in set(chosen)]
-    return [n for n in chosen if not any(fnmatch.fnmatchcase(n, pat) for pat in exclude)]
+        }
+    return [n for n in names if n in chosen and not any(fnmatch.fnmatchcase(n, pat) for pat in exclude)]
 
 
 def compress(
@@ -65,6 +81,7 @@ def compress(
     names = compressible(model, config.include, config.exclude)
     if not names:
         raise ConfigError("the model has no weights to compress (no Linear/Conv/Embedding weight matched)")
+    layer = config.layer_settings(names)
     params = dict(model.named_parameters())
     weights = {n: params[n].detach().float() for n in names}
     for n, w in weights.items():
@@ -80,18 +97,7 @@ def compress(
     if masks is not None:
         _check_per_weight(masks, weights, "masks")
     if masks is None:
-        masks = {n: w != 0 for n, w in weights.items()}
-        if config.rate > 0:
-            masks = prune.select(
-                config.criterion,
-                weights,
-                fisher,
-                config.rate,
-                scope=config.scope,
-                current=masks,
-                magnitude_share=config.magnitude_share,
-                seed=config.seed,
-            )
+        masks = select_masks(config, weights, fisher, layer)
     if config.quantize_biases:  # quantized like the weights, never pruned
         masks = dict(masks)
         for n in _biases_of(params, names):
@@ -105,22 +111,66 @@ def compress(
         bits=config.bits,
         groups=config.groups,
         group_bits=config.group_bits,
+        widths={n: int(s["bits"]) for n, s in layer.items() if "bits" in s},
     )
-    tensors: dict[str, QuantTensor | RawTensor | Alias] = {}
-    first_name: dict[tuple[int, tuple[int, ...], tuple[int, ...]], str] = {}
-    for name, tensor in model.state_dict(keep_vars=True).items():
-        key = (tensor.data_ptr(), tuple(tensor.shape), tuple(tensor.stride()))
-        if tensor.numel() and key in first_name:
-            tensors[name] = Alias(first_name[key])
-            continue
-        first_name[key] = name
-        if name in quantized:
-            tensors[name] = quantized[name]
-        else:
-            tensors[name] = RawTensor(tensor.detach().clone().contiguous())
     header = {"fisherpack": __version__, "config": config.to_dict()}
     header.update(meta or {})
-    return Compressed(tensors, header)
+    return Compressed(_entries(model, quantized), header)
+
+
+def select_masks(
+    config: CompressConfig,
+    weights: dict[str, torch.Tensor],
+    fisher: dict[str, torch.Tensor] | None,
+    layer: dict[str, dict[str, float]] | None = None,
+) -> dict[str, torch.Tensor]:
+    """One-shot masks (True = keep) for ``weights``: already-zero entries count as pruned; tensors
+    with a ``rate`` in ``layer`` (see CompressConfig.layer_settings) are pruned on their own to it,
+    the others together to ``config.rate`` with ``config.scope``."""
+    layer = layer or {}
+    masks = {n: w != 0 for n, w in weights.items()}
+    shared = [n for n in weights if "rate" not in layer.get(n, {})]
+    jobs = [(shared, config.rate, config.scope)] + [([n], s["rate"], "layer") for n, s in layer.items() if "rate" in s]
+    for group, rate, scope in jobs:
+        if rate > 0 and group:
+            masks.update(
+                prune.select(
+                    config.criterion,
+                    {n: weights[n] for n in group},
+                    fisher,
+                    rate,
+                    scope=scope,
+                    current={n: masks[n] for n in group},
+                    magnitude_share=config.magnitude_share,
+                    seed=config.seed,
+                )
+            )
+    return masks
+
+
+def _entries(model: nn.Module, quantized: dict[str, QuantTensor]) -> dict[str, QuantTensor | RawTensor | Alias]:
+    """Every state_dict entry as quant, raw or alias; a storage shared by several names is stored
+    once, under its first name (quantized if any of its names is)."""
+    state = model.state_dict(keep_vars=True)
+    for name, tensor in state.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise ConfigError(f"state_dict entry {name!r} is a {type(tensor).__name__}, not a tensor; "
+                              "fisherpack stores tensors only")  # fmt: skip
+        if tensor.dtype not in {t for t, _ in DTYPES.values()}:
+            raise ConfigError(f"tensor {name!r} has dtype {tensor.dtype}, which a .fpk file cannot hold; "
+                              f"supported: {', '.join(DTYPES)}")  # fmt: skip
+    seen: dict[tuple, str] = {}
+    members: dict[str, list[str]] = {}  # first name -> every name sharing its storage
+    for name, tensor in state.items():
+        key = (tensor.data_ptr(), tuple(tensor.shape), tuple(tensor.stride()), tensor.dtype)
+        first = seen.setdefault(key, name) if tensor.numel() else name
+        members.setdefault(first, []).append(name)
+    tensors: dict[str, QuantTensor | RawTensor | Alias] = {}
+    for first, names in members.items():
+        tied = [n for n in names if n in quantized]
+        tensors[first] = quantized[tied[0]] if tied else RawTensor(state[first].detach().clone().contiguous())
+        tensors.update({n: Alias(first) for n in names[1:]})
+    return {name: tensors[name] for name in state}
 
 
 def _check_per_weight(d: Any, weights: dict[str, torch.Tensor], what: str, finite_nonnegative: bool = False) -> None:
@@ -154,20 +204,29 @@ def decompress(compressed: Compressed) -> dict[str, torch.Tensor]:
 def load_into(model: nn.Module, compressed: Compressed) -> nn.Module:
     """Load a decoded file into ``model`` in place; ConfigError naming the first mismatch."""
     decoded = decompress(compressed)
-    expected = model.state_dict()
-    for name, tensor in expected.items():
-        if name not in decoded:
-            raise ConfigError(f"the file has no tensor {name!r} that the model expects; is it the right model?")
-        if tuple(decoded[name].shape) != tuple(tensor.shape):
-            raise ConfigError(
-                f"tensor {name!r} has shape {tuple(decoded[name].shape)} in the file but "
-                f"{tuple(tensor.shape)} in the model; is it the right model?"
-            )
-    extra = [n for n in decoded if n not in expected]
-    if extra:
-        raise ConfigError(f"the file has a tensor {extra[0]!r} that the model does not; is it the right model?")
+    check_state_dict(model, decoded, "the file")
     model.load_state_dict(decoded)
     return model
+
+
+def check_state_dict(model: nn.Module, state: dict[str, Any], source: str = "the file") -> None:
+    """ConfigError (one line) naming the first tensor, in the model's state_dict order, that
+    ``state`` lacks or holds with another shape, else the first tensor the model does not have."""
+    expected = model.state_dict()
+    for name, tensor in expected.items():
+        if name not in state:
+            raise ConfigError(f"{source} has no tensor {name!r} that the model expects; is it the right model?")
+        got = state[name]
+        if not isinstance(got, torch.Tensor):
+            raise ConfigError(f"{source} holds a {type(got).__name__} for {name!r}, not a tensor")
+        if tuple(got.shape) != tuple(tensor.shape):
+            raise ConfigError(
+                f"tensor {name!r} has shape {tuple(got.shape)} in {source} but "
+                f"{tuple(tensor.shape)} in the model; is it the right model?"
+            )
+    extra = [n for n in state if n not in expected]
+    if extra:
+        raise ConfigError(f"{source} has a tensor {extra[0]!r} that the model does not; is it the right model?")
 
 
 def summary(compressed: Compressed, file_bytes: int) -> dict[str, Any]:

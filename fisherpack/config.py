@@ -9,6 +9,7 @@ and versions are refused, so a file's config always means what it says.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,9 +19,10 @@ from .prune import CRITERIA, SCOPES
 from .quant import ALLOCATIONS
 from .tensors import MAX_BITS, MAX_GROUPS
 
-__all__ = ["CompressConfig", "PipelineConfig", "FISHER_SOURCES"]
+__all__ = ["CompressConfig", "PipelineConfig", "FISHER_SOURCES", "OVERRIDE_KEYS"]
 
 FISHER_SOURCES = ("adam", "empirical", "sampled")
+OVERRIDE_KEYS = ("rate", "bits")
 
 
 def _check(cond: bool, message: str) -> None:
@@ -92,6 +94,12 @@ class CompressConfig(_Versioned):
     allocation / bits / groups / group_bits: see quant.py.
     include / exclude: fnmatch patterns on parameter names; by default the weights of Linear,
         Conv and Embedding layers are compressed and everything else is stored losslessly.
+    overrides: per-layer settings, ``((pattern, {"rate": r, "bits": b}), ...)`` with either key or
+        both. A compressed tensor whose name matches ``pattern`` (fnmatch) is pruned on its own to
+        ``rate`` (instead of sharing ``rate`` with the rest) and/or quantized with exactly ``bits``
+        (a whole number, one width for all its kept weights) outside the ``allocation`` budget.
+        Each key comes from the first rule that matches and sets it; a pattern that matches no
+        compressed tensor is an error (see compress.py). In JSON: ``[[pattern, {...}], ...]``.
     quantize_biases: also quantize (never prune) the bias beside each compressed weight, with
         widths from the same allocation; off by default (biases stored losslessly).
     entropy: allow the rANS entropy-coding stage where it makes a stream smaller.
@@ -107,6 +115,7 @@ class CompressConfig(_Versioned):
     group_bits: tuple[int, ...] = (6, 4, 2)
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
+    overrides: tuple[tuple[str, dict[str, float]], ...] = ()
     quantize_biases: bool = False
     entropy: bool = True
     seed: int = 0
@@ -137,7 +146,52 @@ class CompressConfig(_Versioned):
             and all(isinstance(b, int) and 1 <= b <= MAX_BITS for b in self.group_bits),
             f"group_bits needs 1..{MAX_GROUPS} whole widths in 1..{MAX_BITS}, got {self.group_bits}",
         )
+        object.__setattr__(self, "overrides", _overrides(self.overrides))
         _check(self.version == self.VERSION, f"CompressConfig version {self.version} is not supported")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        d["overrides"] = [[pattern, dict(settings)] for pattern, settings in self.overrides]
+        return d
+
+    def layer_settings(self, names: list[str]) -> dict[str, dict[str, float]]:
+        """The override settings of each name in ``names`` (empty dicts omitted); ConfigError if a
+        pattern matches none of them, since a typo would otherwise be silently ignored."""
+        out: dict[str, dict[str, float]] = {}
+        for pattern, settings in self.overrides:
+            hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+            _check(bool(hits), f"override pattern {pattern!r} matches no compressed tensor; check the name")
+            for n in hits:
+                for key, value in settings.items():
+                    out.setdefault(n, {}).setdefault(key, value)
+        return out
+
+
+def _overrides(value: Any) -> tuple[tuple[str, dict[str, float]], ...]:
+    """Validate per-layer overrides and normalise them to ``((pattern, {key: value}), ...)``."""
+    what = 'overrides must be a list of [pattern, {"rate": r, "bits": b}] pairs'
+    _check(isinstance(value, (tuple, list)), what)
+    out = []
+    for item in value:
+        _check(isinstance(item, (tuple, list)) and len(item) == 2, what)
+        pattern, settings = item
+        _check(isinstance(pattern, str) and pattern != "", f"{what}; got pattern {pattern!r}")
+        _check(isinstance(settings, dict) and settings != {}, f"{what}; got settings {settings!r} for {pattern!r}")
+        unknown = sorted(set(settings) - set(OVERRIDE_KEYS))
+        _check(not unknown, f"override {pattern!r} has unknown keys: {', '.join(map(str, unknown))} (use rate, bits)")
+        clean: dict[str, float] = {}
+        if "rate" in settings:
+            r = settings["rate"]
+            ok = isinstance(r, (int, float)) and not isinstance(r, bool) and 0.0 <= r < 1.0
+            _check(ok, f"override {pattern!r}: rate must be in [0, 1), got {r!r}")
+            clean["rate"] = float(r)
+        if "bits" in settings:
+            b = settings["bits"]
+            ok = isinstance(b, (int, float)) and not isinstance(b, bool) and float(b).is_integer()
+            _check(ok and 1 <= b <= MAX_BITS, f"override {pattern!r}: bits must be a whole number in 1..{MAX_BITS}")
+            clean["bits"] = int(b)
+        out.append((pattern, clean))
+    return tuple(out)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ command line prints that line and exits non-zero; anything else escaping is a bu
 
 from __future__ import annotations
 
-__all__ = ["FisherpackError", "FormatError", "DataError", "ConfigError"]
+__all__ = ["FisherpackError", "FormatError", "DataError", "ConfigError", "DistributedError", "RanksDisagreeError"]
 
 
 class FisherpackError(Exception):
@@ -24,3 +24,11 @@ class DataError(FisherpackError):
 
 class ConfigError(FisherpackError, ValueError):
     """A configuration value, flag or model choice is invalid or impossible."""
+
+
+class DistributedError(FisherpackError):
+    """A run under torch.distributed cannot go on: a rank died, timed out or failed its share of the work."""
+
+
+class RanksDisagreeError(DistributedError):
+    """The ranks of a distributed run computed different masks, codes or Fisher state."""

@@ -16,26 +16,57 @@ diagonal Fisher of parameter ``theta_i`` is
 - :func:`sampled` (the "true" Fisher): the same with ``y_n`` drawn from the model's own softmax,
   one draw per sample, with a seeded generator.
 
+- :func:`from_adam_state`: the same as :func:`from_adam`, read from a saved
+  ``optimizer.state_dict()`` (e.g. in a checkpoint) instead of a live optimizer.
+
 Both data estimators run the model in eval mode (BatchNorm uses its running statistics) and return
 float32 tensors (float64 if the model is float64). ``loss_fn(output, target)`` is the negative
 log-likelihood of one sample (default: cross-entropy on logits); it must sum, not average, over
 anything but the batch of one.
+
+Batches are ``(x, y)`` pairs for any model: ``x`` is one tensor (``model(x)``) or a tuple/list of
+tensors (``model(*x)``), all with the batch along dim 0; ``y`` is a tensor with the batch along
+dim 0 (class indices for the default loss). Keyword inputs need a small adapter module.
+Tied parameters appear once, under their first name, as in ``named_parameters()``.
+
+Under torch.distributed (an initialised process group of N ranks; see dist.py) every function
+here is a collective: call it on every rank.
+
+- :func:`empirical` / :func:`sampled`: each rank passes its own shard of the samples (disjoint
+  shards, e.g. ``dist.shard`` of one global batch); the float64 square sums and the sample counts
+  are all-reduced (summed) over ranks before dividing, so every rank returns the same mean over all
+  ranks' samples, equal to a one-process run over their union up to float64 summation order.
+  (Passing the same samples on every rank is also correct, just N times the work.) ``sampled``
+  draws labels with ``seed`` on rank 0 and with a stream derived from (seed, rank) on rank r > 0,
+  so ranks do not reuse each other's draws: its estimate agrees with one process in expectation,
+  not draw for draw.
+- :func:`from_adam` reads the local optimizer: nothing is all-reduced, because there is nothing to
+  combine. Under DistributedDataParallel the gradients are averaged over ranks inside backward,
+  before Adam sees them, so every rank feeds the same gradient to Adam and holds the same
+  ``exp_avg_sq``. With N ranks of local batch B/N the averaged gradient is the mean gradient over
+  the global batch of B samples, so ``v`` equals that of a one-process run with batch B (up to
+  rounding; tests/test_dist.py checks it in float64) and ``v ~ F_emp / B``, B the *global* batch.
+  from_adam checks that the ranks agree (a SHA-256 of ``v`` compared over ranks) and raises
+  RanksDisagreeError if not, e.g. when a model was trained without DDP and each rank's Adam only
+  saw its own data.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from . import dist
 from .data import check_labels
 from .errors import ConfigError
 
-__all__ = ["from_adam", "empirical", "sampled", "per_sample_square_sum"]
+__all__ = ["from_adam", "from_adam_state", "empirical", "sampled", "per_sample_square_sum"]
 
-Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+Batches = Iterable[tuple[torch.Tensor | tuple[torch.Tensor, ...], torch.Tensor]]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -63,6 +94,45 @@ def from_adam(
             step = float(state["step"])
             v /= 1.0 - beta2**step
         out[name] = v
+    if dist.world_size() > 1:
+        dist.agree(dist.digest(out), "Adam's exp_avg_sq (train under DistributedDataParallel: fisherpack.dist.wrap)")
+    return out
+
+
+def from_adam_state(state: dict, model: nn.Module) -> dict[str, torch.Tensor]:
+    """``exp_avg_sq`` for each named parameter from a saved Adam/AdamW ``optimizer.state_dict()``.
+
+    A state dict keys parameters by position: the order of the parameters given to the optimizer,
+    group after group. They are matched with ``model.parameters()`` in order (or with its trainable
+    parameters only, if the optimizer holds exactly those); ConfigError if counts or shapes differ.
+    """
+    try:
+        ids = [i for group in state["param_groups"] for i in group["params"]]
+        slots = state["state"]
+    except (KeyError, TypeError):
+        raise ConfigError("the optimizer state is not an optimizer.state_dict()") from None
+    named = list(model.named_parameters())
+    if len(ids) != len(named):
+        named = [(n, p) for n, p in named if p.requires_grad]
+    if len(ids) != len(named):
+        raise ConfigError(
+            f"the optimizer state holds {len(ids)} parameters, the model has {len(named)}; it must come "
+            "from an optimizer built on model.parameters()"
+        )
+    out: dict[str, torch.Tensor] = {}
+    for i, (name, param) in zip(ids, named):
+        slot = slots.get(i)
+        v = slot.get("exp_avg_sq") if isinstance(slot, dict) else None
+        if v is None and not param.requires_grad:
+            continue  # a frozen parameter has no Adam state, as in from_adam
+        if v is None:
+            raise ConfigError(f"the optimizer state has no Adam exp_avg_sq for parameter {name!r}; is it Adam/AdamW?")
+        if tuple(v.shape) != tuple(param.shape):
+            raise ConfigError(
+                f"the optimizer state of {name!r} has shape {tuple(v.shape)}, the parameter {tuple(param.shape)}; "
+                "the optimizer state does not belong to this model"
+            )
+        out[name] = v.detach().clone().to(param.dtype)
     return out
 
 
@@ -81,7 +151,10 @@ def empirical(
     chunk: int = 256,
     loss_fn: LossFn | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Empirical Fisher: mean over samples of squared per-sample gradients with the true labels."""
+    """Empirical Fisher: mean over samples of squared per-sample gradients with the true labels.
+
+    ``n_samples`` caps the samples this process reads (per rank under torch.distributed).
+    """
     return _fisher(model, batches, n_samples=n_samples, chunk=chunk, loss_fn=loss_fn, generator=None)
 
 
@@ -95,8 +168,14 @@ def sampled(
     loss_fn: LossFn | None = None,
 ) -> dict[str, torch.Tensor]:
     """True Fisher (Monte Carlo): labels drawn from the model's softmax, one draw per sample."""
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(_rank_seed(seed))
     return _fisher(model, batches, n_samples=n_samples, chunk=chunk, loss_fn=loss_fn, generator=generator)
+
+
+def _rank_seed(seed: int) -> int:
+    """``seed`` on rank 0 (and on one process); on rank r > 0 a stable hash of (seed, r)."""
+    r = dist.rank()
+    return seed if r == 0 else int.from_bytes(hashlib.sha256(f"{seed}:rank{r}".encode()).digest()[:8], "little") >> 1
 
 
 def _nll(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -119,6 +198,7 @@ def _fisher(
     sums, count = per_sample_square_sum(
         model, batches, n_samples=n_samples, chunk=chunk, loss_fn=loss_fn, generator=generator
     )
+    sums, count = dist.all_reduce_sums(sums, count)  # unchanged on one process
     if count == 0:
         raise ConfigError("no samples to estimate the Fisher information from; give a non-empty data set")
     dtype = next(iter(model.parameters())).dtype
@@ -144,8 +224,8 @@ def per_sample_square_sum(
     frozen = {n: p.detach() for n, p in model.named_parameters() if not p.requires_grad}
     frozen.update({n: b.detach() for n, b in model.named_buffers()})
 
-    def sample_loss(p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        out = functional_call(model, (p, frozen), (x.unsqueeze(0),))
+    def sample_loss(p: dict[str, torch.Tensor], xs: tuple[torch.Tensor, ...], y: torch.Tensor) -> torch.Tensor:
+        out = functional_call(model, (p, frozen), tuple(x.unsqueeze(0) for x in xs))
         return loss_fn(out, y.unsqueeze(0))
 
     per_sample_grad = vmap(grad(sample_loss), in_dims=(None, 0, 0))
@@ -154,25 +234,39 @@ def per_sample_square_sum(
     was_training = model.training
     model.eval()
     try:
-        for xb, yb in batches:
-            for start in range(0, len(xb), chunk):
+        for batch in batches:
+            xb, yb = _split_batch(batch)
+            for start in range(0, len(yb), chunk):
                 if n_samples is not None and count >= n_samples:
                     break
                 stop = start + chunk if n_samples is None else min(start + chunk, start + n_samples - count)
-                x, y = xb[start:stop], yb[start:stop]
+                xs, y = tuple(x[start:stop] for x in xb), yb[start:stop]
                 if loss_fn is _nll and generator is None:  # true labels: they must fit the model
                     with torch.no_grad():
-                        check_labels(y, model(x[:1]).shape[-1])
+                        check_labels(y, model(*(x[:1] for x in xs)).shape[-1])
                 if generator is not None:
                     with torch.no_grad():
-                        probs = torch.softmax(model(x).double(), dim=-1)  # (n, classes)
+                        probs = torch.softmax(model(*xs).double(), dim=-1)  # (n, classes)
                     y = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-                grads = per_sample_grad(params, x, y)  # each (n, *param.shape)
+                grads = per_sample_grad(params, xs, y)  # each (n, *param.shape)
                 for name, g in grads.items():
                     sums[name] += g.double().square().sum(0)
-                count += len(x)
+                count += len(y)
             if n_samples is not None and count >= n_samples:
                 break
     finally:
         model.train(was_training)
     return sums, count
+
+
+def _split_batch(batch: object) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    """``(x, y)`` -> (inputs as a tuple, y), checking that every input has y's batch size."""
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        raise ConfigError(f"a batch must be an (x, y) pair, got {type(batch).__name__}")
+    x, y = batch
+    xs = tuple(x) if isinstance(x, (tuple, list)) else (x,)
+    if not isinstance(y, torch.Tensor) or y.ndim == 0 or not all(isinstance(t, torch.Tensor) for t in xs):
+        raise ConfigError("a batch must be (x, y) with y a tensor of targets and x a tensor or a tuple of tensors")
+    if any(t.ndim == 0 or len(t) != len(y) for t in xs):
+        raise ConfigError(f"every input of a batch must have the batch size of y ({len(y)}) along dim 0")
+    return xs, y

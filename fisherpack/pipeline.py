@@ -13,6 +13,13 @@ saved to a checkpoint file, written atomically and read back with ``torch.load(w
 a run started again with the same config and data (checked by a SHA-256 fingerprint) resumes from
 it and ends with the same bytes, however it was stopped, SIGKILL included. Shuffling depends only on
 (seed, epoch index), so a resumed run sees the data in the same order.
+
+Under torch.distributed (see dist.py) ``run`` is a collective: call it on every rank with the same
+config and data. The model trains in DistributedDataParallel with each rank on its shard of every
+global batch (train.py); data Fisher estimators shard their seeded subset the same way and
+all-reduce their sums (fisher.py); after every pruning round the ranks compare a SHA-256 of their
+masks and stop with RanksDisagreeError if they differ. Rank 0 alone writes checkpoints and reads
+them back, handing the bytes to the others, so ranks on machines without a shared disk resume too.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import io
+import itertools
 import json
 import math
 import os
@@ -29,17 +37,17 @@ from typing import Any, Protocol
 
 import torch
 
+from . import dist, models, prune
 from . import fisher as fisher_mod
 from . import format as fmt
-from . import models, prune
 from .compress import compress, compressible
 from .config import CompressConfig, PipelineConfig
 from .data import batches
-from .errors import FisherpackError
+from .errors import ConfigError, FisherpackError
 from .fileio import atomic_write_bytes
 from .quant import FakeQuant, requantize
 from .tensors import Compressed, QuantTensor
-from .train import epoch_images, evaluate, train_epoch
+from .train import Recipe, epoch_images, evaluate, train_epoch
 
 __all__ = [
     "Progress",
@@ -83,10 +91,12 @@ def estimate_fisher(
     y: torch.Tensor,
     salt: int,
 ) -> dict[str, torch.Tensor]:
-    """The Fisher estimate ``cfg.fisher`` asks for; data estimators use a seeded subset of (x, y)."""
+    """The Fisher estimate ``cfg.fisher`` asks for; data estimators use a seeded subset of (x, y),
+    the first ``fisher_samples`` of a permutation, sharded over ranks under torch.distributed."""
     if cfg.fisher == "adam":
         return fisher_mod.from_adam(optimizer, model)
-    subset = batches(x, y, cfg.fisher_samples, shuffle=True, seed=cfg.seed, epoch=10_000 + salt)
+    first = itertools.islice(batches(x, y, cfg.fisher_samples, shuffle=True, seed=cfg.seed, epoch=10_000 + salt), 1)
+    subset = [(dist.shard(xb), dist.shard(yb)) for xb, yb in first]  # this rank's share of the subset
     if cfg.fisher == "empirical":
         return fisher_mod.empirical(model, subset, n_samples=cfg.fisher_samples)
     return fisher_mod.sampled(model, subset, n_samples=cfg.fisher_samples, seed=cfg.seed + salt)
@@ -146,12 +156,20 @@ def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def _read_checkpoint_bytes(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes() if path.exists() else None
+    except OSError as exc:
+        raise FisherpackError(f"checkpoint {path} is unreadable ({exc.strerror}); delete it to start over") from None
+
+
 def _load_checkpoint(path: Path, cfg: PipelineConfig, data: str, what: str = "data") -> dict[str, Any] | None:
     """The checkpoint at ``path`` if there is one; FisherpackError if it belongs to another run."""
-    if not path.exists():
+    blob = dist.from_rank0(lambda: _read_checkpoint_bytes(path), f"reading {path}")
+    if blob is None:
         return None
     try:
-        state = torch.load(path, weights_only=True)
+        state = torch.load(io.BytesIO(blob), weights_only=True)
     except Exception as exc:  # a damaged checkpoint is not worth a traceback
         raise FisherpackError(
             f"checkpoint {path} is unreadable ({exc.__class__.__name__}); delete it to start over"
@@ -183,6 +201,9 @@ def run(
     ``start`` skips training: ``{"model": state_dict, "optimizer": state_dict, "figures": dict}`` of
     a model trained with ``cfg``'s training settings (as ``until="train"`` returns them).
     """
+    if any("rate" in settings for _, settings in cfg.compress.overrides):  # issue 5: see compress.select_masks
+        raise ConfigError("per-layer rate overrides apply to one-shot compression (fisherpack compress); "
+                          "iterative pruning prunes all layers to one rate")  # fmt: skip
     progress = progress or _Silent()
     ckpt = Path(checkpoint) if checkpoint is not None else None
     config_json = json.dumps(cfg.to_dict(), sort_keys=True)
@@ -212,25 +233,24 @@ def run(
             teacher = copy.deepcopy(model)
             teacher.load_state_dict(state["teacher"])
             teacher.eval()
+    net = dist.wrap(model)  # DDP under torch.distributed (rank 0's weights to all), else the model
 
     def save(next_index: int) -> None:
         if ckpt is not None:
             spec = fmt.encode(quantized, entropy=False) if quantized is not None else b""
-            _save_checkpoint(
-                ckpt,
-                {
-                    "config": config_json,
-                    "data": data_key,
-                    "rng": torch.get_rng_state(),
-                    "index": next_index,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "masks": masks or {},
-                    "figures": json.dumps(figures),
-                    "quantized": torch.frombuffer(bytearray(spec), dtype=torch.uint8) if spec else torch.zeros(0),
-                    "teacher": teacher.state_dict() if teacher is not None else {},
-                },
-            )
+            snapshot = {
+                "config": config_json,
+                "data": data_key,
+                "rng": torch.get_rng_state(),
+                "index": next_index,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "masks": masks or {},
+                "figures": json.dumps(figures),
+                "quantized": torch.frombuffer(bytearray(spec), dtype=torch.uint8) if spec else torch.zeros(0),
+                "teacher": teacher.state_dict() if teacher is not None else {},
+            }
+            dist.from_rank0(lambda: _save_checkpoint(ckpt, snapshot), f"writing checkpoint {ckpt}")
 
     def quantize(salt: int) -> Compressed:
         progress.stage("quantize")
@@ -263,6 +283,9 @@ def run(
                 magnitude_share=cfg.compress.magnitude_share,
                 seed=cfg.compress.seed + i,
             )
+            if dist.world_size() > 1:
+                masks = _diverge_for_tests(masks)
+                dist.agree(dist.digest(masks), f"the masks of step {i + 1} ({step.label})")
             prune.apply_masks(model, masks)
         elif step.kind == "qat":
             if quantized is None:
@@ -273,7 +296,7 @@ def run(
         for group in optimizer.param_groups:
             group["lr"] = step.lr
         train_epoch(
-            model,
+            net,
             optimizer,
             x_train,
             y_train,
@@ -283,10 +306,12 @@ def run(
             masks=masks,
             fraction=step.fraction,
             on_batch=lambda n, loss: progress.advance(n),
-            fake_quant=fake_quant,
-            teacher=teacher if step.kind != "train" else None,
-            distill=cfg.distill,
-            augment=cfg.augment,
+            recipe=Recipe(
+                fake_quant=fake_quant,
+                teacher=teacher if step.kind != "train" else None,
+                distill=cfg.distill,
+                augment=cfg.augment,
+            ),
         )
         if i + 1 == cfg.epochs:
             figures["test_error_before"] = evaluate(model, x_test, y_test)[0]
@@ -311,6 +336,17 @@ def _error_of(compressed: Compressed, like: torch.nn.Module, x: torch.Tensor, y:
     return evaluate(model, x, y)[0]
 
 
+def _diverge_for_tests(masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Test hook: FISHERPACK_TEST_DIVERGE_RANK=r flips one mask entry on rank r, so the tests can
+    check that ranks which disagree stop with RanksDisagreeError instead of hanging."""
+    if os.environ.get("FISHERPACK_TEST_DIVERGE_RANK") != str(dist.rank()) or not masks:
+        return masks
+    name = next(iter(masks))
+    flipped = masks[name].clone()
+    flipped.view(-1)[0] ^= True
+    return {**masks, name: flipped}
+
+
 # Chosen on a validation split held out from the training set (see benchmarks/ and the sweep).
 _DEFAULTS = {
     "lenet5": PipelineConfig(
@@ -321,7 +357,8 @@ _DEFAULTS = {
         final_epochs=3,
         qat_epochs=2,
         distill=0.5,
-        compress=CompressConfig(rate=0.98, criterion="obd", bits=4.0),
+        augment=2,
+        compress=CompressConfig(rate=0.99, criterion="obd", bits=4.0, quantize_biases=True),
     ),
     "lenet300": PipelineConfig(
         model="lenet300",
@@ -331,7 +368,8 @@ _DEFAULTS = {
         final_epochs=6,
         qat_epochs=3,
         distill=0.5,
-        compress=CompressConfig(rate=0.95, criterion="obd", bits=4.0),
+        augment=2,
+        compress=CompressConfig(rate=0.95, criterion="obd", bits=4.0, quantize_biases=True),
     ),
 }
 
@@ -395,7 +433,7 @@ def compress_checkpoint(
         fisher = state["fisher"] if state is not None else None
         if fisher is None:
             fisher = estimate_fisher(cfg, model, optimizer, x_train, y_train, salt=0)
-            _save_checkpoint(Path(checkpoint), {"config": json.dumps(cfg.to_dict(), sort_keys=True), "data": key,
-                                                "fisher": fisher})  # fmt: skip
+            snapshot = {"config": json.dumps(cfg.to_dict(), sort_keys=True), "data": key, "fisher": fisher}
+            dist.from_rank0(lambda: _save_checkpoint(Path(checkpoint), snapshot), f"writing checkpoint {checkpoint}")
     meta = {"pipeline": cfg.to_dict(), "model": cfg.model, "seed": cfg.seed}
     return compress(model, fisher, cfg.compress, meta=meta)

@@ -152,11 +152,22 @@ def quantize(
     bits: float = 5.0,
     groups: int = 2,
     group_bits: tuple[int, ...] = (6, 4, 2),
+    widths: dict[str, int] | None = None,
 ) -> dict[str, QuantTensor]:
-    """Quantize the kept entries of every weight tensor; returns a QuantTensor per name."""
+    """Quantize the kept entries of every weight tensor; returns a QuantTensor per name.
+
+    ``widths`` fixes the width of the tensors it names (one group each, outside the allocation:
+    the ``bits`` budget and the quantiles cover only the other tensors). Steps are chosen by the
+    Fisher-weighted error as for the other tensors of the allocation.
+    """
     if allocation not in ALLOCATIONS:
         raise ConfigError(f"unknown bit allocation {allocation!r}; choose one of: {', '.join(ALLOCATIONS)}")
-    if allocation != "uniform" and fisher is None:
+    fixed = dict(widths or {})
+    for name, b in fixed.items():
+        if name not in weights or not 1 <= b <= MAX_BITS or b != int(b):
+            raise ConfigError(f"fixed width for {name!r} must be a whole number in 1..{MAX_BITS}, got {b}")
+    free = [n for n in weights if n not in fixed]
+    if allocation != "uniform" and fisher is None and free:
         raise ConfigError(f"bit allocation {allocation!r} needs a Fisher estimate; use uniform without one")
     kept_w, kept_f = {}, {}
     for name, w in weights.items():
@@ -166,17 +177,21 @@ def quantize(
         if not np.isfinite(kept_w[name]).all():
             raise ConfigError(f"weight {name!r} has NaN or Inf values; fix the model before compressing")
 
-    gids = _assign_groups(kept_w, kept_f, allocation, bits, groups, group_bits)
-    slots = [(n, g) for n in weights for g in range(int(gids[n].max()) + 1 if gids[n].size else 0)]
+    gids = _assign_groups(
+        {n: kept_w[n] for n in free}, {n: kept_f[n] for n in free}, allocation, bits, groups, group_bits
+    )
+    gids.update({n: np.zeros(kept_w[n].size, dtype=np.uint8) for n in fixed})
+    slots = [(n, g) for n in free for g in range(int(gids[n].max()) + 1 if gids[n].size else 0)]
     if allocation == "uniform":
-        widths = [int(bits)] * len(slots)
+        chosen = [int(bits)] * len(slots)
     elif allocation == "quantile":
-        widths = [group_bits[g] for _, g in slots]
+        chosen = [group_bits[g] for _, g in slots]
     else:
         sel = {(n, g): gids[n] == g for n, g in slots}
         tables = [group_error_table(kept_w[n][sel[n, g]], kept_f[n][sel[n, g]]) for n, g in slots]
-        widths = allocate_waterfill(tables, [int(sel[s].sum()) for s in slots], bits)
-    width_of = dict(zip(slots, widths))
+        chosen = allocate_waterfill(tables, [int(sel[s].sum()) for s in slots], bits)
+    width_of = dict(zip(slots, chosen))
+    width_of.update({(n, 0): int(b) for n, b in fixed.items()})
 
     out = {}
     for name, w in weights.items():

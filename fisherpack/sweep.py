@@ -40,7 +40,7 @@ from .compress import compress, compressible, summary
 from .config import CompressConfig, PipelineConfig
 from .data import Dataset, batches, split_validation
 from .fileio import atomic_write_bytes
-from .train import evaluate, train_epoch
+from .train import Recipe, evaluate, train_epoch
 
 __all__ = ["PRUNE_METHODS", "QUANT_SCHEMES", "PIPELINE_METHODS", "VAL_SIZE", "key", "Sweep"]
 
@@ -131,7 +131,7 @@ class Sweep:
                 group["lr"] = lr * 0.5 * (1 + np.cos(np.pi * done / epochs))
             train_epoch(
                 net, opt, self.x, self.y, batch_size=64, seed=seed, epoch=1000 + 100 * salt + e,
-                masks=masks, fraction=part, fake_quant=fake_quant,
+                masks=masks, fraction=part, recipe=Recipe(fake_quant=fake_quant),
             )  # fmt: skip
             done, e = done + part, e + 1
 
@@ -257,10 +257,10 @@ def pending(specs: list[dict[str, Any]], results: dict[str, Any]) -> list[dict[s
 PRUNE_RATES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995)
 QUANT_BITS = (1, 2, 3, 4, 5, 6, 7, 8)
 PIPELINE_POINTS = {  # (rate, average bits) per model, spanning the size/error front
-    "lenet5": ((0.95, 5), (0.98, 4), (0.99, 4), (0.995, 3)),
-    "lenet300": ((0.9, 5), (0.95, 4), (0.97, 4), (0.98, 3)),
+    "lenet5": ((0.95, 4), (0.98, 4), (0.99, 4), (0.995, 4)),
+    "lenet300": ((0.9, 4), (0.95, 4), (0.97, 4), (0.98, 4)),
 }
-FINETUNE = {"lenet5": 0.5, "lenet300": 1.0}  # epochs of fine-tuning per prune or quant point
+FINETUNE = {"lenet5": 0.25, "lenet300": 1.0}  # epochs of fine-tuning per prune or quant point
 
 
 def plan(model: str, seeds: tuple[int, ...] = (0, 1, 2), quick: bool = False) -> list[dict[str, Any]]:

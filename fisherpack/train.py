@@ -5,22 +5,65 @@ Conventions: the loss is the mean cross-entropy over a mini-batch; Adam/AdamW as
 weights decay instead of tracking them) and the masks are re-applied after each step (Adam's
 momentum would otherwise move a pruned weight off zero): pruned weights stay exactly zero.
 The library never prints: progress goes to ``on_batch(n_images, loss)``.
+
+Under torch.distributed (a process group of N ranks, see dist.py) the model must be wrapped in
+DistributedDataParallel (``dist.wrap``). Every rank draws the same permutation and mini-batches of
+``batch_size`` (the *global* batch B); each rank computes on its shard (positions r, r + N, ... of
+the batch, B/N samples). Its loss is ``sum of its per-sample losses * N / B`` instead of the mean:
+DDP averages the gradients over ranks, so the gradient every rank applies is exactly the mean over
+the B samples of the global batch, like one process with batch B (a short last batch included,
+whose shards differ in size). Masks are applied after that average, identically on every rank.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from . import dist
 from .data import batches, check_labels
+from .errors import ConfigError
 from .prune import apply_masks
 
-__all__ = ["train_epoch", "shift_images", "batch_limit", "epoch_images", "evaluate", "predict_error"]
+__all__ = [
+    "Recipe",
+    "train_step",
+    "train_epoch",
+    "shift_images",
+    "batch_limit",
+    "epoch_images",
+    "evaluate",
+    "predict_error",
+]
 
 OnBatch = Callable[[int, float], None]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What a training step does beyond plain cross-entropy on the mini-batch.
+
+    fake_quant: name -> function of the float weight; the forward pass uses the transformed
+        weights (quantization-aware training, see quant.FakeQuant) and the gradient reaches the
+        float weights through them.
+    teacher, distill (a in (0, 1]), temperature T: knowledge distillation; the per-sample loss is
+        ``(1 - a) * CE(out, y) + a * T**2 * KL(softmax(teacher / T) || softmax(out / T))``.
+    augment: k > 0 shifts every training image by a random whole number of pixels in [-k, k] in
+        each direction (zero fill), drawn from a generator seeded by (seed, epoch).
+    """
+
+    fake_quant: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None
+    teacher: nn.Module | None = None
+    distill: float = 0.0
+    temperature: float = 4.0
+    augment: int = 0
+
+
+PLAIN = Recipe()
 
 
 def batch_limit(n: int, batch_size: int, fraction: float) -> int:
@@ -31,6 +74,62 @@ def batch_limit(n: int, batch_size: int, fraction: float) -> int:
 def epoch_images(n: int, batch_size: int, fraction: float = 1.0) -> int:
     """Images that :func:`train_epoch` processes for that fraction (for progress totals)."""
     return min(n, batch_limit(n, batch_size, fraction) * batch_size)
+
+
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    xb: torch.Tensor,
+    yb: torch.Tensor,
+    *,
+    masks: dict[str, torch.Tensor] | None = None,
+    global_size: int | None = None,
+    recipe: Recipe = PLAIN,
+) -> float:
+    """One optimizer step on a mini-batch; returns the mean cross-entropy over ``(xb, yb)``.
+
+    On one process the loss is the mean over ``xb``. Under DDP ``(xb, yb)`` is this rank's shard
+    of a global batch of ``global_size`` samples and the loss is scaled as the module docstring
+    says. Pruned entries (``masks``, keyed like the unwrapped model's parameters) get no gradient
+    and are re-zeroed after the step.
+    """
+    inner = dist.unwrap(model)
+    params = dict(inner.named_parameters())
+    optimizer.zero_grad(set_to_none=True)
+    if recipe.fake_quant:
+        prefix = "" if inner is model else "module."  # parameter names inside the DDP wrapper
+        replaced = {prefix + n: fq(params[n]) for n, fq in recipe.fake_quant.items()}
+        out = torch.func.functional_call(model, replaced, (xb,))
+    else:
+        out = model(xb)
+    check_labels(yb, out.shape[1])  # cross-entropy would fail with an index error deep in torch
+    reduction = "mean" if dist.world_size() == 1 else "sum"
+    loss = nn.functional.cross_entropy(out, yb, reduction=reduction)
+    if recipe.teacher is not None and recipe.distill > 0:
+        t = recipe.temperature
+        with torch.no_grad():
+            soft = torch.log_softmax(recipe.teacher(xb) / t, dim=1)  # (B, classes)
+        kl = nn.functional.kl_div(
+            torch.log_softmax(out / t, dim=1),
+            soft,
+            log_target=True,
+            reduction="batchmean" if reduction == "mean" else "sum",
+        )
+        loss = (1 - recipe.distill) * loss + recipe.distill * t**2 * kl
+    if dist.world_size() == 1:
+        loss.backward()
+        mean = float(loss.detach())
+    else:
+        (loss * (dist.world_size() / (global_size or len(xb)))).backward()  # DDP then averages over ranks
+        mean = float(loss.detach()) / max(len(xb), 1)
+    if masks is not None:
+        for name, mask in masks.items():
+            if params[name].grad is not None:
+                params[name].grad.mul_(mask)
+    optimizer.step()
+    if masks is not None:
+        apply_masks(dist.unwrap(model), masks)
+    return mean
 
 
 def train_epoch(
@@ -45,61 +144,36 @@ def train_epoch(
     masks: dict[str, torch.Tensor] | None = None,
     fraction: float = 1.0,
     on_batch: OnBatch | None = None,
-    fake_quant: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
-    teacher: nn.Module | None = None,
-    distill: float = 0.0,
-    temperature: float = 4.0,
-    augment: int = 0,
+    recipe: Recipe = PLAIN,
 ) -> float:
     """One pass (or the first ``fraction`` of one) over shuffled data; returns the mean loss.
 
-    With ``fake_quant`` (name -> function of the float weight), the forward pass uses the
-    transformed weights (quantization-aware training; see quant.FakeQuant) and the gradient
-    reaches the float weights through them.
+    ``recipe`` adds quantization-aware training, distillation or augmentation (see Recipe).
 
-    With a ``teacher`` and ``distill`` = a in (0, 1], the loss is knowledge distillation:
-    ``(1 - a) * CE(out, y) + a * T**2 * KL(softmax(teacher / T) || softmax(out / T))``, T = ``temperature``.
-
-    ``augment`` = k > 0 shifts every training image by a random whole number of pixels in
-    ``[-k, k]`` in each direction (zero fill), drawn from a generator seeded by (seed, epoch).
+    Under DDP every rank returns the mean loss over all ranks' samples, and ``on_batch`` gets the
+    images of the global batch (every rank's share) with this rank's mean loss.
     """
+    n_ranks = dist.world_size()
+    if n_ranks > 1 and dist.unwrap(model) is model:
+        raise ConfigError("under torch.distributed, train the model wrapped by fisherpack.dist.wrap(model) (DDP)")
     model.train()
-    params = dict(model.named_parameters())
     limit = batch_limit(len(x), batch_size, fraction)
     total, count = 0.0, 0
-    shifts = torch.Generator().manual_seed(seed * 1_000_003 + epoch) if augment else None
+    shifts = torch.Generator().manual_seed(seed * 1_000_003 + epoch) if recipe.augment else None
     for i, (xb, yb) in enumerate(batches(x, y, batch_size, shuffle=True, seed=seed, epoch=epoch)):
         if i >= limit:
             break
-        if shifts is not None:
-            xb = shift_images(xb, augment, shifts)
-        optimizer.zero_grad(set_to_none=True)
-        if fake_quant:
-            replaced = {n: fq(params[n]) for n, fq in fake_quant.items()}
-            out = torch.func.functional_call(model, replaced, (xb,))
-        else:
-            out = model(xb)
-        check_labels(yb, out.shape[1])  # cross-entropy would fail with an index error deep in torch
-        loss = nn.functional.cross_entropy(out, yb)
-        if teacher is not None and distill > 0:
-            with torch.no_grad():
-                soft = torch.log_softmax(teacher(xb) / temperature, dim=1)  # (B, classes)
-            kl = nn.functional.kl_div(
-                torch.log_softmax(out / temperature, dim=1), soft, log_target=True, reduction="batchmean"
-            )
-            loss = (1 - distill) * loss + distill * temperature**2 * kl
-        loss.backward()
-        if masks is not None:
-            for name, mask in masks.items():
-                if params[name].grad is not None:
-                    params[name].grad.mul_(mask)
-        optimizer.step()
-        if masks is not None:
-            apply_masks(model, masks)
-        total += float(loss.detach()) * len(xb)
-        count += len(xb)
+        if shifts is not None:  # the whole global batch, so every rank agrees on every shift
+            xb = shift_images(xb, recipe.augment, shifts)
+        local_x, local_y = dist.shard(xb), dist.shard(yb)
+        loss = train_step(model, optimizer, local_x, local_y, masks=masks, global_size=len(xb), recipe=recipe)
+        total += loss * len(local_x)
+        count += len(local_x)
         if on_batch is not None:
-            on_batch(len(xb), float(loss.detach()))
+            on_batch(len(xb), loss)
+    if n_ranks > 1:  # the mean over every rank's samples, the same on all ranks
+        sums, count = dist.all_reduce_sums({"loss": torch.tensor(total, dtype=torch.float64)}, count)
+        total = float(sums["loss"])
     return total / max(count, 1)
 
 

@@ -21,6 +21,7 @@ import torch
 from fisherpack import data, format, models
 from fisherpack.compress import compress
 from fisherpack.config import CompressConfig
+from fisherpack.tensors import Compressed, RawTensor
 
 
 def training_checkpoint(name: str = "lenet300", *, step: bool = True) -> dict:
@@ -81,18 +82,20 @@ def _fpk_files(root: Path) -> None:
         fisher = {n: torch.rand_like(p) for n, p in model.named_parameters()}
     good = format.encode(compress(model, fisher, CompressConfig(rate=0.9), meta={"model": "lenet300"}))
     (root / "m.fpk").write_bytes(good)
-    (root / "truncated.fpk").write_bytes(good[: len(good) // 2])
-    (root / "corrupt.fpk").write_bytes(good[:100] + bytes([good[100] ^ 1]) + good[101:])
+    # Damaged copies of a file that no setting of compress changes (messages quote its sizes).
+    fixed = format.encode(Compressed({"b": RawTensor(torch.arange(100.0))}, {"model": "lenet300"}))
+    (root / "truncated.fpk").write_bytes(fixed[: len(fixed) // 2])
+    (root / "corrupt.fpk").write_bytes(fixed[:100] + bytes([fixed[100] ^ 1]) + fixed[101:])
     (root / "empty.fpk").write_bytes(b"")
     (root / "text.fpk").write_text("hello, this is a text file and not a model at all\n")
     (root / "zip.fpk").write_bytes(_torch_bytes({"w": torch.ones(3)}))
-    newer = bytearray(good)
+    newer = bytearray(fixed)
     newer[8] = 2
     (root / "v2.fpk").write_bytes(bytes(newer))
-    header = fz.header_of(good)
+    header = fz.header_of(fixed)
     header["meta"]["score"] = "NAN_HERE"
     text = json.dumps(header).encode().replace(b'"NAN_HERE"', b"NaN")
-    (root / "nan-meta.fpk").write_bytes(fz.frame_json(text, fz.parts(good)[1]))
+    (root / "nan-meta.fpk").write_bytes(fz.frame_json(text, fz.parts(fixed)[1]))
     (root / "too-many.fpk").write_bytes(fg.bombs()["quant: one entry over the default"])
     (root / "unknown-model.fpk").write_bytes(fz.mixed_file())
     with torch.random.fork_rng():

@@ -42,3 +42,27 @@ def test_unknown_keys_and_versions_are_refused():
         PipelineConfig(rounds=0)
     with pytest.raises(ConfigError, match="Fisher estimator"):
         PipelineConfig(fisher="hessian")
+
+
+def test_per_layer_overrides_round_trip_through_json_and_are_validated():
+    import json
+
+    cfg = CompressConfig(overrides=[["conv1.*", {"bits": 8.0}], ("fc*", {"rate": 0.5, "bits": 3})])
+    assert cfg.overrides == (("conv1.*", {"bits": 8}), ("fc*", {"rate": 0.5, "bits": 3}))
+    again = CompressConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert again == cfg and isinstance(again.overrides[0][1]["bits"], int)
+    assert cfg.layer_settings(["conv1.weight", "fc1.weight"]) == {
+        "conv1.weight": {"bits": 8},
+        "fc1.weight": {"rate": 0.5, "bits": 3},
+    }
+    for bad, message in [
+        ((("fc*", {"rate": 1.0}),), "rate must be in"),
+        ((("fc*", {"bits": 4.5}),), "bits must be a whole number"),
+        ((("fc*", {"bits": True}),), "bits must be a whole number"),
+        ((("fc*", {"groups": 2}),), "unknown keys: groups"),
+        ((("fc*", {}),), "overrides must be"),
+        (("fc*",), "overrides must be"),
+        ("fc*", "overrides must be"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            CompressConfig(overrides=bad)

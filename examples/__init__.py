@@ -1,0 +1,1 @@
+"""Examples of using fisherpack on models that are not fisherpack's own."""

@@ -1,0 +1,206 @@
+"""Command-line parts for users' own models and for export; cli.py wires them in.
+
+- ``fisherpack compress --model package.module:factory --checkpoint CKPT [--data package.module:fn |
+  --data-dir D]``: one-shot prune + quantize of any model (see usermodel.py for what a checkpoint
+  may hold). The Fisher comes from the checkpoint's Adam state if it has one, else from the data.
+- ``fisherpack eval FILE --model package.module:factory (--data package.module:fn | --data-dir D)``.
+- ``fisherpack export FILE [--safetensors OUT] [--onnx OUT]``.
+- ``--include`` / ``--exclude`` / ``--override`` flags for every command that compresses.
+
+Model code is imported only when its spec is given on the command line (never from a file's
+metadata). The current folder is put first on ``sys.path`` for that, as ``python -m`` does, so
+``--model examples.tinyres:build`` works from the repository root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import data, export, format, models, usermodel
+from . import fisher as fisher_mod
+from .compress import compress, load_into, summary
+from .config import CompressConfig
+from .errors import ConfigError
+from .fileio import atomic_write_bytes, check_writable
+
+__all__ = ["add_layer_flags", "layer_changes", "add_model_flags", "add_export_command", "compress_user", "evaluate"]
+
+NEEDS_FISHER = ("fisher", "obd", "two_stage")
+
+
+def _override(text: str) -> tuple[str, dict[str, float]]:
+    """``PATTERN:rate=R,bits=B`` -> (pattern, settings); values are checked by CompressConfig."""
+    pattern, sep, body = text.rpartition(":")
+    try:
+        if not sep or not pattern:
+            raise ValueError
+        settings = {}
+        for item in body.split(","):
+            key, eq, value = item.partition("=")
+            if not eq:
+                raise ValueError
+            settings[key.strip()] = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--override wants PATTERN:rate=R,bits=B, got {text!r}") from None
+    return pattern, settings
+
+
+def add_layer_flags(group: Any) -> None:
+    group.add_argument("--include", action="append", metavar="PATTERN", help="compress only matching parameters")
+    group.add_argument("--exclude", action="append", metavar="PATTERN", help="store matching parameters losslessly")
+    group.add_argument(
+        "--override",
+        action="append",
+        type=_override,
+        metavar="PATTERN:KEY=V",
+        help="per-layer setting, e.g. 'conv1.weight:bits=8' or 'fc*:rate=0.5,bits=4' (repeatable)",
+    )
+
+
+def layer_changes(args: argparse.Namespace) -> dict[str, Any]:
+    """CompressConfig changes from the flags of :func:`add_layer_flags`."""
+    changes: dict[str, Any] = {}
+    for key in ("include", "exclude", "override"):
+        if getattr(args, key, None):
+            changes["overrides" if key == "override" else key] = tuple(getattr(args, key))
+    return changes
+
+
+def add_model_flags(p: argparse.ArgumentParser, *, checkpoint: bool = False) -> None:
+    g = p.add_argument_group("your own model")
+    g.add_argument("--model", dest="user_model", metavar="PKG.MOD:FACTORY", help="factory of your model")
+    g.add_argument("--data", metavar="PKG.MOD:FN", help="function returning an iterable of (x, y) batches")
+    if checkpoint:
+        g.add_argument("--checkpoint", dest="checkpoint_flag", metavar="CKPT", help="state_dict file of your model")
+        g.add_argument("--fisher-samples", type=int, default=1000, help="samples for a data Fisher (default 1000)")
+
+
+def _import_path() -> None:
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+
+
+def _model(spec: str) -> torch.nn.Module:
+    if not usermodel.is_spec(spec):
+        raise ConfigError(f"--model wants package.module:factory for your own model, got {spec!r}")
+    _import_path()
+    return usermodel.build_model(spec)
+
+
+def _batches(args: argparse.Namespace, split: str, log) -> Any:
+    """Batches from --data, or the MNIST-format split of --data-dir; None without either."""
+    if args.data:
+        _import_path()
+        return usermodel.batches_from(args.data)
+    if args.data_dir:
+        x_train, y_train, x_test, y_test = data.load(args.data_dir, log=log).tensors()
+        x, y = (x_train, y_train) if split == "train" else (x_test, y_test)
+        return data.batches(x, y, 256, shuffle=split == "train", seed=0)
+    return None
+
+
+def compress_user(args: argparse.Namespace, config: CompressConfig, log) -> tuple[Any, Path]:
+    """``fisherpack compress --model ...``: returns (Compressed, output path)."""
+    ckpt = Path(args.checkpoint_flag or args.checkpoint or "")
+    if not args.checkpoint_flag and not args.checkpoint:
+        raise ConfigError("give the checkpoint of your model: --checkpoint CKPT")
+    out = Path(args.out or ckpt.with_suffix(".fpk"))
+    check_writable(out)
+    model = _model(args.user_model)
+    optimizer = usermodel.load_checkpoint(model, ckpt)
+    prunes = config.rate > 0 or any("rate" in settings for _, settings in config.overrides)
+    needs = (prunes and config.criterion in NEEDS_FISHER) or config.allocation != "uniform"
+    source = args.fisher or ("adam" if optimizer is not None else "empirical")
+    fisher = None
+    if needs and source == "adam":
+        if optimizer is None:
+            raise ConfigError(f"{ckpt} has no optimizer state for --fisher adam; give --data or --data-dir instead")
+        fisher = fisher_mod.from_adam_state(optimizer, model)
+    elif needs:
+        batches = _batches(args, "train", log)
+        if batches is None and args.fisher:
+            raise ConfigError(f"--fisher {source} needs data: give --data package.module:function or --data-dir D")
+        if batches is None:
+            raise ConfigError(
+                f"{ckpt} has no Adam state to read the Fisher from; give a data source (--data or --data-dir), "
+                "or use --criterion magnitude --allocation uniform"
+            )
+        estimate = fisher_mod.empirical if source == "empirical" else fisher_mod.sampled
+        fisher = estimate(model, batches, n_samples=args.fisher_samples)
+    meta = {"model": args.user_model, "checkpoint": ckpt.name, "fisher": source if needs else None}
+    return compress(model, fisher, config, meta=meta), out
+
+
+def evaluate(path: Path, args: argparse.Namespace, log) -> dict[str, Any]:
+    """``fisherpack eval FILE --model ... --data ...``: figures of the file and its test error."""
+    compressed = format.load(path, max_elements=getattr(args, "max_elements", None))
+    model = _model_for(compressed, args, path)
+    batches = _batches(args, "test", log)
+    if batches is None:
+        raise ConfigError("give test data for your model: --data package.module:function or --data-dir D")
+    figures = {"model": args.user_model or compressed.meta.get("model")}
+    return {**figures, **summary(compressed, path.stat().st_size), **usermodel.evaluate(model, batches)}
+
+
+def _model_for(compressed: Any, args: argparse.Namespace, path: Any) -> torch.nn.Module:
+    """The model named by --model, else the registry model the file names, with the file loaded."""
+    name = compressed.meta.get("model")
+    if args.user_model:
+        model = _model(args.user_model)
+    elif name in models.MODELS:
+        model = models.build(name)
+    else:
+        raise ConfigError(f"{path} holds your own model ({name!r}); name it with --model package.module:factory")
+    return load_into(model, compressed)
+
+
+def add_export_command(sub: Any) -> None:
+    q = sub.add_parser("export", help="write the decoded model as safetensors and/or ONNX")
+    q.add_argument("file")
+    q.add_argument("--safetensors", metavar="OUT", help="plain state dict for safetensors.torch.load_file")
+    q.add_argument("--onnx", metavar="OUT", help="ONNX graph (dense fp32 weights), batch dimension dynamic")
+    q.add_argument("--input-shape", metavar="N,C,H,W", help="example input shape for ONNX (default: a batch of --data)")
+    add_model_flags(q)
+    q.set_defaults(func=cmd_export)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    if not args.safetensors and not args.onnx:
+        raise ConfigError("nothing to export: give --safetensors OUT and/or --onnx OUT")
+    for out in filter(None, (args.safetensors, args.onnx)):
+        check_writable(out)
+    compressed = format.load(args.file)
+    written = []
+    if args.safetensors:
+        atomic_write_bytes(args.safetensors, export.safetensors_bytes(compressed))
+        written.append(args.safetensors)
+    if args.onnx:
+        model = _model_for(compressed, args, args.file)
+        atomic_write_bytes(args.onnx, export.onnx_bytes(model, _example(args, compressed.meta.get("model"))))
+        written.append(args.onnx)
+    print(f"wrote {' and '.join(written)}")
+    return 0
+
+
+def _example(args: argparse.Namespace, name: str | None) -> Any:
+    if args.input_shape:
+        try:
+            shape = tuple(int(d) for d in args.input_shape.split(","))
+        except ValueError:
+            raise ConfigError(f"--input-shape wants integers like 1,1,28,28, got {args.input_shape!r}") from None
+        return torch.zeros(shape)
+    if args.data:
+        batch = next(iter(_batches(args, "test", None)), None)
+        if batch is None:
+            raise ConfigError(f"{args.data}() yielded no batch to trace the model with")
+        return tuple(batch[0]) if isinstance(batch[0], (tuple, list)) else batch[0]
+    if name in models.MODELS:
+        return torch.zeros(1, 1, 28, 28)
+    raise ConfigError("give an example input for ONNX: --input-shape N,C,H,W or --data package.module:function")
