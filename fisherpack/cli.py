@@ -161,7 +161,12 @@ def _evaluate_file(
 def cmd_reproduce(args: argparse.Namespace) -> int:
     cfg = _pipeline_config(args)
     out = Path(args.out or f"{cfg.model}.fpk")
-    _on_rank0(f"checking {out}", lambda: check_writable(out), lambda: check_writable(Path(f"{out}.json")))
+    _on_rank0(
+        f"checking {out}",
+        lambda: check_writable(out),
+        lambda: check_writable(Path(f"{out}.json")),
+        lambda: check_writable(Path(f"{out}.ckpt")),
+    )
     started = time.perf_counter()
     x_train, y_train, x_test, y_test = data.load(args.data_dir, log=_log).tensors()
     bar = _Bar(not args.quiet and dist.rank() == 0)
@@ -194,7 +199,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = _pipeline_config(args)
     out = Path(args.out or f"{cfg.model}.pt")
-    _on_rank0(f"checking {out}", lambda: check_writable(out))
+    _on_rank0(f"checking {out}", lambda: check_writable(out), lambda: check_writable(Path(f"{out}.ckpt")))
     x_train, y_train, x_test, y_test = data.load(args.data_dir, log=_log).tensors()
     bar = _Bar(not args.quiet and dist.rank() == 0)
     ckpt = Path(f"{out}.ckpt")
@@ -231,7 +236,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     ckpt = pipeline.load_training_checkpoint(args.checkpoint)
     cfg = _pipeline_config(argparse.Namespace(**{**vars(args), "model": ckpt["model"]}))
     out = Path(args.out or Path(args.checkpoint).with_suffix(".fpk"))
-    _on_rank0(f"checking {out}", lambda: check_writable(out))
+    _on_rank0(f"checking {out}", lambda: check_writable(out), lambda: check_writable(Path(f"{out}.ckpt")))
     x_train, y_train, _, _ = data.load(args.data_dir, log=_log).tensors() if cfg.fisher != "adam" else (None,) * 4
     progress = Path(f"{out}.ckpt")  # a Fisher estimated from data survives a killed run
     compressed = pipeline.compress_checkpoint(ckpt, cfg, x_train, y_train, checkpoint=progress)

@@ -101,9 +101,11 @@ def test_reproduce_killed_twice_resumes_to_the_same_bytes(data_dir, tmp_path, ca
         with capsys.disabled():
             print(f"\nreproduce: SIGKILL {kill + 1} interrupted {what}")
         assert_whole_or_absent(out, reference)
+    (out.parent / f".{out.name}.ckpt.a1b2c3d4.tmp").write_bytes(b"half a checkpoint")  # as a kill mid-write leaves
     finish([*argv, str(out)])
     assert out.read_bytes() == reference
     assert not ckpt.exists()
+    assert sorted(p.name for p in out.parent.iterdir()) == ["m.fpk", "m.fpk.json"]  # no temporary files left
     meta = format.load(out).meta  # what made the file: seed, settings, library version
     assert meta["seed"] == 0 and meta["pipeline"]["epochs"] == 2 and meta["config"]["rate"] == 0.9
     assert meta["fisherpack"] == fisherpack.__version__ and meta["model"] == "lenet300"
