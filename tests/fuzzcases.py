@@ -213,10 +213,10 @@ def measure(data: bytes, limit: float = 60.0, traced: bool = True) -> tuple[str,
 def report() -> str:
     """One line per family plus a total, for the terminal summary."""
     lines = [
-        f"  {family:<28} {n:>7} cases  slowest {SLOWEST.get(family, 0) * 1000:7.1f} ms"
+        f"  {family:<38} {n:>7} cases  slowest {SLOWEST.get(family, 0) * 1000:7.1f} ms"
         for family, n in sorted(COUNTS.items())
     ]
     total = sum(COUNTS.values())
-    lines.append(f"  {'total':<28} {total:>7} cases  ({OUTCOMES['error']} FormatError, "
+    lines.append(f"  {'total':<38} {total:>7} cases  ({OUTCOMES['error']} FormatError, "
                  f"{OUTCOMES['decoded']} decoded to the declared shapes, 0 other outcomes)")  # fmt: skip
     return "\n".join(lines)
