@@ -56,9 +56,12 @@ __all__ = [
 ]
 
 
-def load(path: str | os.PathLike) -> dict:
-    """The decoded state dict of a .fpk file (quantized weights bit-exact, the rest as stored)."""
-    return read(path).state_dict()
+def load(path: str | os.PathLike, max_elements: int | None = None) -> dict:
+    """The decoded state dict of a .fpk file (quantized weights bit-exact, the rest as stored).
+
+    ``max_elements`` lifts the reader's default cap on declared entries for a trusted file (see
+    fisherpack.format.decode)."""
+    return read(path, max_elements=max_elements).state_dict()
 
 
 def load_into(model: nn.Module, source: Compressed | str | os.PathLike) -> nn.Module:

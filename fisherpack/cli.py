@@ -139,9 +139,12 @@ def _figures_table(fig: dict[str, Any]) -> str:
 
 
 def _evaluate_file(
-    path: Path, data_dir: str | None, test: tuple[torch.Tensor, torch.Tensor] | None = None
+    path: Path,
+    data_dir: str | None,
+    test: tuple[torch.Tensor, torch.Tensor] | None = None,
+    max_elements: int | None = None,
 ) -> dict[str, Any]:
-    compressed = format.load(path)
+    compressed = format.load(path, max_elements=max_elements)
     name = compressed.meta.get("model")
     if name not in models.MODELS:
         raise ConfigError(
@@ -158,7 +161,12 @@ def _evaluate_file(
 def cmd_reproduce(args: argparse.Namespace) -> int:
     cfg = _pipeline_config(args)
     out = Path(args.out or f"{cfg.model}.fpk")
-    _on_rank0(f"checking {out}", lambda: check_writable(out), lambda: check_writable(Path(f"{out}.json")))
+    _on_rank0(
+        f"checking {out}",
+        lambda: check_writable(out),
+        lambda: check_writable(Path(f"{out}.json")),
+        lambda: check_writable(Path(f"{out}.ckpt")),
+    )
     started = time.perf_counter()
     x_train, y_train, x_test, y_test = data.load(args.data_dir, log=_log).tensors()
     bar = _Bar(not args.quiet and dist.rank() == 0)
@@ -191,7 +199,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = _pipeline_config(args)
     out = Path(args.out or f"{cfg.model}.pt")
-    _on_rank0(f"checking {out}", lambda: check_writable(out))
+    _on_rank0(f"checking {out}", lambda: check_writable(out), lambda: check_writable(Path(f"{out}.ckpt")))
     x_train, y_train, x_test, y_test = data.load(args.data_dir, log=_log).tensors()
     bar = _Bar(not args.quiet and dist.rank() == 0)
     ckpt = Path(f"{out}.ckpt")
@@ -228,10 +236,12 @@ def cmd_compress(args: argparse.Namespace) -> int:
     ckpt = pipeline.load_training_checkpoint(args.checkpoint)
     cfg = _pipeline_config(argparse.Namespace(**{**vars(args), "model": ckpt["model"]}))
     out = Path(args.out or Path(args.checkpoint).with_suffix(".fpk"))
-    _on_rank0(f"checking {out}", lambda: check_writable(out))
+    _on_rank0(f"checking {out}", lambda: check_writable(out), lambda: check_writable(Path(f"{out}.ckpt")))
     x_train, y_train, _, _ = data.load(args.data_dir, log=_log).tensors() if cfg.fisher != "adam" else (None,) * 4
-    compressed = pipeline.compress_checkpoint(ckpt, cfg, x_train, y_train)
+    progress = Path(f"{out}.ckpt")  # a Fisher estimated from data survives a killed run
+    compressed = pipeline.compress_checkpoint(ckpt, cfg, x_train, y_train, checkpoint=progress)
     size, _ = dist.save(compressed, out, entropy=cfg.compress.entropy)
+    _on_rank0(f"removing {progress}", lambda: progress.unlink(missing_ok=True))
     fig = {"model": cfg.model, **summary(compressed, size)}
     print(_figures_table(fig))
     print(f"wrote {out}")
@@ -252,14 +262,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.user_model or args.data:  # a user's own model or data: see cli_usermodel
         fig = cli_usermodel.evaluate(path, args, _log)
     else:
-        fig = _evaluate_file(path, args.data_dir)
+        fig = _evaluate_file(path, args.data_dir, max_elements=args.max_elements)
     print(json.dumps(fig, sort_keys=True) if args.json else _figures_table(fig))
     return 0
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     path = Path(args.file)
-    described = format.describe(format.read(path))
+    described = format.describe(format.read(path), max_elements=args.max_elements)
     if args.json:
         print(json.dumps(described, sort_keys=True))
         return 0
@@ -495,6 +505,8 @@ def _parser() -> argparse.ArgumentParser:
     q = sub.add_parser("eval", help="decode a file and measure its test error")
     q.add_argument("file")
     q.add_argument("--json", action="store_true", help="print one JSON object")
+    q.add_argument("--max-elements", type=int, help="entries a file may declare (default: 4096 per byte of file, "
+                   "at least 2**20, at most 2**28); raise it only for files you trust")  # fmt: skip
     data_flag(q)
     cli_usermodel.add_model_flags(q)
     q.set_defaults(func=cmd_eval)
@@ -502,6 +514,8 @@ def _parser() -> argparse.ArgumentParser:
     q = sub.add_parser("inspect", help="per-tensor layout of a file")
     q.add_argument("file")
     q.add_argument("--json", action="store_true", help="print one JSON object")
+    q.add_argument("--max-elements", type=int, help="entries a file may declare (default: 4096 per byte of file, "
+                   "at least 2**20, at most 2**28); raise it only for files you trust")  # fmt: skip
     q.set_defaults(func=cmd_inspect)
 
     cli_usermodel.add_export_command(sub)

@@ -140,7 +140,7 @@ def compress_user(args: argparse.Namespace, config: CompressConfig, log) -> tupl
 
 def evaluate(path: Path, args: argparse.Namespace, log) -> dict[str, Any]:
     """``fisherpack eval FILE --model ... --data ...``: figures of the file and its test error."""
-    compressed = format.load(path)
+    compressed = format.load(path, max_elements=getattr(args, "max_elements", None))
     model = _model_for(compressed, args, path)
     batches = _batches(args, "test", log)
     if batches is None:

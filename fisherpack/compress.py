@@ -76,6 +76,8 @@ def compress(
     (True = keep) replaces pruning when given.
     """
     config = config or CompressConfig()
+    if not isinstance(config, CompressConfig):
+        raise ConfigError(f"config must be a CompressConfig, got {type(config).__name__}")
     names = compressible(model, config.include, config.exclude)
     if not names:
         raise ConfigError("the model has no weights to compress (no Linear/Conv/Embedding weight matched)")
@@ -85,6 +87,15 @@ def compress(
     for n, w in weights.items():
         if not torch.isfinite(w).all():
             raise ConfigError(f"weight {n!r} has NaN or Inf values; fix the model before compressing")
+    prunes_by_fisher = config.rate > 0 and masks is None and config.criterion in ("fisher", "obd", "two_stage")
+    if fisher is None and (prunes_by_fisher or config.allocation != "uniform"):
+        use = f"criterion {config.criterion!r}" if prunes_by_fisher else f"allocation {config.allocation!r}"
+        raise ConfigError(f"{use} needs a Fisher estimate (see fisherpack.fisher); without one use criterion "
+                          "magnitude or random and allocation uniform")  # fmt: skip
+    if fisher is not None:
+        _check_per_weight(fisher, weights, "the Fisher estimate", finite_nonnegative=True)
+    if masks is not None:
+        _check_per_weight(masks, weights, "masks")
     if masks is None:
         masks = select_masks(config, weights, fisher, layer)
     if config.quantize_biases:  # quantized like the weights, never pruned
@@ -160,6 +171,23 @@ def _entries(model: nn.Module, quantized: dict[str, QuantTensor]) -> dict[str, Q
         tensors[first] = quantized[tied[0]] if tied else RawTensor(state[first].detach().clone().contiguous())
         tensors.update({n: Alias(first) for n in names[1:]})
     return {name: tensors[name] for name in state}
+
+
+def _check_per_weight(d: Any, weights: dict[str, torch.Tensor], what: str, finite_nonnegative: bool = False) -> None:
+    """ConfigError unless ``d`` has a tensor of the right shape for every compressed weight (masks:
+    bool; a Fisher estimate: finite and >= 0, as a diagonal of squared gradients always is)."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"{what} must be a dict of tensors keyed by parameter name, got {type(d).__name__}")
+    for n, w in weights.items():
+        t = d.get(n)
+        if not isinstance(t, torch.Tensor):
+            raise ConfigError(f"{what} has no tensor for {n!r}")
+        if t.shape != w.shape:
+            raise ConfigError(f"{what} for {n!r} has shape {tuple(t.shape)}, the weight has {tuple(w.shape)}")
+        if what == "masks" and t.dtype != torch.bool:
+            raise ConfigError(f"masks must be bool tensors (True = keep), {n!r} is {t.dtype}")
+        if finite_nonnegative and not (torch.isfinite(t).all() and (t >= 0).all()):
+            raise ConfigError(f"{what} for {n!r} has NaN, Inf or negative values")
 
 
 def _biases_of(params: dict[str, nn.Parameter], weight_names: list[str]) -> list[str]:

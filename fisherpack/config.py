@@ -30,12 +30,36 @@ def _check(cond: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _is(value: Any, kind: str) -> bool:
+    return isinstance(value, _TYPES[kind]) and (kind == "bool" or not isinstance(value, bool))
+
+
 def _choice(value: str, options: tuple[str, ...], what: str) -> None:
     _check(value in options, f"unknown {what} {value!r}; choose one of: {', '.join(options)}")
 
 
+_TYPES = {"float": (int, float), "int": (int,), "str": (str,), "bool": (bool,)}
+_TYPE_NAMES = {"float": "a number", "int": "a whole number", "str": "a string", "bool": "true or false"}
+_PLURALS = {"float": "numbers", "int": "whole numbers", "str": "strings", "bool": "booleans"}
+
+
 class _Versioned:
     VERSION = 1
+
+    def _check_types(self) -> None:
+        """Every field of a plain type (``float``, ``int``, ``str``, ``bool``, ``tuple[X, ...]``) holds
+        one; lists become tuples. Runs first, so the range checks never meet a wrong type."""
+        for f in dataclasses.fields(self):
+            value, kind = getattr(self, f.name), str(f.type)  # a string: annotations are postponed
+            if kind.startswith("tuple[") and kind.endswith(", ...]"):
+                if isinstance(value, list):
+                    object.__setattr__(self, f.name, value := tuple(value))
+                inner = kind[len("tuple[") : -len(", ...]")]
+                ok = isinstance(value, tuple) and (inner not in _TYPES or all(_is(v, inner) for v in value))
+                what = _PLURALS.get(inner, inner)
+                _check(ok, f"{type(self).__name__}.{f.name} must be a list of {what}, got {value!r}")
+            elif kind in _TYPES:
+                _check(_is(value, kind), f"{type(self).__name__}.{f.name} must be {_TYPE_NAMES[kind]}, got {value!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -98,6 +122,7 @@ class CompressConfig(_Versioned):
     version: int = 1
 
     def __post_init__(self) -> None:
+        self._check_types()
         _check(
             isinstance(self.rate, (int, float)) and 0.0 <= self.rate < 1.0, f"rate must be in [0, 1), got {self.rate}"
         )
@@ -200,6 +225,7 @@ class PipelineConfig(_Versioned):
     version: int = 1
 
     def __post_init__(self) -> None:
+        self._check_types()
         _check(
             self.epochs >= 0 and isinstance(self.epochs, int), f"epochs must be a whole number >= 0, got {self.epochs}"
         )
@@ -221,6 +247,7 @@ class PipelineConfig(_Versioned):
         _check(self.fisher_samples >= 1, f"fisher_samples must be >= 1, got {self.fisher_samples}")
         if isinstance(self.compress, dict):
             object.__setattr__(self, "compress", CompressConfig.from_dict(self.compress))
+        _check(isinstance(self.compress, CompressConfig), f"compress must be a CompressConfig, got {self.compress!r}")
         _check(self.version == self.VERSION, f"PipelineConfig version {self.version} is not supported")
 
     def to_dict(self) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from torch import Tensor
 from .errors import ConfigError, DataError
 from .fileio import atomic_write_bytes
 
-__all__ = ["Dataset", "load", "fetch_mnist", "read_idx", "find_idx_files", "synthetic", "to_tensor"]
+__all__ = ["Dataset", "load", "fetch_mnist", "read_idx", "find_idx_files", "synthetic", "to_tensor", "check_labels"]
 __all__ += [
     "write_idx",
     "write_dataset",
@@ -154,7 +154,8 @@ def find_idx_files(folder: str | Path) -> dict[str, Path]:
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise DataError(f"data folder {folder} does not exist; {_HINT}")
+        what = "is a file, not a folder" if folder.exists() else "does not exist"
+        raise DataError(f"data folder {folder} {what}; {_HINT}")
     found = {}
     for role in FILES:
         hits = [folder / n for n in _names(role) if (folder / n).is_file()]
@@ -351,6 +352,15 @@ def batches(
     return ((x[idx], y[idx]) for idx in order.split(batch_size))
 
 
+def check_labels(y: Tensor, classes: int) -> None:
+    """DataError unless ``y`` holds integer class labels in ``0..classes-1`` (what cross-entropy needs)."""
+    if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
+        raise DataError(f"labels must be integer class indices, got {y.dtype}")
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= classes):
+        bad = int(y[(y < 0) | (y >= classes)][0])
+        raise DataError(f"labels must be in 0..{classes - 1} for a model with {classes} outputs, found {bad}")
+
+
 def split_validation(x, y, n_val: int, seed: int) -> tuple:
     """Hold out ``n_val`` samples of (x, y) chosen by ``seed``: (train_x, train_y, val_x, val_y).
 
@@ -385,6 +395,8 @@ def synthetic(n_train: int = 600, n_test: int = 100, seed: int = 0) -> Dataset:
     Class c is a Gaussian blob (sigma 3 px) centred on a circle of radius 8 px at angle 2*pi*c/10,
     jittered by 1 px, plus N(0, 20^2) pixel noise, clipped to uint8; labels uniform in 0..9.
     """
+    if not (isinstance(n_train, int) and isinstance(n_test, int) and n_train >= 0 and n_test >= 0):
+        raise ConfigError(f"synthetic data needs whole sizes >= 0, got {n_train} and {n_test}")
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:28, 0:28]  # (28, 28)
 

@@ -26,8 +26,10 @@ its output would break that rule, and the caller stores the stream another way.
 
 from __future__ import annotations
 
+import array
 import heapq
 import math
+import sys
 
 import numpy as np
 
@@ -198,19 +200,28 @@ def rans_encode(symbols: np.ndarray, freqs: np.ndarray, precision: int) -> bytes
 
 
 def rans_decode(data: bytes | memoryview, freqs: np.ndarray, precision: int, count: int) -> np.ndarray:
-    """Decode ``count`` symbols from rANS data: (count,) uint16. FormatError if corrupt or short."""
+    """Decode ``count`` symbols from rANS data: (count,) uint16. FormatError if corrupt or short.
+
+    Memory is 2 bytes per symbol and per word (compact arrays, not lists of Python ints), so a
+    stream that declares many symbols costs no more than its output.
+    """
     if len(data) < 4 or len(data) % 2:
         raise FormatError(f"rANS data is {len(data)} bytes; it must be a 4-byte state plus 2-byte words")
+    words = array.array("H", bytes(data[4:]))
+    if sys.byteorder == "big":
+        words.byteswap()  # stored little-endian
+    if len(words) > count:  # each symbol reads at most one word: some could never be read
+        raise FormatError("rANS data is corrupt: it has more words than its symbols can read")
     f = np.asarray(freqs, dtype=np.int64)
     sym = np.repeat(np.arange(f.size, dtype=np.uint16), f)  # (2**p,) slot -> symbol
     start = np.cumsum(f) - f
     slot_freq = f[sym].tolist()
     slot_bias = (np.arange(sym.size) - start[sym]).tolist()  # slot - start[symbol of slot]
-    words = iter(np.frombuffer(data, dtype="<u2", offset=4).tolist())
     x = int.from_bytes(bytes(data[:4]), "little")
     if x < RANS_L:
         raise FormatError("rANS data is corrupt: initial state below 2**16")
-    mask, slots, next_word = (1 << precision) - 1, [], words.__next__
+    word_iter = iter(words)
+    mask, slots, next_word = (1 << precision) - 1, array.array("H"), word_iter.__next__
     record = slots.append  # slots now, symbols afterwards in one numpy gather
     try:
         for _ in range(count):
@@ -221,9 +232,12 @@ def rans_decode(data: bytes | memoryview, freqs: np.ndarray, precision: int, cou
                 x = (x << 16) | next_word()
     except StopIteration:
         raise FormatError("rANS data is corrupt: it ends before all symbols are decoded") from None
-    if x != RANS_L or next(words, None) is not None:
+    if x != RANS_L or next(word_iter, None) is not None:
         raise FormatError("rANS data is corrupt: final state check failed")
-    return sym[np.asarray(slots, dtype=np.int64)] if count else np.zeros(0, dtype=np.uint16)
+    idx, out = np.frombuffer(slots, dtype=np.uint16), np.empty(count, dtype=np.uint16)
+    for i in range(0, count, 1 << 20):  # in chunks: numpy widens an index array to 8 bytes per entry
+        out[i : i + (1 << 20)] = sym[idx[i : i + (1 << 20)]]
+    return out
 
 
 def encode_stream(symbols: np.ndarray, alphabet: int, budget: int | None = None) -> bytes | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import tempfile
 from collections.abc import Iterator
@@ -31,7 +32,10 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as exc:  # e.g. ``path`` is a directory
+            raise FisherpackError(f"cannot write {path}: {exc.strerror or exc}; choose another output path") from None
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -45,11 +49,17 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 
 def check_writable(path: str | os.PathLike) -> None:
-    """Fail early, before long work, if ``path`` cannot be created or replaced."""
+    """Fail early, before long work, if ``path`` cannot be created or replaced.
+
+    Also removes the temporary files that writes of ``path`` killed before their rename left
+    beside it (``.NAME.*.tmp``): a run killed with SIGKILL leaves no litter once started again.
+    """
     path = Path(path)
     if path.is_dir():
         raise FisherpackError(f"cannot write {path}: it is a directory; give a file name")
     directory = path.parent if str(path.parent) else Path(".")
+    if directory.exists() and not directory.is_dir():
+        raise FisherpackError(f"cannot write {path}: {directory} is a file, not a folder")
     if not directory.is_dir():
         raise FisherpackError(f"cannot write {path}: folder {directory} does not exist; create it first")
     try:
@@ -58,3 +68,6 @@ def check_writable(path: str | os.PathLike) -> None:
         raise FisherpackError(f"cannot write {path}: {exc.strerror or exc}; choose a writable output path") from None
     os.close(fd)
     os.unlink(tmp)
+    for stale in directory.glob(f".{glob.escape(path.name)}.*.tmp"):
+        with contextlib.suppress(OSError):
+            stale.unlink()

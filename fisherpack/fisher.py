@@ -61,6 +61,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from . import dist
+from .data import check_labels
 from .errors import ConfigError
 
 __all__ = ["from_adam", "from_adam_state", "empirical", "sampled", "per_sample_square_sum"]
@@ -240,6 +241,9 @@ def per_sample_square_sum(
                     break
                 stop = start + chunk if n_samples is None else min(start + chunk, start + n_samples - count)
                 xs, y = tuple(x[start:stop] for x in xb), yb[start:stop]
+                if loss_fn is _nll and generator is None:  # true labels: they must fit the model
+                    with torch.no_grad():
+                        check_labels(y, model(*(x[:1] for x in xs)).shape[-1])
                 if generator is not None:
                     with torch.no_grad():
                         probs = torch.softmax(model(*xs).double(), dim=-1)  # (n, classes)

@@ -3,43 +3,32 @@
 Layout (little-endian): magic ``\\x89FPK\\r\\n\\x1a\\n``, u16 version, u32 header length H, u64
 payload length P, H bytes of zlib-compressed JSON header, P bytes of payload (every stream of every
 tensor, concatenated in header order; the header stores only lengths), u32 CRC-32 of all the bytes
-before it. Decoding checks sizes and the CRC first, then validates the whole header before it
-allocates or indexes anything, and raises FormatError with a one-line reason for anything malformed.
+before it. header.py checks sizes and the CRC first, then validates the whole header before this
+module allocates or indexes anything; anything malformed raises FormatError with a one-line reason.
+This module turns tensors into streams and back.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 import struct
 import zlib
-from typing import Any
 
 import numpy as np
 import torch
 
 from . import entropy as rans
 from . import pack
-from .errors import FisherpackError, FormatError
+from .errors import ConfigError, FisherpackError, FormatError
 from .fileio import atomic_write_bytes
-from .tensors import GRIDS, MAX_BITS, MAX_EXP, MAX_GROUPS, MIN_EXP, Alias, Compressed, QuantTensor, RawTensor
+from .header import DTYPES, MAGIC, MAX_ANS_BITS, MAX_NAME, PRE, VERSION, check_preamble, inflate, split, validate
+from .tensors import Alias, Compressed, QuantTensor, RawTensor
 
 __all__ = ["MAGIC", "VERSION", "DTYPES", "encode", "decode", "save", "read", "load", "describe"]
 
-MAGIC = b"\x89FPK\r\n\x1a\n"
-VERSION = 1
-_PRE = struct.Struct("<8sHIQ")  # magic, version, header length, payload length
-_HEADER_CAP = 64 << 20  # decompressed header bytes: bounds memory on a hostile header
-_MAX_NAME, _MAX_NDIM, _MAX_ANS_BITS = 1024, 8, 12
-# name -> (torch dtype, little-endian numpy dtype of the stored bytes); bfloat16 travels as int16 bits
-DTYPES = {
-    "float32": (torch.float32, "<f4"), "float64": (torch.float64, "<f8"), "float16": (torch.float16, "<f2"),
-    "bfloat16": (torch.bfloat16, "<i2"), "int64": (torch.int64, "<i8"), "int32": (torch.int32, "<i4"),
-    "int16": (torch.int16, "<i2"), "int8": (torch.int8, "i1"), "uint8": (torch.uint8, "u1"),
-    "bool": (torch.bool, "u1"),
-}  # fmt: skip
 _DTYPE_NAMES = {t: name for name, (t, _) in DTYPES.items()}
-_OTHER_FORMATS = [(b"PK\x03\x04", "a zip archive, e.g. a torch.save checkpoint"), (b"\x89PNG", "a PNG image")]
 
 
 # ---------------------------------------------------------------- encoding
@@ -53,7 +42,7 @@ def _smallest(cands: list[tuple[dict, bytes]]) -> tuple[dict, bytes]:
 def _encode_raw(t: torch.Tensor, entropy_on: bool) -> tuple[dict, list]:
     t = t.detach().cpu().contiguous()
     if t.dtype not in _DTYPE_NAMES:
-        raise ValueError(f"cannot store dtype {t.dtype}; supported: {', '.join(DTYPES)}")
+        raise ConfigError(f"cannot store dtype {t.dtype}; supported: {', '.join(DTYPES)}")
     name = _DTYPE_NAMES[t.dtype]
     arr = (t.view(torch.int16) if name == "bfloat16" else t).numpy()
     data = arr.astype(DTYPES[name][1]).tobytes()  # bool -> 0/1 bytes
@@ -110,7 +99,7 @@ def _encode_quant(q: QuantTensor, entropy_on: bool) -> tuple[dict, list]:
     entry["codes"] = []
     for g, bits in enumerate(q.bits):
         codes = q.codes[q.groups == g] if ngroups > 1 else q.codes
-        s, blob = _encode_symbols(codes, bits, 1 << bits, entropy_on and bits <= _MAX_ANS_BITS)
+        s, blob = _encode_symbols(codes, bits, 1 << bits, entropy_on and bits <= MAX_ANS_BITS)
         entry["codes"].append(s)
         blobs.append(blob)
     return entry, blobs
@@ -119,25 +108,25 @@ def _encode_quant(q: QuantTensor, entropy_on: bool) -> tuple[dict, list]:
 def encode(c: Compressed, entropy: bool = True) -> bytes:
     """The .fpk bytes of ``c``. ``entropy=False`` stores every stream plain (no rANS, no zlib).
 
-    Deterministic: equal inputs give equal bytes. ValueError if ``c`` cannot be stored (bad name,
-    alias to a missing or aliased entry, unsupported dtype, meta not JSON).
+    Deterministic: equal inputs give equal bytes. ConfigError (a ValueError) if ``c`` cannot be
+    stored (bad name, alias to a missing or aliased entry, unsupported dtype, meta not JSON).
     """
     if not isinstance(c.meta, dict):
-        raise ValueError(f"meta must be a dict, got {type(c.meta).__name__}")
+        raise ConfigError(f"meta must be a dict, got {type(c.meta).__name__}")
     entries, blobs, stored = [], [], set()
     for name, t in c.tensors.items():
-        if not isinstance(name, str) or not 1 <= len(name) <= _MAX_NAME:
-            raise ValueError(f"tensor names must be strings of 1..{_MAX_NAME} characters, got {name!r}")
+        if not isinstance(name, str) or not 1 <= len(name) <= MAX_NAME:
+            raise ConfigError(f"tensor names must be strings of 1..{MAX_NAME} characters, got {name!r}")
         if isinstance(t, Alias):
             if t.target not in stored:
-                raise ValueError(f"alias {name!r} must point to an earlier non-alias entry, not {t.target!r}")
+                raise ConfigError(f"alias {name!r} must point to an earlier non-alias entry, not {t.target!r}")
             entry, parts = {"kind": "alias", "target": t.target}, []
         elif isinstance(t, RawTensor):
             entry, parts = _encode_raw(t.tensor, entropy)
         elif isinstance(t, QuantTensor):
             entry, parts = _encode_quant(t, entropy)
         else:
-            raise ValueError(f"cannot store {type(t).__name__} for {name!r}")
+            raise ConfigError(f"cannot store {type(t).__name__} for {name!r}")
         if not isinstance(t, Alias):
             stored.add(name)
         entries.append({"name": name, **entry})
@@ -145,9 +134,9 @@ def encode(c: Compressed, entropy: bool = True) -> bytes:
     try:
         text = json.dumps({"meta": c.meta, "tensors": entries}, sort_keys=True, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"meta must be JSON-serializable (no NaN/inf): {exc}") from None
+        raise ConfigError(f"meta must be JSON-serializable (no NaN/inf): {exc}") from None
     header, payload = zlib.compress(text.encode("utf-8"), 9), b"".join(blobs)
-    body = _PRE.pack(MAGIC, VERSION, len(header), len(payload)) + header + payload
+    body = PRE.pack(MAGIC, VERSION, len(header), len(payload)) + header + payload
     return body + struct.pack("<I", zlib.crc32(body))
 
 
@@ -161,179 +150,33 @@ def save(c: Compressed, path: str | os.PathLike, entropy: bool = True) -> int:
 # ---------------------------------------------------------------- decoding
 
 
-def _bomb_safe_inflate(data: bytes | memoryview, size: int, what: str, exact: bool) -> bytes:
-    """zlib-decompress at most ``size`` bytes (exactly ``size`` if ``exact``); FormatError otherwise."""
-    d = zlib.decompressobj()
-    try:
-        out = d.decompress(data, size + 1)  # one byte more than allowed reveals an oversized stream
-    except zlib.error:
-        raise FormatError(f"{what} is not valid zlib data") from None
-    if len(out) > size or (exact and len(out) != size):
-        raise FormatError(f"{what} decompresses to the wrong size (limit {size} bytes)")
-    if not d.eof or d.unused_data or d.unconsumed_tail:
-        raise FormatError(f"{what} is not a single complete zlib stream")
-    return out
-
-
-def _split(data: bytes) -> tuple[int, bytes, memoryview]:
-    """Check preamble, sizes and CRC; return (header length, inflated header bytes, payload view)."""
-    data = data if isinstance(data, bytes) else bytes(data)
-    if len(data) < _PRE.size and MAGIC.startswith(data[:8]):
-        raise FormatError(f"file is truncated: {len(data)} bytes is shorter than the {_PRE.size}-byte preamble")
-    if data[:8] != MAGIC:
-        hint = next((f"; it looks like {kind}" for sig, kind in _OTHER_FORMATS if data.startswith(sig)), "")
-        raise FormatError(f"not a fisherpack file (bad magic){hint}")
-    _, version, hlen, plen = _PRE.unpack_from(data)
-    if version != VERSION:
-        newer = "; upgrade fisherpack to read it" if version > VERSION else ""
-        raise FormatError(f"unsupported format version {version} (this fisherpack reads version {VERSION}){newer}")
-    expected = _PRE.size + hlen + plen + 4
-    if len(data) != expected:
-        what = "truncated" if len(data) < expected else "longer than its header says"
-        raise FormatError(f"file is {what}: expected {expected} bytes, got {len(data)}")
-    if zlib.crc32(memoryview(data)[:-4]) != struct.unpack_from("<I", data, expected - 4)[0]:
-        raise FormatError("checksum mismatch: the file is corrupt")
-    header = _bomb_safe_inflate(memoryview(data)[_PRE.size : _PRE.size + hlen], _HEADER_CAP, "header", False)
-    return hlen, header, memoryview(data)[_PRE.size + hlen : expected - 4]
-
-
-def _check(ok: bool, msg: str) -> None:
-    if not ok:
-        raise FormatError(f"bad header: {msg}")
-
-
-def _one_of(v: Any, options: Any) -> bool:
-    return isinstance(v, str) and v in options  # str first: a JSON list or object is unhashable
-
-
-def _is_int(v: Any, lo: int, hi: int) -> bool:
-    return type(v) is int and lo <= v <= hi
-
-
-def _keys(obj: Any, what: str, required: set[str], optional: frozenset[str] = frozenset()) -> None:
-    _check(isinstance(obj, dict), f"{what} must be a JSON object")
-    for k in sorted(set(obj) - required - optional):
-        _check(False, f"{what} has unknown key {k!r}")
-    for k in sorted(required - set(obj)):
-        _check(False, f"{what} is missing key {k!r}")
-
-
-def _stream(s: Any, what: str, encodings: dict[str, set[str]], limit: int) -> dict:
-    _check(isinstance(s, dict) and _one_of(s.get("encoding"), encodings), f"{what} has an unknown encoding")
-    _keys(s, what, {"encoding", "length"} | encodings[s["encoding"]])
-    _check(_is_int(s["length"], 0, limit), f"{what} length is out of range")
-    return s
-
-
-def _numel(shape: Any, what: str, max_elements: int) -> int:
-    _check(isinstance(shape, list) and len(shape) <= _MAX_NDIM, f"{what} shape must be a list of <= 8 ints")
-    n = 1
-    for d in shape:
-        _check(type(d) is int and d >= 0, f"{what} shape must hold ints >= 0")
-        if d > max_elements or n * d > max_elements:
-            raise FormatError(f"{what} has more than max_elements={max_elements} entries; pass a larger "
-                              "max_elements if you trust this file")  # fmt: skip
-        n *= d
-    return n
-
-
-_ENTRY_KEYS = {
-    "alias": {"name", "kind", "target"},
-    "raw": {"name", "kind", "dtype", "shape", "data"},
-    "quant": {"name", "kind", "shape", "kept", "groups", "mask", "codes"},
-}
-_MASK_ENCODINGS = {"all": set(), "bitmap": set(), "gaps": {"width"}, "gaps_ans": {"buckets_length"}}
-
-
-def _validate(header: bytes, plen: int, max_elements: int) -> tuple[Any, list[dict]]:
-    """Check every header rule that does not need the payload; return (meta, entries).
-
-    Each entry gets ``_numel`` and ``_streams`` (its stream dicts in payload order).
-    """
-    try:
-        doc = json.loads(header.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise FormatError("header is not valid UTF-8 JSON") from None
-    _keys(doc, "header", {"meta", "tensors"})
-    _check(isinstance(doc["meta"], dict) and isinstance(doc["tensors"], list), "meta/tensors have the wrong type")
-    names: dict[str, str] = {}
-    total_elements = total_length = 0
-    for i, e in enumerate(doc["tensors"]):
-        _check(isinstance(e, dict) and _one_of(e.get("kind"), _ENTRY_KEYS), f"tensor #{i} has an unknown kind")
-        name = e.get("name")
-        _check(isinstance(name, str) and 1 <= len(name) <= _MAX_NAME, f"tensor #{i} has a bad name")
-        what = f"tensor {name!r}"
-        _check(name not in names, f"{what} appears twice")
-        _keys(e, what, _ENTRY_KEYS[e["kind"]], frozenset({"ids"}) if e["kind"] == "quant" else frozenset())
-        names[name], e["_numel"], e["_streams"] = e["kind"], 0, []
-        if e["kind"] == "alias":
-            ok = _one_of(e["target"], names) and names[e["target"]] != "alias"
-            _check(ok, f"{what} must alias an earlier non-alias entry")
-            continue
-        e["_numel"] = n = _numel(e["shape"], what, max_elements)
-        total_elements += n
-        if total_elements > max_elements:
-            raise FormatError(f"file has more than max_elements={max_elements} entries in total; pass a "
-                              "larger max_elements if you trust this file")  # fmt: skip
-        if e["kind"] == "raw":
-            _check(_one_of(e["dtype"], DTYPES), f"{what} has an unknown dtype")
-            e["_streams"] = [_stream(e["data"], f"{what} data", {"plain": set(), "zlib": set()}, plen)]
-        else:
-            _validate_quant(e, what, n, plen)
-        total_length += sum(s["length"] for s in e["_streams"])
-    _check(total_length == plen, f"stream lengths add up to {total_length} bytes, payload is {plen}")
-    return doc["meta"], doc["tensors"]
-
-
-def _validate_quant(e: dict, what: str, n: int, plen: int) -> None:
-    _check(_is_int(e["kept"], 0, n), f"{what} kept must be 0..numel")
-    gs = e["groups"]
-    _check(isinstance(gs, list) and 1 <= len(gs) <= MAX_GROUPS, f"{what} needs 1..{MAX_GROUPS} groups")
-    for g in gs:
-        _keys(g, f"{what} group", {"bits", "exp", "grid", "count"})
-        _check(_is_int(g["bits"], 1, MAX_BITS) and _is_int(g["exp"], MIN_EXP, MAX_EXP), f"{what} bad bits/exp")
-        _check(_one_of(g["grid"], GRIDS) and _is_int(g["count"], 0, n), f"{what} bad grid/count")
-    _check(sum(g["count"] for g in gs) == e["kept"], f"{what} group counts do not sum to kept")
-    mask = _stream(e["mask"], f"{what} mask", _MASK_ENCODINGS, plen)
-    if mask["encoding"] == "gaps":
-        _check(_is_int(mask["width"], 0, 32), f"{what} gap width must be 0..32")
-    if mask["encoding"] == "gaps_ans":
-        _check(_is_int(mask["buckets_length"], 0, mask["length"]), f"{what} buckets_length out of range")
-    symbol_encodings = {"packed": set(), "ans": set()}
-    _check(("ids" in e) == (len(gs) > 1), f"{what} must have group ids exactly when it has several groups")
-    ids = [_stream(e["ids"], f"{what} ids", symbol_encodings, plen)] if "ids" in e else []
-    codes = e["codes"]
-    _check(isinstance(codes, list) and len(codes) == len(gs), f"{what} needs one code stream per group")
-    for g, s in zip(gs, codes):
-        _stream(s, f"{what} codes", symbol_encodings, plen)
-        _check(s["encoding"] == "packed" or g["bits"] <= _MAX_ANS_BITS, f"{what} ans codes need bits <= 12")
-    e["_streams"] = [mask, *ids, *codes]
-
-
 def _decode_raw(e: dict, blob: memoryview) -> RawTensor:
-    tdtype, npdtype = DTYPES[e["dtype"]]
+    _, npdtype = DTYPES[e["dtype"]]
     size = e["_numel"] * np.dtype(npdtype).itemsize
     what = f"tensor {e['name']!r}"
-    if e["data"]["encoding"] == "zlib":
-        blob = memoryview(_bomb_safe_inflate(blob, size, f"{what} data", True))
+    fresh = e["data"]["encoding"] == "zlib"  # inflated into a new writable buffer: no copy needed
+    if fresh:
+        blob = inflate(blob, size, f"{what} data", True)
     elif len(blob) != size:
         raise FormatError(f"{what}: data is {len(blob)} bytes, {e['dtype']} {e['shape']} needs {size}")
-    arr = np.frombuffer(blob, dtype=npdtype).astype(np.dtype(npdtype).newbyteorder("="))  # a writable copy
-    if e["dtype"] == "bool" and arr.size and int(arr.max()) > 1:
-        raise FormatError(f"{what}: bool data holds a byte other than 0 or 1")
-    t = torch.from_numpy(arr)
-    t = t.view(torch.bfloat16) if e["dtype"] == "bfloat16" else t.to(tdtype) if e["dtype"] == "bool" else t
-    return RawTensor(t.reshape(e["shape"]))
+    arr = np.frombuffer(blob, dtype=npdtype).astype(np.dtype(npdtype).newbyteorder("="), copy=not fresh)
+    if e["dtype"] == "bool":
+        if arr.size and int(arr.max()) > 1:
+            raise FormatError(f"{what}: bool data holds a byte other than 0 or 1")
+        arr = arr.view(np.bool_)  # 0/1 bytes are numpy's bools
+    t = torch.from_numpy(arr.reshape(e["shape"]))  # reshaped in numpy: much cheaper per tensor than torch
+    return RawTensor(t.view(torch.bfloat16) if e["dtype"] == "bfloat16" else t)
 
 
 def _decode_mask(e: dict, blob: memoryview, what: str) -> np.ndarray:
     s, n, kept = e["mask"], e["_numel"], e["kept"]
     if s["encoding"] == "all":
-        _check(kept == n and len(blob) == 0, f"{what} mask 'all' needs kept == numel and no bytes")
+        if kept != n or len(blob):
+            raise FormatError(f"bad header: {what} mask 'all' needs kept == numel and no bytes")
         return np.ones(n, dtype=bool)
     if s["encoding"] == "bitmap":
         pack.check_bit_stream(blob, n, f"{what} mask")
-        mask = np.unpackbits(np.frombuffer(blob, dtype=np.uint8), count=n).astype(bool)
+        mask = np.unpackbits(np.frombuffer(blob, dtype=np.uint8), count=n).view(bool)  # 0/1 bytes: a bool view
         if int(mask.sum()) != kept:
             raise FormatError(f"{what}: mask bitmap has {int(mask.sum())} kept entries, header says {kept}")
         return mask
@@ -375,14 +218,16 @@ def _decode_quant(e: dict, blobs: list[memoryview]) -> QuantTensor:
         raise FormatError(f"{what}: {exc}") from None
 
 
-def decode(data: bytes, max_elements: int = 2**28) -> Compressed:
+def decode(data: bytes, max_elements: int | None = None) -> Compressed:
     """Parse .fpk bytes into a :class:`Compressed`. FormatError (one line) for any malformed input.
 
-    ``max_elements`` caps the entries of each tensor and of the whole file, so a hostile header
-    cannot make this allocate more than about 10 bytes per allowed entry.
+    ``max_elements`` caps the entries (numel) of each tensor and of the whole file; decoding needs
+    a few bytes per entry (about 7 more to dequantize). The default, ``header.default_max_elements``,
+    allows 4096 entries per byte of file (at least 2**20, at most 2**28), so a small hostile file
+    cannot claim huge tensors; pass a number to read a trusted file beyond that.
     """
-    _, header, payload = _split(data)
-    meta, entries = _validate(header, len(payload), max_elements)
+    _, header, payload = split(data)
+    meta, entries = validate(header, len(payload), len(data), max_elements)
     tensors: dict[str, QuantTensor | RawTensor | Alias] = {}
     offset = 0
     for e in entries:
@@ -402,28 +247,34 @@ def decode(data: bytes, max_elements: int = 2**28) -> Compressed:
 def read(path: str | os.PathLike) -> bytes:
     """The bytes of a file for :func:`decode` / :func:`describe`; FisherpackError if it cannot be read.
 
-    Only a file that starts with the magic is read past its first 22 bytes, so pointing fisherpack
-    at a huge file of another kind fails fast instead of reading it all.
+    Only a file whose 22-byte preamble is valid and matches the file's size is read further, so a
+    huge file of another kind, or a damaged one, fails fast instead of being read into memory.
     """
     try:
         with open(path, "rb") as fh:
-            data = fh.read(_PRE.size)
-            return data + fh.read() if data[:8] == MAGIC else data
+            data = fh.read(PRE.size)
+            st = os.fstat(fh.fileno())
+            if data[:8] != MAGIC or len(data) < PRE.size:
+                return data  # decode says what is wrong
+            if stat.S_ISREG(st.st_mode):
+                check_preamble(data, st.st_size)
+            return data + fh.read()
     except OSError as exc:
         raise FisherpackError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
-def load(path: str | os.PathLike, max_elements: int = 2**28) -> Compressed:
+def load(path: str | os.PathLike, max_elements: int | None = None) -> Compressed:
     """Read and decode a .fpk file. FisherpackError if it cannot be read, FormatError if malformed."""
     return decode(read(path), max_elements=max_elements)
 
 
-def describe(data: bytes, max_elements: int = 2**28) -> dict:
+def describe(data: bytes, max_elements: int | None = None) -> dict:
     """Layout of a .fpk file without decoding tensors: preamble sizes, meta, and for each tensor its
     kind, shape, numel, dtype or kept/groups, alias target, and every stream's role, encoding, bytes.
     """
-    hlen, header, payload = _split(data)
-    meta, entries = _validate(header, len(payload), max_elements)
+    hlen, header, payload = split(data)
+    meta, entries = validate(header, len(payload), len(data), max_elements)
+    shapes = {e["name"]: e.get("shape") for e in entries}
     out = []
     for e in entries:
         d = {k: v for k, v in e.items() if k in ("name", "kind", "shape", "dtype", "kept", "groups", "target")}
@@ -432,7 +283,7 @@ def describe(data: bytes, max_elements: int = 2**28) -> dict:
         d["streams"] = [{"role": r, **s} for r, s in zip(roles, e["_streams"])]
         d["bytes"] = sum(s["length"] for s in e["_streams"])
         if e["kind"] == "alias":
-            d["shape"] = next(t["shape"] for t in entries if t["name"] == e["target"])
+            d["shape"] = shapes[e["target"]]
         else:
             d["numel"] = e["_numel"]
         out.append(d)

@@ -8,9 +8,10 @@
    pruned weights stay pruned), fine-tune ``finetune_epochs`` with the masks applied;
 3. estimate the Fisher once more and ``compress`` (quantize the survivors) into a Compressed.
 
-After each epoch or round the state (model, optimizer, masks, figures) is saved to a checkpoint
-file, written atomically and read back with ``torch.load(weights_only=True)``; a run started again
-with the same config resumes from it and ends with the same bytes. Shuffling depends only on
+After each epoch or round the state (model, optimizer, masks, figures, torch's global RNG) is
+saved to a checkpoint file, written atomically and read back with ``torch.load(weights_only=True)``;
+a run started again with the same config and data (checked by a SHA-256 fingerprint) resumes from
+it and ends with the same bytes, however it was stopped, SIGKILL included. Shuffling depends only on
 (seed, epoch index), so a resumed run sees the data in the same order.
 
 Under torch.distributed (see dist.py) ``run`` is a collective: call it on every rank with the same
@@ -24,6 +25,7 @@ them back, handing the bytes to the others, so ranks on machines without a share
 from __future__ import annotations
 
 import copy
+import hashlib
 import io
 import itertools
 import json
@@ -55,6 +57,7 @@ __all__ = [
     "default_config",
     "load_training_checkpoint",
     "compress_checkpoint",
+    "fingerprint",
     "restore_checkpoint",
 ]
 
@@ -138,6 +141,16 @@ def plan(cfg: PipelineConfig, *, until: str = "quantize") -> list[_Step]:
     return steps
 
 
+def fingerprint(*tensors: torch.Tensor) -> str:
+    """SHA-256 of the tensors' dtypes, shapes and bytes: names a data set or a model state."""
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     buf = io.BytesIO()
     torch.save(state, buf)
@@ -151,7 +164,8 @@ def _read_checkpoint_bytes(path: Path) -> bytes | None:
         raise FisherpackError(f"checkpoint {path} is unreadable ({exc.strerror}); delete it to start over") from None
 
 
-def _load_checkpoint(path: Path, cfg: PipelineConfig) -> dict[str, Any] | None:
+def _load_checkpoint(path: Path, cfg: PipelineConfig, data: str, what: str = "data") -> dict[str, Any] | None:
+    """The checkpoint at ``path`` if there is one; FisherpackError if it belongs to another run."""
     blob = dist.from_rank0(lambda: _read_checkpoint_bytes(path), f"reading {path}")
     if blob is None:
         return None
@@ -161,10 +175,12 @@ def _load_checkpoint(path: Path, cfg: PipelineConfig) -> dict[str, Any] | None:
         raise FisherpackError(
             f"checkpoint {path} is unreadable ({exc.__class__.__name__}); delete it to start over"
         ) from None
-    if state.get("config") != json.dumps(cfg.to_dict(), sort_keys=True):
+    if not isinstance(state, dict) or state.get("config") != json.dumps(cfg.to_dict(), sort_keys=True):
         raise FisherpackError(
             f"checkpoint {path} belongs to a run with other settings; delete it, or rerun with the same settings"
         )
+    if state.get("data") != data:
+        raise FisherpackError(f"checkpoint {path} belongs to a run with other {what}; delete it to start over")
     return state
 
 
@@ -198,7 +214,8 @@ def run(
     names = compressible(model, cfg.compress.include, cfg.compress.exclude)
     masks: dict[str, torch.Tensor] | None = None
     index, figures, quantized, teacher = 0, {}, None, None
-    state = _load_checkpoint(ckpt, cfg) if ckpt is not None else None
+    data_key = fingerprint(x_train, y_train, x_test, y_test) if ckpt is not None else ""
+    state = _load_checkpoint(ckpt, cfg, data_key) if ckpt is not None else None
     if state is None and start is not None:
         state = {**start, "index": cfg.epochs, "masks": {}, "figures": json.dumps(start.get("figures", {}))}
         state.update(quantized=torch.zeros(0), teacher={})
@@ -209,6 +226,8 @@ def run(
         optimizer.load_state_dict(state["optimizer"])
         masks = state["masks"] or None
         index, figures = state["index"], json.loads(state["figures"])
+        if "rng" in state:  # a checkpoint, not ``start``: nothing draws from it today; dropout would
+            torch.set_rng_state(state["rng"])
         if state["quantized"].numel():
             quantized = fmt.decode(state["quantized"].numpy().tobytes())
         if state["teacher"]:
@@ -222,6 +241,8 @@ def run(
             spec = fmt.encode(quantized, entropy=False) if quantized is not None else b""
             snapshot = {
                 "config": config_json,
+                "data": data_key,
+                "rng": torch.get_rng_state(),
                 "index": next_index,
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
@@ -363,6 +384,8 @@ def default_config(model: str) -> PipelineConfig:
 def load_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read a checkpoint written by ``fisherpack train`` (``torch.load(weights_only=True)``)."""
     path = Path(path)
+    if path.is_dir():
+        raise FisherpackError(f"checkpoint {path} is a directory; give the file `fisherpack train` wrote")
     if not path.is_file():
         raise FisherpackError(f"checkpoint {path} does not exist; write one with `fisherpack train --out {path}`")
     try:
@@ -376,20 +399,43 @@ def load_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return ckpt
 
 
+def _detail(exc: Exception) -> str:
+    """The informative line of a load_state_dict error (its first line only names the class)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    detail = lines[1] if len(lines) > 1 and lines[0].startswith("Error(s) in loading") else lines[0] if lines else ""
+    return detail if len(detail) <= 160 else detail[:157] + "..."
+
+
 def compress_checkpoint(
-    ckpt: dict[str, Any], cfg: PipelineConfig, x_train: torch.Tensor | None, y_train: torch.Tensor | None
+    ckpt: dict[str, Any],
+    cfg: PipelineConfig,
+    x_train: torch.Tensor | None,
+    y_train: torch.Tensor | None,
+    *,
+    checkpoint: str | os.PathLike | None = None,
 ) -> Compressed:
-    """One-shot prune + quantize of a training checkpoint, with the Fisher ``cfg.fisher`` names."""
+    """One-shot prune + quantize of a training checkpoint, with the Fisher ``cfg.fisher`` names.
+
+    With ``checkpoint``, a Fisher estimated from data is saved there once computed (the slow part)
+    and reused by a rerun with the same settings, model and data; the caller deletes it when done.
+    """
     model = models.build(ckpt["model"])
     try:
         model.load_state_dict(ckpt["state_dict"])
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
         optimizer.load_state_dict(ckpt["optimizer"])
     except (RuntimeError, ValueError, KeyError) as exc:
-        raise FisherpackError(
-            f"the checkpoint does not match model {ckpt['model']!r}: {str(exc).splitlines()[0]}"
-        ) from None
-    fisher = estimate_fisher(cfg, model, optimizer, x_train, y_train, salt=0)
+        raise FisherpackError(f"the checkpoint does not match model {ckpt['model']!r}: {_detail(exc)}") from None
+    if checkpoint is None or cfg.fisher == "adam":  # Adam's state is the estimate: nothing to save
+        fisher = estimate_fisher(cfg, model, optimizer, x_train, y_train, salt=0)
+    else:
+        key = fingerprint(*model.state_dict().values(), x_train, y_train)
+        state = _load_checkpoint(Path(checkpoint), cfg, key, "data or another model")
+        fisher = state["fisher"] if state is not None else None
+        if fisher is None:
+            fisher = estimate_fisher(cfg, model, optimizer, x_train, y_train, salt=0)
+            snapshot = {"config": json.dumps(cfg.to_dict(), sort_keys=True), "data": key, "fisher": fisher}
+            dist.from_rank0(lambda: _save_checkpoint(Path(checkpoint), snapshot), f"writing checkpoint {checkpoint}")
     meta = {"pipeline": cfg.to_dict(), "model": cfg.model, "seed": cfg.seed}
     return compress(model, fisher, cfg.compress, meta=meta)
 
@@ -405,6 +451,6 @@ def restore_checkpoint(ckpt: dict[str, Any]) -> tuple[torch.nn.Module, torch.opt
         optimizer.load_state_dict(ckpt["optimizer"])
         batch_size = int(json.loads(ckpt["config"])["batch_size"])
     except (RuntimeError, ValueError, KeyError, TypeError) as exc:
-        message = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        message = _detail(exc) or exc.__class__.__name__
         raise FisherpackError(f"the checkpoint does not match model {ckpt['model']!r}: {message}") from None
     return model, optimizer, batch_size

@@ -6,6 +6,7 @@ unless a plot says otherwise. Published points come from the papers' own tables 
 
 from __future__ import annotations
 
+import io
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError
+from .fileio import atomic_write_bytes
 
 __all__ = ["ANCHORS", "group", "plot_prune", "plot_quant", "plot_front"]
 
@@ -29,6 +31,13 @@ ANCHORS = {
     ],
     "lenet300": [("Deep Compression", 27_000, 0.0158)],
 }
+
+
+def _save(fig, path) -> None:
+    """PNG bytes written atomically, like every other output: a killed run leaves no half image."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _pyplot():
@@ -94,7 +103,7 @@ def plot_prune(results: dict[str, Any], model: str, path: str | Path) -> None:
     axes[1][0].set_ylabel("validation error")
     axes[0][1].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save(fig, path)
     plt.close(fig)
 
 
@@ -118,7 +127,7 @@ def plot_quant(results: dict[str, Any], model: str, path: str | Path) -> None:
     axes[0].set_ylabel("validation error")
     axes[1].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save(fig, path)
     plt.close(fig)
 
 
@@ -149,5 +158,5 @@ def plot_front(results: dict[str, Any], model: str, path: str | Path) -> None:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save(fig, path)
     plt.close(fig)

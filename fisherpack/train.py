@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from . import dist
-from .data import batches
+from .data import batches, check_labels
 from .errors import ConfigError
 from .prune import apply_masks
 
@@ -102,6 +102,7 @@ def train_step(
         out = torch.func.functional_call(model, replaced, (xb,))
     else:
         out = model(xb)
+    check_labels(yb, out.shape[1])  # cross-entropy would fail with an index error deep in torch
     reduction = "mean" if dist.world_size() == 1 else "sum"
     loss = nn.functional.cross_entropy(out, yb, reduction=reduction)
     if recipe.teacher is not None and recipe.distill > 0:
@@ -196,6 +197,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     for start in range(0, len(x), batch_size):
         out = model(x[start : start + batch_size])
         target = y[start : start + batch_size]
+        check_labels(target, out.shape[1])
         wrong += int((out.argmax(1) != target).sum())
         loss += float(nn.functional.cross_entropy(out, target, reduction="sum"))
     model.train(was_training)

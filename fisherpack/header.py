@@ -1,0 +1,268 @@
+"""The .fpk container and its header: preamble, checksum, JSON header and its validation.
+
+This is the part of a reader that runs before anything the file declares is allocated or indexed
+(docs/FORMAT.md sections 2, 3 and 9); format.py decodes the streams afterwards. Every failure is a
+FormatError with a one-line reason. The file is never trusted: sizes are compared with the real
+byte count, the CRC is checked before the header is inflated, the header inflates to a capped size,
+and every key, type, range and length of the JSON is checked against section 3 before the payload is
+touched.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import zlib
+from typing import Any
+
+import torch
+
+from .errors import FormatError
+from .tensors import GRIDS, MAX_BITS, MAX_EXP, MAX_GROUPS, MIN_EXP
+
+__all__ = ["MAGIC", "VERSION", "PRE", "DTYPES", "MAX_ANS_BITS", "MAX_NAME", "HEADER_CAP", "MAX_SEPARATORS"]
+__all__ += ["MAX_ELEMENTS", "ELEMENTS_PER_BYTE", "MIN_ELEMENTS", "default_max_elements"]
+__all__ += ["inflate", "check_preamble", "split", "parse", "validate"]
+
+MAGIC = b"\x89FPK\r\n\x1a\n"
+VERSION = 1
+PRE = struct.Struct("<8sHIQ")  # magic, version, header length, payload length
+MAX_NAME, MAX_NDIM, MAX_ANS_BITS = 1024, 8, 12
+# Caps that bound a reader's memory whatever the file says (docs/FORMAT.md section 9).
+HEADER_CAP = 64 << 20  # bytes of decompressed header text
+# The JSON parser builds an object of up to ~70 bytes per value, and a value costs as little as one
+# byte of text ("[]," or "{},"): capping the separators "[ { , :" caps the values, so a 64 MiB header
+# of empty lists (a 65 KB file) parses into ~70 MB instead of 1.6 GB. A 16-group quant entry has
+# ~270 separators, a raw one ~12: the cap leaves room for thousands of tensors.
+MAX_SEPARATORS = 1 << 20
+# Entries (numel) of all tensors. A sparse tensor's dropped tail costs no bytes, so a tiny file could
+# declare 2**28 entries; by default a file may declare 4096 per byte of its size (a 1 KB file at
+# most 4M entries, ~20 MB decoded; a real LeNet-5 pruned to 2% has ~35 per byte), at least 2**20 and
+# at most 2**28. A caller who trusts a file passes max_elements to lift this.
+MAX_ELEMENTS, ELEMENTS_PER_BYTE, MIN_ELEMENTS = 1 << 28, 4096, 1 << 20
+# name -> (torch dtype, little-endian numpy dtype of the stored bytes); bfloat16 travels as int16 bits
+DTYPES = {
+    "float32": (torch.float32, "<f4"), "float64": (torch.float64, "<f8"), "float16": (torch.float16, "<f2"),
+    "bfloat16": (torch.bfloat16, "<i2"), "int64": (torch.int64, "<i8"), "int32": (torch.int32, "<i4"),
+    "int16": (torch.int16, "<i2"), "int8": (torch.int8, "i1"), "uint8": (torch.uint8, "u1"),
+    "bool": (torch.bool, "u1"),
+}  # fmt: skip
+_OTHER_FORMATS = [(b"PK\x03\x04", "a zip archive, e.g. a torch.save checkpoint"), (b"\x89PNG", "a PNG image")]
+
+
+def default_max_elements(file_bytes: int) -> int:
+    """The entries a file of ``file_bytes`` bytes may declare by default (see MAX_ELEMENTS)."""
+    return min(MAX_ELEMENTS, max(MIN_ELEMENTS, ELEMENTS_PER_BYTE * file_bytes))
+
+
+def inflate(data: bytes | memoryview, size: int, what: str, exact: bool) -> bytearray:
+    """zlib-decompress at most ``size`` bytes (exactly ``size`` if ``exact``); FormatError otherwise.
+
+    Works 1 MiB at a time into one growing buffer, so memory follows the output actually produced
+    (never ``size`` up front) and the result is writable without another copy.
+    """
+    d, out, src = zlib.decompressobj(), bytearray(), data
+    try:
+        while len(out) <= size:  # one byte more than allowed reveals an oversized stream
+            chunk = d.decompress(src, min(1 << 20, size + 1 - len(out)))
+            if not chunk:
+                break
+            out += chunk
+            src = d.unconsumed_tail
+    except zlib.error:
+        raise FormatError(f"{what} is not valid zlib data") from None
+    if len(out) > size or (exact and len(out) != size):
+        raise FormatError(f"{what} decompresses to the wrong size (limit {size} bytes)")
+    if not d.eof or d.unused_data or d.unconsumed_tail:
+        raise FormatError(f"{what} is not a single complete zlib stream")
+    return out
+
+
+def check_preamble(data: bytes, size: int) -> int:
+    """Check magic, version and that the file is ``size`` bytes long, as its first 22 bytes say;
+    return the expected size. ``data`` may be just those bytes (``read`` checks before reading on).
+    """
+    if len(data) < PRE.size and MAGIC.startswith(data[:8]):
+        raise FormatError(f"file is truncated: {len(data)} bytes is shorter than the {PRE.size}-byte preamble")
+    if data[:8] != MAGIC:
+        hint = next((f"; it looks like {kind}" for sig, kind in _OTHER_FORMATS if data.startswith(sig)), "")
+        raise FormatError(f"not a fisherpack file (bad magic){hint}")
+    _, version, hlen, plen = PRE.unpack_from(data)
+    if version != VERSION:
+        newer = "; upgrade fisherpack to read it" if version > VERSION else ""
+        raise FormatError(f"unsupported format version {version} (this fisherpack reads version {VERSION}){newer}")
+    expected = PRE.size + hlen + plen + 4
+    if size != expected:
+        what = "truncated" if size < expected else "longer than its header says"
+        raise FormatError(f"file is {what}: expected {expected} bytes, got {size}")
+    return expected
+
+
+def split(data: bytes) -> tuple[int, bytearray, memoryview]:
+    """Check preamble, sizes and CRC; return (header length, inflated header bytes, payload view)."""
+    data = data if isinstance(data, bytes) else bytes(data)
+    expected = check_preamble(data, len(data))
+    if zlib.crc32(memoryview(data)[:-4]) != struct.unpack_from("<I", data, expected - 4)[0]:
+        raise FormatError("checksum mismatch: the file is corrupt")
+    hlen = PRE.unpack_from(data)[2]
+    header = inflate(memoryview(data)[PRE.size : PRE.size + hlen], HEADER_CAP, "header", False)
+    return hlen, header, memoryview(data)[PRE.size + hlen : expected - 4]
+
+
+def _no_constant(name: str) -> None:
+    raise FormatError(f"bad header: JSON does not allow {name}")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise FormatError(f"bad header: number {text[:20]} is out of the float64 range")
+    return value
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):  # parsers disagree on which copy wins, so a file must not have two
+        key = next(k for i, (k, _) in enumerate(pairs) if any(k == k2 for k2, _ in pairs[:i]))
+        raise FormatError(f"bad header: key {key!r} appears twice in one JSON object")
+    return obj
+
+
+def parse(header: bytes | bytearray) -> Any:
+    """The header's JSON: strict UTF-8, no NaN/Infinity or out-of-range numbers, no duplicate keys,
+    at most MAX_SEPARATORS separators (counted before parsing, inside strings too).
+
+    A bytearray is emptied once decoded to text, so that at most two copies of a large header
+    (the text and what the parser builds from it) are alive at a time.
+    """
+    separators = sum(header.count(c) for c in b"[{,:")
+    if separators > MAX_SEPARATORS:
+        raise FormatError(f"header has {separators} JSON separators, more than the limit of {MAX_SEPARATORS}")
+    try:
+        text = header.decode("utf-8")
+    except UnicodeDecodeError:
+        raise FormatError("header is not valid UTF-8 JSON") from None
+    if isinstance(header, bytearray):
+        header.clear()
+    try:
+        return json.loads(text, parse_constant=_no_constant, parse_float=_finite, object_pairs_hook=_no_duplicates)
+    except (ValueError, RecursionError):
+        raise FormatError("header is not valid UTF-8 JSON") from None
+
+
+def _check(ok: bool, msg: str) -> None:
+    if not ok:
+        raise FormatError(f"bad header: {msg}")
+
+
+def _one_of(v: Any, options: Any) -> bool:
+    return isinstance(v, str) and v in options  # str first: a JSON list or object is unhashable
+
+
+def _is_int(v: Any, lo: int, hi: int) -> bool:
+    return type(v) is int and lo <= v <= hi
+
+
+def _keys(obj: Any, what: str, required: set[str], optional: frozenset[str] = frozenset()) -> None:
+    _check(isinstance(obj, dict), f"{what} must be a JSON object")
+    for k in sorted(set(obj) - required - optional):
+        _check(False, f"{what} has unknown key {k!r}")
+    for k in sorted(required - set(obj)):
+        _check(False, f"{what} is missing key {k!r}")
+
+
+def _stream(s: Any, what: str, encodings: dict[str, set[str]], limit: int) -> dict:
+    _check(isinstance(s, dict) and _one_of(s.get("encoding"), encodings), f"{what} has an unknown encoding")
+    _keys(s, what, {"encoding", "length"} | encodings[s["encoding"]])
+    _check(_is_int(s["length"], 0, limit), f"{what} length is out of range")
+    return s
+
+
+def _too_many(what: str, limit: int, file_bytes: int | None) -> FormatError:
+    why = (f"max_elements={limit} entries" if file_bytes is None else f"{limit} entries (the default limit for a "
+           f"{file_bytes}-byte file: {ELEMENTS_PER_BYTE} per byte, at least 2**20, at most 2**28)")  # fmt: skip
+    return FormatError(f"{what} has more than {why}; pass a larger max_elements if you trust this file")
+
+
+def _numel(shape: Any, what: str, limit: int, file_bytes: int | None) -> int:
+    _check(isinstance(shape, list) and len(shape) <= MAX_NDIM, f"{what} shape must be a list of <= 8 ints")
+    n = 1
+    for d in shape:
+        _check(type(d) is int and d >= 0, f"{what} shape must hold ints >= 0")
+        if d > limit or n * d > limit:
+            raise _too_many(what, limit, file_bytes)
+        n *= d
+    return n
+
+
+_ENTRY_KEYS = {
+    "alias": {"name", "kind", "target"},
+    "raw": {"name", "kind", "dtype", "shape", "data"},
+    "quant": {"name", "kind", "shape", "kept", "groups", "mask", "codes"},
+}
+_MASK_ENCODINGS = {"all": set(), "bitmap": set(), "gaps": {"width"}, "gaps_ans": {"buckets_length"}}
+
+
+def validate(header: bytes | bytearray, plen: int, file_bytes: int, max_elements: int | None) -> tuple[Any, list[dict]]:
+    """Check every header rule that does not need the payload; return (meta, entries).
+
+    ``max_elements`` None means :func:`default_max_elements` of ``file_bytes``. Each entry gets
+    ``_numel`` and ``_streams`` (its stream dicts in payload order).
+    """
+    limit = default_max_elements(file_bytes) if max_elements is None else max_elements
+    shown_size = file_bytes if max_elements is None else None
+    doc = parse(header)
+    _keys(doc, "header", {"meta", "tensors"})
+    _check(isinstance(doc["meta"], dict) and isinstance(doc["tensors"], list), "meta/tensors have the wrong type")
+    names: dict[str, str] = {}
+    total_elements = total_length = 0
+    for i, e in enumerate(doc["tensors"]):
+        _check(isinstance(e, dict) and _one_of(e.get("kind"), _ENTRY_KEYS), f"tensor #{i} has an unknown kind")
+        name = e.get("name")
+        _check(isinstance(name, str) and 1 <= len(name) <= MAX_NAME, f"tensor #{i} has a bad name")
+        what = f"tensor {name!r}"
+        _check(name not in names, f"{what} appears twice")
+        _keys(e, what, _ENTRY_KEYS[e["kind"]], frozenset({"ids"}) if e["kind"] == "quant" else frozenset())
+        names[name], e["_numel"], e["_streams"] = e["kind"], 0, []
+        if e["kind"] == "alias":
+            ok = _one_of(e["target"], names) and names[e["target"]] != "alias"
+            _check(ok, f"{what} must alias an earlier non-alias entry")
+            continue
+        e["_numel"] = n = _numel(e["shape"], what, limit, shown_size)
+        total_elements += n
+        if total_elements > limit:
+            raise _too_many("the file", limit, shown_size)
+        if e["kind"] == "raw":
+            _check(_one_of(e["dtype"], DTYPES), f"{what} has an unknown dtype")
+            e["_streams"] = [_stream(e["data"], f"{what} data", {"plain": set(), "zlib": set()}, plen)]
+        else:
+            _validate_quant(e, what, n, plen)
+        total_length += sum(s["length"] for s in e["_streams"])
+    _check(total_length == plen, f"stream lengths add up to {total_length} bytes, payload is {plen}")
+    return doc["meta"], doc["tensors"]
+
+
+def _validate_quant(e: dict, what: str, n: int, plen: int) -> None:
+    _check(_is_int(e["kept"], 0, n), f"{what} kept must be 0..numel")
+    gs = e["groups"]
+    _check(isinstance(gs, list) and 1 <= len(gs) <= MAX_GROUPS, f"{what} needs 1..{MAX_GROUPS} groups")
+    for g in gs:
+        _keys(g, f"{what} group", {"bits", "exp", "grid", "count"})
+        _check(_is_int(g["bits"], 1, MAX_BITS) and _is_int(g["exp"], MIN_EXP, MAX_EXP), f"{what} bad bits/exp")
+        _check(_one_of(g["grid"], GRIDS) and _is_int(g["count"], 0, n), f"{what} bad grid/count")
+    _check(sum(g["count"] for g in gs) == e["kept"], f"{what} group counts do not sum to kept")
+    mask = _stream(e["mask"], f"{what} mask", _MASK_ENCODINGS, plen)
+    if mask["encoding"] == "gaps":
+        _check(_is_int(mask["width"], 0, 32), f"{what} gap width must be 0..32")
+    if mask["encoding"] == "gaps_ans":
+        _check(_is_int(mask["buckets_length"], 0, mask["length"]), f"{what} buckets_length out of range")
+    symbol_encodings = {"packed": set(), "ans": set()}
+    _check(("ids" in e) == (len(gs) > 1), f"{what} must have group ids exactly when it has several groups")
+    ids = [_stream(e["ids"], f"{what} ids", symbol_encodings, plen)] if "ids" in e else []
+    codes = e["codes"]
+    _check(isinstance(codes, list) and len(codes) == len(gs), f"{what} needs one code stream per group")
+    for g, s in zip(gs, codes):
+        _stream(s, f"{what} codes", symbol_encodings, plen)
+        _check(s["encoding"] == "packed" or g["bits"] <= MAX_ANS_BITS, f"{what} ans codes need bits <= 12")
+    e["_streams"] = [mask, *ids, *codes]

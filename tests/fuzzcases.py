@@ -1,0 +1,222 @@
+"""The fuzz suite's sample files, framing helpers, bounded checker and case counts.
+
+Used by tests/test_fuzz.py (a bounded slice in every CI run) and benchmarks/fuzz.py (long runs).
+A case passes when ``decode`` raises FormatError with a one-line message, or when the file decodes,
+describes and re-encodes, with every decoded tensor of exactly the shape the header declares.
+Anything else fails: another exception, a multi-line message, or a case slower than ``LIMIT``
+seconds (a SIGALRM timer turns a hang into a failure).
+
+The hostile files themselves come from fuzzgen.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import gc
+import json
+import signal
+import struct
+import time
+import tracemalloc
+import zlib
+from collections import Counter
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+import torch
+
+from fisherpack import format as fpk
+from fisherpack import models
+from fisherpack.compress import compress
+from fisherpack.config import CompressConfig
+from fisherpack.errors import FormatError
+from fisherpack.tensors import Alias, Compressed, QuantTensor, RawTensor
+
+PRE = struct.Struct("<8sHIQ")
+LIMIT = 2.0  # seconds per case; the sample files decode in milliseconds
+COUNTS: Counter = Counter()  # family -> cases checked, reported at the end of the pytest session
+OUTCOMES: Counter = Counter()  # "error" / "decoded"
+SLOWEST: dict[str, float] = {}  # family -> slowest case, seconds
+
+
+# ---------------------------------------------------------------- sample files
+
+
+@functools.cache
+def lenet5_file(entropy: bool = True) -> bytes:
+    """A real LeNet-5 (431,080 parameters, random weights and Fisher) pruned to 2%, 4 groups."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = models.build("lenet5")
+        fisher = {n: torch.rand_like(p) for n, p in model.named_parameters()}
+    packed = compress(model, fisher, CompressConfig(rate=0.98, bits=5, groups=4), meta={"model": "lenet5"})
+    return fpk.encode(packed, entropy=entropy)
+
+
+def _quant(rng, shape, density, bits, exps, grids, skew=False) -> QuantTensor:
+    numel = int(np.prod(shape))
+    mask = rng.random(numel) < density
+    kept = int(mask.sum())
+    groups = rng.integers(0, len(bits), kept).astype(np.uint8)
+    top = np.asarray([1 << b for b in bits])[groups]
+    codes = np.minimum(rng.geometric(0.5, kept) - 1, top - 1) if skew else rng.integers(0, top)
+    return QuantTensor(shape, mask, groups, codes.astype(np.uint16), bits, exps, grids)
+
+
+@functools.cache
+def mixed_file(entropy: bool = True) -> bytes:
+    """A small file that uses every encoding (with ``entropy``) and every raw dtype."""
+    rng = np.random.default_rng(1)
+    tensors = {
+        "dense": _quant(rng, (8, 25), 1.0, (3,), (-2,), ("int",), skew=True),
+        "half": _quant(rng, (16, 16), 0.5, (2, 5), (0, -4), ("odd", "int")),
+        "sparse": _quant(rng, (100, 200), 0.01, (4, 13, 1), (-6, 3, 64), ("int", "odd", "odd"), skew=True),
+        "tied": Alias("sparse"),
+        "bias": RawTensor(torch.linspace(-1, 1, 10)),
+        "zeros": RawTensor(torch.zeros(64)),
+        "flags": RawTensor(torch.arange(7) % 2 == 0),
+        "half_precision": RawTensor(torch.linspace(0, 1, 5, dtype=torch.bfloat16)),
+        "steps": RawTensor(torch.tensor(12345, dtype=torch.int64)),
+        "empty": RawTensor(torch.zeros(0, 3, dtype=torch.int8)),
+    }
+    return fpk.encode(Compressed(tensors, {"model": "mixed", "list": [1, 2.5, None, True, "x"]}), entropy=entropy)
+
+
+# ---------------------------------------------------------------- framing
+
+
+def parts(data: bytes) -> tuple[bytes, bytes]:
+    """(compressed header, payload) of a well-formed file."""
+    _, _, hlen, plen = PRE.unpack_from(data)
+    return data[PRE.size : PRE.size + hlen], data[PRE.size + hlen : PRE.size + hlen + plen]
+
+
+def header_of(data: bytes) -> dict:
+    return json.loads(zlib.decompress(parts(data)[0]))
+
+
+def frame(zheader: bytes, payload: bytes, version: int = 1) -> bytes:
+    """A file with a correct preamble and CRC around a compressed header and a payload."""
+    body = PRE.pack(fpk.MAGIC, version, len(zheader), len(payload)) + zheader + payload
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def frame_json(header: dict | bytes, payload: bytes) -> bytes:
+    text = header if isinstance(header, bytes) else json.dumps(header).encode()
+    return frame(zlib.compress(text, 6), payload)
+
+
+# ---------------------------------------------------------------- the checker
+
+
+class CaseTimeout(BaseException):
+    """Raised by the timer: a BaseException, so that no ``except Exception`` can swallow it."""
+
+
+def _alarm(signum, frame) -> None:
+    raise CaseTimeout
+
+
+@contextlib.contextmanager
+def bounded() -> Iterator[None]:
+    """Install the SIGALRM handler that :func:`check` arms for each case."""
+    previous = signal.signal(signal.SIGALRM, _alarm)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _one_line(exc: FormatError) -> None:
+    msg = str(exc)
+    assert msg and "\n" not in msg, f"FormatError message is not one line: {msg!r}"
+
+
+def check(data: bytes, limit: float = LIMIT) -> str:
+    """'error' or 'decoded' (see the module docstring); AssertionError or the stray exception otherwise."""
+    # The timer repeats every 0.1 s after the limit: an alarm that lands where Python ignores
+    # exceptions (a gc callback, a __del__) is followed by another one.
+    signal.setitimer(signal.ITIMER_REAL, limit, 0.1)
+    try:
+        try:
+            c = fpk.decode(data)
+        except FormatError as exc:
+            _one_line(exc)
+            with contextlib.suppress(FormatError):  # describe checks less, so it may succeed
+                fpk.describe(data)
+            return "error"
+        info = fpk.describe(data)
+        declared = {t["name"]: tuple(t["shape"]) for t in info["tensors"]}
+        decoded = {name: tuple(t.shape) for name, t in c.state_dict().items()}
+        assert decoded == declared, f"decoded shapes {decoded} differ from the header's {declared}"
+        fpk.encode(c, entropy=False)  # whatever decodes can be written again (meta included)
+        return "decoded"
+    except CaseTimeout:
+        raise AssertionError(f"a case took more than {limit} s") from None
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+def run(family: str, cases: Iterable[bytes], expect: str | None = None, limit: float = LIMIT) -> Counter:
+    """Check every case, count it under ``family``; ``expect`` requires one outcome for all."""
+    seen: Counter = Counter()
+    with bounded():
+        for i, data in enumerate(cases):
+            start = time.perf_counter()
+            try:
+                outcome = check(data, limit)
+            except BaseException as exc:
+                raise AssertionError(f"{family} case {i} ({len(data)} bytes): {exc!r}") from exc
+            if expect is not None:
+                assert outcome == expect, f"{family} case {i}: {outcome}, expected {expect}"
+            SLOWEST[family] = max(SLOWEST.get(family, 0.0), time.perf_counter() - start)
+            seen[outcome] += 1
+    COUNTS[family] += sum(seen.values())
+    OUTCOMES.update(seen)
+    return seen
+
+
+def measure(data: bytes, limit: float = 60.0, traced: bool = True) -> tuple[str, float, float]:
+    """(outcome, peak MiB traced by tracemalloc, seconds) of decoding ``data`` and dequantizing it.
+
+    tracemalloc sees Python objects and numpy buffers: what the decoder asks for, whether or not
+    the pages are ever touched (so it is an upper bound on the resident memory it costs). It slows
+    code that makes many small objects, so ``traced=False`` only times the decode (peak 0).
+    """
+    gc.collect()
+    if traced:
+        tracemalloc.start()
+    start = time.perf_counter()
+    with bounded():
+        signal.setitimer(signal.ITIMER_REAL, limit, 0.1)
+        try:
+            fpk.decode(data).state_dict()
+            outcome = "decoded"
+        except FormatError as exc:
+            _one_line(exc)
+            outcome = "error"
+        except CaseTimeout:
+            raise AssertionError(f"decoding took more than {limit} s") from None
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            peak = tracemalloc.get_traced_memory()[1] / 2**20 if traced else 0.0
+            tracemalloc.stop()
+    seconds = time.perf_counter() - start
+    COUNTS["bombs"] += 1
+    OUTCOMES[outcome] += 1
+    SLOWEST["bombs"] = max(SLOWEST.get("bombs", 0.0), seconds)
+    return outcome, peak, seconds
+
+
+def report() -> str:
+    """One line per family plus a total, for the terminal summary."""
+    lines = [
+        f"  {family:<38} {n:>7} cases  slowest {SLOWEST.get(family, 0) * 1000:7.1f} ms"
+        for family, n in sorted(COUNTS.items())
+    ]
+    total = sum(COUNTS.values())
+    lines.append(f"  {'total':<38} {total:>7} cases  ({OUTCOMES['error']} FormatError, "
+                 f"{OUTCOMES['decoded']} decoded to the declared shapes, 0 other outcomes)")  # fmt: skip
+    return "\n".join(lines)
