@@ -56,8 +56,8 @@ def _mean_std(values: list[float]) -> str:
 
 def sweep_tables(model: str) -> list[str]:
     path = RESULTS / f"sweep_{model}.json"
-    if not path.exists():
-        return []
+    if not path.exists() or not json.loads(path.read_text()).get("complete"):
+        return []  # a sweep still running (or killed) is not reported
     points = {k: v for k, v in json.loads(path.read_text())["points"].items()}
     specs = [(json.loads(k), v) for k, v in points.items()]
     seeds = sorted({s["seed"] for s, _ in specs})

@@ -408,15 +408,21 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         todo = sweep.pending(specs, results["points"])
         bar = _Bar(not args.quiet, unit="point")
         bar.start(len(todo), 0)
+
+        def write(complete: bool) -> None:
+            results["complete"] = complete  # readers (README tables) use finished sweeps only
+            results["environment"] = environment.record(seeds=list(seeds), quick=args.quick)
+            atomic_write_bytes(path, (json.dumps(results, indent=1, sort_keys=True) + "\n").encode())
+
         try:
             for spec in todo:
                 bar.stage(f"{name} {spec['sweep']} {spec.get('method', spec.get('scheme'))}")
                 results["points"][sweep.key(spec)] = runner.run(spec)
-                results["environment"] = environment.record(seeds=list(seeds), quick=args.quick)
-                atomic_write_bytes(path, (json.dumps(results, indent=1, sort_keys=True) + "\n").encode())
+                write(complete=False)
                 bar.advance(1)
         finally:
             bar.close()
+        write(complete=True)
         if not args.no_plots:
             _sweep_plots(results["points"], name, out_dir, suffix)
         print(f"{name}: {len(results['points'])} points in {path}")

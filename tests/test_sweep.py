@@ -84,7 +84,7 @@ def test_sweep_command_resumes_without_recomputing(tmp_path, monkeypatch):
     assert main(argv) == 0
     path = tmp_path / "res" / "sweep_lenet300.json"
     first = json.loads(path.read_text())
-    assert len(first["points"]) == 2 and first["environment"]["seeds"] == [0, 1, 2]
+    assert len(first["points"]) == 2 and first["environment"]["seeds"] == [0, 1, 2] and first["complete"]
     calls = []
     monkeypatch.setattr(sweep.Sweep, "run", lambda self, spec: calls.append(spec))
     assert main(argv) == 0

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The full sweeps behind README's results: both models, 3 seeds, every method; resumable (rerun to
+# continue after an interruption). Writes benchmarks/results/sweep_<model>.json and PNG plots, then
+# regenerates README's results section from the JSON. Several hours on 2 CPU cores; `fisherpack
+# sweep --quick` is the few-minute version.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+fisherpack sweep --model lenet5 &
+fisherpack sweep --model lenet300
+wait
+python benchmarks/readme_results.py
