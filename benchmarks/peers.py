@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import copy
 import gzip
-import importlib.metadata
 import io
 import json
 import sys
@@ -50,13 +49,6 @@ from fisherpack.train import evaluate, train_epoch
 RATES = (0.9, 0.95, 0.98)
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def _version(package: str) -> str | None:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def _saved(obj: Any) -> bytes:
@@ -217,11 +209,15 @@ def fisherpack_rows(b: Bench, rate: float, criterion: str) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
-    env = environment.record(seed=args.seed, torchao=_version("torchao"))  # before any output is written
+    env = environment.record(
+        seed=args.seed, torchao=environment.package_version("torchao")
+    )  # before any output is written
     x_train, y_train, x_test, y_test = data.load(args.data_dir).tensors()
     x_fit, y_fit, x_val, y_val = data.split_validation(x_train, y_train, args.val, args.seed)
     if args.checkpoint:
-        model, optimizer, batch_size = pipeline.restore_checkpoint(pipeline.load_training_checkpoint(args.checkpoint))
+        ckpt = pipeline.load_training_checkpoint(args.checkpoint)
+        model, optimizer = pipeline.restore_checkpoint(ckpt)
+        batch_size = pipeline.training_batch_size(ckpt)
         source, epochs = {"checkpoint": args.checkpoint, "held_out_validation": False}, None
     else:
         cfg = PipelineConfig(model="lenet5", seed=args.seed, epochs=args.epochs)  # plain Adam, no augmentation

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.metadata
 import io
 import json
 import sys
@@ -37,13 +36,6 @@ from fisherpack.train import evaluate
 EPOCHS = {"lenet5": 3, "lenet300": 5}
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def _version(package: str) -> str | None:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def run(name: str, epochs: int, seed: int, n_val: int, cfg: sensitivity.SensitivityConfig, out_dir: Path, env) -> list:
@@ -121,7 +113,9 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     cfg = sensitivity.SensitivityConfig(fisher_samples=args.fisher_samples, seed=args.seed)
-    env = environment.record(seed=args.seed, matplotlib=_version("matplotlib"))  # before any output is written
+    env = environment.record(
+        seed=args.seed, matplotlib=environment.package_version("matplotlib")
+    )  # before any output is written
     for name in args.models:
         for result in run(name, args.epochs or EPOCHS.get(name, 3), args.seed, args.val, cfg, args.out_dir, env):
             print(_summary(result))

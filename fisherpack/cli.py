@@ -17,13 +17,17 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from . import __version__, cli_usermodel, data, dist, environment, format, models, pipeline, sensitivity, sweep
+from . import __version__, cli_bench, cli_usermodel, data, dist, environment, format, models, pipeline
+from .cli_common import Bar as _Bar
+from .cli_common import Parser as _Parser
+from .cli_common import log as _log
+from .cli_common import on_rank0 as _on_rank0
+from .cli_common import table as _table
 from .compress import load_into, summary
 from .config import FISHER_SOURCES, CompressConfig, PipelineConfig
 from .errors import ConfigError, FisherpackError
@@ -33,54 +37,6 @@ from .quant import ALLOCATIONS
 from .train import evaluate
 
 __all__ = ["main"]
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line instead of usage + error
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-class _Bar:
-    """pipeline.Progress on a tqdm bar (images/s and ETA) on stderr."""
-
-    def __init__(self, enabled: bool, unit: str = "img") -> None:
-        self.enabled, self.unit, self.bar = enabled, unit, None
-
-    def start(self, total: int, done: int) -> None:
-        if self.enabled:
-            from tqdm import tqdm
-
-            scale = self.unit == "img"
-            self.bar = tqdm(
-                total=total, initial=done, unit=self.unit, unit_scale=scale, dynamic_ncols=True, file=sys.stderr
-            )
-
-    def advance(self, n: int) -> None:
-        if self.bar is not None:
-            self.bar.update(n)
-
-    def stage(self, text: str) -> None:
-        if self.bar is not None:
-            self.bar.set_description(text)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def _log(message: str) -> None:
-    if dist.rank() == 0:
-        print(message, file=sys.stderr)
-
-
-def _on_rank0(what: str, *actions: Callable[[], object]) -> None:
-    """File actions on rank 0 only (no shared disk is assumed); every rank learns if they failed."""
-
-    def run() -> None:
-        for action in actions:
-            action()
-
-    dist.from_rank0(run, what)
 
 
 def _add_compress_flags(p: argparse.ArgumentParser) -> None:
@@ -114,11 +70,6 @@ def _pipeline_config(args: argparse.Namespace) -> PipelineConfig:
         if getattr(args, key, None) is not None:
             changes[key] = getattr(args, key)
     return cfg.replace(**changes)
-
-
-def _table(rows: list[tuple[str, str]]) -> str:
-    width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
 def _figures_table(fig: dict[str, Any]) -> str:
@@ -287,167 +238,6 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-# --- fisherpack sensitivity -----------------------------------------------------------------------
-def cmd_sensitivity(args: argparse.Namespace) -> int:
-    if dist.world_size() > 1:
-        raise ConfigError("sensitivity runs in one process; start it without torchrun")
-    if args.checkpoint and (args.model is not None or args.epochs is not None):
-        raise ConfigError("give a checkpoint, or --model/--epochs to train one here, not both")
-    seed = args.seed if args.seed is not None else 0
-    cfg = sensitivity.SensitivityConfig(
-        rates=args.rates,
-        criteria=args.criteria,
-        bits=args.bits,
-        fisher_samples=args.fisher_samples,
-        seed=seed,
-        rank_by=args.rank_by,
-    )
-    if args.plot:
-        check_writable(Path(args.plot))
-    ckpt = pipeline.load_training_checkpoint(args.checkpoint) if args.checkpoint else None
-    x_train, y_train, _, _ = data.load(args.data_dir, log=_log).tensors()
-    x_fit, y_fit, x_val, y_val = data.split_validation(x_train, y_train, args.val, seed)
-    if ckpt is not None:
-        model, optimizer, batch_size = pipeline.restore_checkpoint(ckpt)
-        name, held_out = ckpt["model"], False
-        _log("note: `fisherpack train` used every training image, so the held-out split was seen in training")
-    else:
-        pcfg = pipeline.default_config(args.model or "lenet5").replace(seed=seed)
-        if args.epochs is not None:
-            pcfg = pcfg.replace(epochs=args.epochs)
-        bar = _Bar(not args.quiet)
-        try:
-            outcome = pipeline.run(pcfg, x_fit, y_fit, x_val, y_val, progress=bar, until="train")
-        finally:
-            bar.close()
-        model, optimizer, batch_size = outcome.model, outcome.optimizer, pcfg.batch_size
-        name, held_out = pcfg.model, True
-    fishers = sensitivity.estimate(model, x_fit, y_fit, cfg, optimizer=optimizer, batch_size=batch_size)
-    report = sensitivity.analyse(model, fishers, x_val, y_val, cfg)
-    result = {
-        "model": name,
-        "checkpoint": args.checkpoint,
-        "validation": {"images": len(x_val), "seed": seed, "held_out_from_training": held_out},
-        "validation_error": evaluate(model, x_val, y_val)[0],
-        "config": {**cfg.__dict__, "adam_batch_size": batch_size},
-        "environment": environment.record(seed=seed),
-        **report.to_dict(),
-    }
-    if args.plot:
-        buf = io.BytesIO()
-        sensitivity.figure(report, title=f"{name}: single-layer changes").savefig(buf, format="png", dpi=120)
-        atomic_write_bytes(Path(args.plot), buf.getvalue())
-    print(json.dumps(result, sort_keys=True) if args.json else _sensitivity_table(result))
-    return 0
-
-
-def _sensitivity_table(result: dict[str, Any]) -> str:
-    sources = list(result["spearman"])
-    head = f"{'layer':<16} {'setting':<16} {'changed':>9}" + "".join(f" {'pred ' + s:>15}" for s in sources)
-    lines = [head + f" {'measured':>12}", "-" * (len(head) + 13)]
-    for r in result["rows"]:
-        preds = "".join(f" {r['predicted'][s]:>15.3e}" for s in sources)
-        lines.append(f"{r['layer']:<16} {r['setting']:<16} {r['changed']:>9,}{preds} {r['measured']:>12.3e}")
-    lines.append(f"Spearman rank correlation, predicted vs measured ({len(result['rows'])} settings):")
-    for s, rho in result["spearman"].items():
-        fmt = {k: "n/a" if v is None else f"{v:.3f}" for k, v in rho.items()}
-        lines.append(f"  {s:<10} {fmt['all']} (prune {fmt['prune']}, quantize {fmt['quantize']})")
-    v = result["validation"]
-    seen = "held out from training" if v["held_out_from_training"] else "seen in training"
-    lines.append(
-        f"held-out loss before any change {result['base_loss']:.4f}, error {result['validation_error']:.2%} "
-        f"({v['images']:,} training images, {seen}); OBD ranked and steps chosen by the {result['rank_by']} Fisher"
-    )
-    return "\n".join(lines)
-
-
-def _sensitivity_parser(sub: argparse._SubParsersAction) -> None:
-    q = sub.add_parser("sensitivity", help="per-layer loss increase: Fisher prediction vs measurement")
-    q.add_argument("checkpoint", nargs="?", help="checkpoint from fisherpack train (default: train --model here)")
-    q.add_argument(
-        "--model", help=f"train this model first, one of: {', '.join(sorted(models.MODELS))} (default lenet5)"
-    )
-    q.add_argument("--epochs", type=int, help="training epochs when training here")
-    q.add_argument("--seed", type=int, help="seed of training, the validation split and the Fisher subset (default 0)")
-    q.add_argument("--val", type=int, default=5000, help="training images held out to measure on (default 5000)")
-    q.add_argument("--rates", type=float, nargs="+", default=[0.5, 0.9], help="pruning rates (default 0.5 0.9)")
-    q.add_argument("--criteria", nargs="+", choices=CRITERIA, default=["magnitude", "obd"], help="pruning criteria")
-    q.add_argument("--bits", type=int, nargs="+", default=[2, 4, 6], help="code widths (default 2 4 6)")
-    q.add_argument("--fisher-samples", type=int, default=1000, help="samples of the empirical Fisher (default 1000)")
-    q.add_argument(
-        "--rank-by", choices=("adam", "empirical"), default="adam", help="Fisher that ranks OBD and picks steps"
-    )
-    q.add_argument("--json", action="store_true", help="print one JSON object")
-    q.add_argument("--plot", help="write a PNG scatter plot (predicted vs measured, log-log) to this file")
-    q.add_argument("--quiet", action="store_true", help="no progress bar")
-    q.add_argument("--data-dir", help="folder with MNIST-format idx files (default: fetch MNIST into a cache)")
-    q.set_defaults(func=cmd_sensitivity)
-
-
-def cmd_sweep(args: argparse.Namespace) -> int:
-    names = sorted(models.MODELS) if args.model == "all" else [args.model]
-    for name in names:
-        models.build(name)  # unknown model: one-line error before any work
-    try:
-        seeds = tuple(int(s) for s in args.seeds.split(","))
-    except ValueError:
-        raise ConfigError(f"--seeds takes comma-separated whole numbers, got {args.seeds!r}") from None
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    suffix = "_quick" if args.quick else ""
-    paths = {name: out_dir / f"sweep_{name}{suffix}.json" for name in names}
-    for path in paths.values():
-        check_writable(path)
-    runner = sweep.Sweep(data.load(args.data_dir, log=_log), Path(args.workdir))
-    for name in names:
-        path = paths[name]
-        results = _read_results(path)
-        specs = sweep.plan(name, seeds, quick=args.quick)
-        current = {sweep.key(s) for s in specs}  # points of other defaults or plans are stale
-        results["points"] = {k: v for k, v in results["points"].items() if k in current}
-        todo = sweep.pending(specs, results["points"])
-        bar = _Bar(not args.quiet, unit="point")
-        bar.start(len(todo), 0)
-
-        def write(complete: bool) -> None:
-            results["complete"] = complete  # readers (README tables) use finished sweeps only
-            results["environment"] = environment.record(seeds=list(seeds), quick=args.quick)
-            atomic_write_bytes(path, (json.dumps(results, indent=1, sort_keys=True) + "\n").encode())
-
-        try:
-            for spec in todo:
-                bar.stage(f"{name} {spec['sweep']} {spec.get('method', spec.get('scheme'))}")
-                results["points"][sweep.key(spec)] = runner.run(spec)
-                write(complete=False)
-                bar.advance(1)
-        finally:
-            bar.close()
-        write(complete=True)
-        if not args.no_plots:
-            _sweep_plots(results["points"], name, out_dir, suffix)
-        print(f"{name}: {len(results['points'])} points in {path}")
-    return 0
-
-
-def _read_results(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        return {"points": {}}
-    try:
-        results = json.loads(path.read_text())
-        assert isinstance(results.get("points"), dict)
-    except (ValueError, AssertionError, AttributeError):
-        raise FisherpackError(f"{path} is not a sweep result file; move it away to start a new sweep") from None
-    return results
-
-
-def _sweep_plots(points: dict[str, Any], name: str, out_dir: Path, suffix: str) -> None:
-    from . import plots
-
-    plots.plot_prune(points, name, out_dir / f"sweep_{name}{suffix}_prune.png")
-    plots.plot_quant(points, name, out_dir / f"sweep_{name}{suffix}_quant.png")
-    plots.plot_front(points, name, out_dir / f"sweep_{name}{suffix}_front.png")
-
-
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="fisherpack", description="Prune and quantize networks by Fisher information into small files.")
     p.add_argument("--version", action="version", version=f"fisherpack {__version__}")
@@ -497,16 +287,7 @@ def _parser() -> argparse.ArgumentParser:
     cli_usermodel.add_model_flags(q, checkpoint=True)
     q.set_defaults(func=cmd_compress)
 
-    q = sub.add_parser("sweep", help="measure every method the same way: pruning, quantization, whole pipeline")
-    q.add_argument("--model", default="all", help="lenet5, lenet300 or all")
-    q.add_argument("--quick", action="store_true", help="a thin slice of the sweep that runs in minutes")
-    q.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
-    q.add_argument("--out", default="benchmarks/results", help="folder for the JSON results and PNG plots")
-    q.add_argument("--workdir", default="benchmarks/work", help="folder for cached base models")
-    q.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    q.add_argument("--quiet", action="store_true", help="no progress bar")
-    data_flag(q)
-    q.set_defaults(func=cmd_sweep)
+    cli_bench.add_sweep_parser(sub)
 
     q = sub.add_parser("eval", help="decode a file and measure its test error")
     q.add_argument("file")
@@ -525,7 +306,7 @@ def _parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_inspect)
 
     cli_usermodel.add_export_command(sub)
-    _sensitivity_parser(sub)
+    cli_bench.add_sensitivity_parser(sub)
     return p
 
 

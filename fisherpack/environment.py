@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import platform
 import subprocess
@@ -13,7 +14,7 @@ import torch
 
 from . import __version__
 
-__all__ = ["record"]
+__all__ = ["record", "package_version"]
 
 
 def _cpu() -> str:
@@ -38,6 +39,14 @@ def _git_commit() -> str | None:
         ["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True
     )
     return done.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def package_version(name: str) -> str | None:
+    """The installed version of a distribution, or None when it is not installed."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def record(**extra: Any) -> dict[str, Any]:

@@ -25,8 +25,6 @@ them back, handing the bytes to the others, so ranks on machines without a share
 from __future__ import annotations
 
 import copy
-import hashlib
-import io
 import itertools
 import json
 import math
@@ -40,11 +38,19 @@ import torch
 from . import dist, models, prune
 from . import fisher as fisher_mod
 from . import format as fmt
+from .checkpoint import (
+    fingerprint,
+    load_state,
+    load_training_checkpoint,
+    restore_checkpoint,
+    save_state,
+    training_batch_size,
+)
 from .compress import compress, compressible
-from .config import CompressConfig, PipelineConfig
+from .config import PipelineConfig
 from .data import batches
-from .errors import ConfigError, FisherpackError
-from .fileio import atomic_write_bytes
+from .defaults import default_config
+from .errors import ConfigError
 from .quant import FakeQuant, requantize
 from .tensors import Compressed, QuantTensor
 from .train import Recipe, epoch_images, evaluate, train_epoch
@@ -59,6 +65,7 @@ __all__ = [
     "compress_checkpoint",
     "fingerprint",
     "restore_checkpoint",
+    "training_batch_size",
 ]
 
 
@@ -141,49 +148,6 @@ def plan(cfg: PipelineConfig, *, until: str = "quantize") -> list[_Step]:
     return steps
 
 
-def fingerprint(*tensors: torch.Tensor) -> str:
-    """SHA-256 of the tensors' dtypes, shapes and bytes: names a data set or a model state."""
-    h = hashlib.sha256()
-    for t in tensors:
-        t = t.detach().cpu().contiguous()
-        h.update(f"{t.dtype}{tuple(t.shape)};".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy())
-    return h.hexdigest()
-
-
-def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def _read_checkpoint_bytes(path: Path) -> bytes | None:
-    try:
-        return path.read_bytes() if path.exists() else None
-    except OSError as exc:
-        raise FisherpackError(f"checkpoint {path} is unreadable ({exc.strerror}); delete it to start over") from None
-
-
-def _load_checkpoint(path: Path, cfg: PipelineConfig, data: str, what: str = "data") -> dict[str, Any] | None:
-    """The checkpoint at ``path`` if there is one; FisherpackError if it belongs to another run."""
-    blob = dist.from_rank0(lambda: _read_checkpoint_bytes(path), f"reading {path}")
-    if blob is None:
-        return None
-    try:
-        state = torch.load(io.BytesIO(blob), weights_only=True)
-    except Exception as exc:  # a damaged checkpoint is not worth a traceback
-        raise FisherpackError(
-            f"checkpoint {path} is unreadable ({exc.__class__.__name__}); delete it to start over"
-        ) from None
-    if not isinstance(state, dict) or state.get("config") != json.dumps(cfg.to_dict(), sort_keys=True):
-        raise FisherpackError(
-            f"checkpoint {path} belongs to a run with other settings; delete it, or rerun with the same settings"
-        )
-    if state.get("data") != data:
-        raise FisherpackError(f"checkpoint {path} belongs to a run with other {what}; delete it to start over")
-    return state
-
-
 def run(
     cfg: PipelineConfig,
     x_train: torch.Tensor,
@@ -215,7 +179,7 @@ def run(
     masks: dict[str, torch.Tensor] | None = None
     index, figures, quantized, teacher = 0, {}, None, None
     data_key = fingerprint(x_train, y_train, x_test, y_test) if ckpt is not None else ""
-    state = _load_checkpoint(ckpt, cfg, data_key) if ckpt is not None else None
+    state = load_state(ckpt, cfg, data_key) if ckpt is not None else None
     if state is None and start is not None:
         state = {**start, "index": cfg.epochs, "masks": {}, "figures": json.dumps(start.get("figures", {}))}
         state.update(quantized=torch.zeros(0), teacher={})
@@ -251,7 +215,7 @@ def run(
                 "quantized": torch.frombuffer(bytearray(spec), dtype=torch.uint8) if spec else torch.zeros(0),
                 "teacher": teacher.state_dict() if teacher is not None else {},
             }
-            dist.from_rank0(lambda: _save_checkpoint(ckpt, snapshot), f"writing checkpoint {ckpt}")
+            dist.from_rank0(lambda: save_state(ckpt, snapshot), f"writing checkpoint {ckpt}")
 
     def quantize(salt: int) -> Compressed:
         progress.stage("quantize")
@@ -348,64 +312,6 @@ def _diverge_for_tests(masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     return {**masks, name: flipped}
 
 
-# Chosen on a validation split held out from the training set (see benchmarks/ and the sweep).
-_DEFAULTS = {
-    "lenet5": PipelineConfig(
-        model="lenet5",
-        epochs=8,
-        rounds=6,
-        finetune_epochs=1.0,
-        final_epochs=3,
-        qat_epochs=2,
-        distill=0.5,
-        augment=2,
-        compress=CompressConfig(rate=0.99, criterion="obd", bits=4.0, quantize_biases=True),
-    ),
-    "lenet300": PipelineConfig(
-        model="lenet300",
-        epochs=30,
-        rounds=6,
-        finetune_epochs=2.0,
-        final_epochs=6,
-        qat_epochs=3,
-        distill=0.5,
-        augment=2,
-        compress=CompressConfig(rate=0.95, criterion="obd", bits=4.0, quantize_biases=True),
-    ),
-}
-
-
-def default_config(model: str) -> PipelineConfig:
-    """The settings ``reproduce`` uses for a registry model (chosen on a validation split)."""
-    models.build(model)  # ConfigError for an unknown name
-    return _DEFAULTS.get(model, PipelineConfig(model=model))
-
-
-def load_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a checkpoint written by ``fisherpack train`` (``torch.load(weights_only=True)``)."""
-    path = Path(path)
-    if path.is_dir():
-        raise FisherpackError(f"checkpoint {path} is a directory; give the file `fisherpack train` wrote")
-    if not path.is_file():
-        raise FisherpackError(f"checkpoint {path} does not exist; write one with `fisherpack train --out {path}`")
-    try:
-        ckpt = torch.load(path, weights_only=True)
-    except Exception:
-        raise FisherpackError(
-            f"{path} is not a readable PyTorch checkpoint; write one with `fisherpack train`"
-        ) from None
-    if not isinstance(ckpt, dict) or ckpt.get("fisherpack_checkpoint") != 1 or ckpt.get("model") not in models.MODELS:
-        raise FisherpackError(f"{path} is not a checkpoint written by `fisherpack train`")
-    return ckpt
-
-
-def _detail(exc: Exception) -> str:
-    """The informative line of a load_state_dict error (its first line only names the class)."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    detail = lines[1] if len(lines) > 1 and lines[0].startswith("Error(s) in loading") else lines[0] if lines else ""
-    return detail if len(detail) <= 160 else detail[:157] + "..."
-
-
 def compress_checkpoint(
     ckpt: dict[str, Any],
     cfg: PipelineConfig,
@@ -419,38 +325,16 @@ def compress_checkpoint(
     With ``checkpoint``, a Fisher estimated from data is saved there once computed (the slow part)
     and reused by a rerun with the same settings, model and data; the caller deletes it when done.
     """
-    model = models.build(ckpt["model"])
-    try:
-        model.load_state_dict(ckpt["state_dict"])
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-        optimizer.load_state_dict(ckpt["optimizer"])
-    except (RuntimeError, ValueError, KeyError) as exc:
-        raise FisherpackError(f"the checkpoint does not match model {ckpt['model']!r}: {_detail(exc)}") from None
+    model, optimizer = restore_checkpoint(ckpt, cfg.lr)
     if checkpoint is None or cfg.fisher == "adam":  # Adam's state is the estimate: nothing to save
         fisher = estimate_fisher(cfg, model, optimizer, x_train, y_train, salt=0)
     else:
         key = fingerprint(*model.state_dict().values(), x_train, y_train)
-        state = _load_checkpoint(Path(checkpoint), cfg, key, "data or another model")
+        state = load_state(Path(checkpoint), cfg, key, "data or another model")
         fisher = state["fisher"] if state is not None else None
         if fisher is None:
             fisher = estimate_fisher(cfg, model, optimizer, x_train, y_train, salt=0)
             snapshot = {"config": json.dumps(cfg.to_dict(), sort_keys=True), "data": key, "fisher": fisher}
-            dist.from_rank0(lambda: _save_checkpoint(Path(checkpoint), snapshot), f"writing checkpoint {checkpoint}")
+            dist.from_rank0(lambda: save_state(Path(checkpoint), snapshot), f"writing checkpoint {checkpoint}")
     meta = {"pipeline": cfg.to_dict(), "model": cfg.model, "seed": cfg.seed}
     return compress(model, fisher, cfg.compress, meta=meta)
-
-
-# --- restoring a `fisherpack train` checkpoint (used by sensitivity and the peers benchmark) ---------
-def restore_checkpoint(ckpt: dict[str, Any]) -> tuple[torch.nn.Module, torch.optim.Optimizer, int]:
-    """The model, its Adam optimizer (state included) and the training batch size of a checkpoint
-    read by :func:`load_training_checkpoint`."""
-    model = models.build(ckpt["model"])
-    try:
-        model.load_state_dict(ckpt["state_dict"])
-        optimizer = torch.optim.Adam(model.parameters())
-        optimizer.load_state_dict(ckpt["optimizer"])
-        batch_size = int(json.loads(ckpt["config"])["batch_size"])
-    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
-        message = _detail(exc) or exc.__class__.__name__
-        raise FisherpackError(f"the checkpoint does not match model {ckpt['model']!r}: {message}") from None
-    return model, optimizer, batch_size

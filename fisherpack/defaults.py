@@ -1,0 +1,44 @@
+"""The settings ``fisherpack reproduce`` uses for each registry model.
+
+Chosen on a validation split held out from the training set, never on the test set: the runs
+behind them are the ``pipeline`` points of ``fisherpack sweep`` (benchmarks/results/sweep_*.json)
+and the exploratory runs listed in the CHANGELOG.
+"""
+
+from __future__ import annotations
+
+from . import models
+from .config import CompressConfig, PipelineConfig
+
+__all__ = ["default_config"]
+
+_DEFAULTS = {
+    "lenet5": PipelineConfig(
+        model="lenet5",
+        epochs=8,
+        rounds=6,
+        finetune_epochs=1.0,
+        final_epochs=3,
+        qat_epochs=2,
+        distill=0.5,
+        augment=2,
+        compress=CompressConfig(rate=0.99, criterion="obd", bits=4.0, quantize_biases=True),
+    ),
+    "lenet300": PipelineConfig(
+        model="lenet300",
+        epochs=30,
+        rounds=6,
+        finetune_epochs=2.0,
+        final_epochs=6,
+        qat_epochs=3,
+        distill=0.5,
+        augment=2,
+        compress=CompressConfig(rate=0.95, criterion="obd", bits=4.0, quantize_biases=True),
+    ),
+}
+
+
+def default_config(model: str) -> PipelineConfig:
+    """The settings ``reproduce`` uses for a registry model (chosen on a validation split)."""
+    models.build(model)  # ConfigError for an unknown name
+    return _DEFAULTS.get(model, PipelineConfig(model=model))
