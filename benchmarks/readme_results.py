@@ -54,9 +54,50 @@ def _mean_std(values: list[float]) -> str:
     return f"{100 * a.mean():.2f} ± {100 * a.std():.2f}" if len(a) > 1 else f"{100 * a.mean():.2f}"
 
 
-def sweep_tables(model: str) -> list[str]:
+FISHER_METHODS = ("fisher-adam", "fisher-empirical", "fisher-sampled", "obd-adam", "obd-empirical", "two_stage-adam")
+
+
+def verdict(specs: list[tuple[dict, dict]]) -> list[str]:
+    """Fisher-based pruning against magnitude, every mode, scope and rate >= 90%: the best
+    Fisher-based method and its mean validation error minus magnitude's (negative: Fisher wins)."""
+    cells = defaultdict(list)
+    for s, r in specs:
+        if s["sweep"] == "prune":
+            for mode in ("oneshot", "finetuned"):
+                if mode in r:
+                    cells[(mode, s["scope"], s["method"], s["rate"])].append(r[mode]["val_error"])
+    rates = sorted({k[3] for k in cells if k[3] >= 0.9})
+    if not rates:
+        return []
+    out = [
+        "Where Fisher beats magnitude: the best Fisher-based criterion at each rate, and its validation",
+        "error minus magnitude's in percentage points (negative: Fisher better; ± is the seeds' std of",
+        "the difference):",
+        "",
+        "| mode, ranking | " + " | ".join(f"{r:.1%}" for r in rates) + " |",
+        "|---" * (len(rates) + 1) + "|",
+    ]
+    for mode in ("oneshot", "finetuned"):
+        for scope in ("global", "layer"):
+            row = []
+            for rate in rates:
+                mag = np.asarray(cells.get((mode, scope, "magnitude", rate), []))
+                options = [(np.mean(cells[k]), k[2]) for m in FISHER_METHODS if (k := (mode, scope, m, rate)) in cells]
+                if not options or not mag.size:
+                    row.append("")
+                    continue
+                _, best = min(options)
+                diff = np.asarray(cells[(mode, scope, best, rate)]) - mag
+                row.append(f"{best} {100 * diff.mean():+.2f} ± {100 * diff.std():.2f}")
+            label = "one-shot" if mode == "oneshot" else "fine-tuned"
+            out.append(f"| {label}, {scope} | " + " | ".join(row) + " |")
+    out.append("")
+    return out
+
+
+def sweep_tables(model: str, partial: bool = False) -> list[str]:
     path = RESULTS / f"sweep_{model}.json"
-    if not path.exists() or not json.loads(path.read_text()).get("complete"):
+    if not path.exists() or not (partial or json.loads(path.read_text()).get("complete")):
         return []  # a sweep still running (or killed) is not reported
     points = {k: v for k, v in json.loads(path.read_text())["points"].items()}
     specs = [(json.loads(k), v) for k, v in points.items()]
@@ -77,6 +118,7 @@ def sweep_tables(model: str) -> list[str]:
                 + " |"
             )
         out.append("")
+    out += verdict(specs)
     quant = defaultdict(list)
     for s, r in specs:
         if s["sweep"] == "quant":
