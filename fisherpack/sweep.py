@@ -80,12 +80,17 @@ class Sweep:
         self._fisher: dict[tuple, dict[str, torch.Tensor]] = {}
 
     # ------------------------------------------------------------------ shared pieces
-    def base(self, model: str, seed: int) -> dict[str, Any]:
-        """The trained dense model of (model, seed): state dicts and figures, cached on disk."""
-        path = self.workdir / f"base-{model}-{settings_id(model)}-seed{seed}.pt"
+    def base(self, model: str, seed: int, epochs: int | None = None) -> dict[str, Any]:
+        """The trained dense model of (model, seed): state dicts and figures, cached on disk.
+
+        ``epochs`` replaces the default number of training epochs (the quick sweep trains less)."""
+        cfg = pipeline.default_config(model).replace(seed=seed)
+        cfg = cfg if epochs is None else cfg.replace(epochs=epochs)
+        path = (
+            self.workdir / f"base-{model}-{settings_id(model)}-seed{seed}{'' if epochs is None else f'-e{epochs}'}.pt"
+        )
         if path.exists():
             return torch.load(path, weights_only=True)
-        cfg = pipeline.default_config(model).replace(seed=seed)
         out = pipeline.run(cfg, self.x, self.y, self.x_val, self.y_val, checkpoint=f"{path}.ckpt", until="train")
         state = {"model": out.model.state_dict(), "optimizer": out.optimizer.state_dict(), "figures": out.figures}
         buf = io.BytesIO()
@@ -94,8 +99,10 @@ class Sweep:
         Path(f"{path}.ckpt").unlink(missing_ok=True)
         return state
 
-    def restore(self, model: str, seed: int, lr: float) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
-        state = self.base(model, seed)
+    def restore(
+        self, model: str, seed: int, lr: float, epochs: int | None = None
+    ) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+        state = self.base(model, seed, epochs)
         net = models.build(model)
         net.load_state_dict(state["model"])
         opt = torch.optim.Adam(net.parameters(), lr=lr)
@@ -104,11 +111,11 @@ class Sweep:
             group["lr"] = lr
         return net, opt
 
-    def fisher(self, model: str, seed: int, source: str) -> dict[str, torch.Tensor]:
+    def fisher(self, model: str, seed: int, source: str, epochs: int | None = None) -> dict[str, torch.Tensor]:
         """Fisher of the base model: Adam's state, or 1,000 training samples (cached per run)."""
-        k = (model, seed, source)
+        k = (model, seed, source, epochs)
         if k not in self._fisher:
-            net, opt = self.restore(model, seed, 1e-3)
+            net, opt = self.restore(model, seed, 1e-3, epochs)
             if source == "adam":
                 self._fisher[k] = fisher_mod.from_adam(opt, net)
             else:
@@ -146,10 +153,11 @@ class Sweep:
     def _prune(self, spec: dict[str, Any]) -> dict[str, Any]:
         model, seed = spec["model"], spec["seed"]
         criterion, source = PRUNE_METHODS[spec["method"]]
-        net, opt = self.restore(model, seed, pipeline.default_config(model).finetune_lr)
+        epochs = spec.get("train_epochs")
+        net, opt = self.restore(model, seed, pipeline.default_config(model).finetune_lr, epochs)
         names = compressible(net)
         params = dict(net.named_parameters())
-        fisher = self.fisher(model, seed, source) if source else None
+        fisher = self.fisher(model, seed, source, epochs) if source else None
         weights = {n: params[n].detach() for n in names}
         masks = prune.select(criterion, weights, fisher, spec["rate"], scope=spec["scope"], seed=seed)
         prune.apply_masks(net, masks)
@@ -161,7 +169,8 @@ class Sweep:
 
     def _quant(self, spec: dict[str, Any]) -> dict[str, Any]:
         model, seed, scheme, bits = spec["model"], spec["seed"], spec["scheme"], spec["bits"]
-        net, opt = self.restore(model, seed, 1e-4)
+        epochs = spec.get("train_epochs")
+        net, opt = self.restore(model, seed, 1e-4, epochs)
         names = compressible(net)
         params = dict(net.named_parameters())
         if scheme == "kmeans":
@@ -181,14 +190,14 @@ class Sweep:
             allocation=allocation, bits=float(bits), groups=4 if scheme == "waterfill-g4" else 1,
             group_bits=(bits + 1, bits, max(bits - 1, 1)),
         )  # fmt: skip
-        packed = compress(net, self.fisher(model, seed, "adam"), cfg)
+        packed = compress(net, self.fisher(model, seed, "adam", epochs), cfg)
         figures = summary(packed, len(fmt.encode(packed)))
         out = {"avg_bits": figures["avg_bits"], "file_bytes": figures["file_bytes"]}
         net.load_state_dict(packed.state_dict())
         out["ptq"] = self.errors(net)
         if spec["qat_epochs"] > 0:
             q = {n: t for n, t in packed.tensors.items() if isinstance(t, quant.QuantTensor)}
-            net.load_state_dict(self.base(model, seed)["model"])  # latent weights start at the float ones
+            net.load_state_dict(self.base(model, seed, epochs)["model"])  # latent weights start at the float ones
             self.finetune(
                 net, opt, spec["qat_epochs"], seed, salt=2, fake_quant={n: quant.FakeQuant(t) for n, t in q.items()}
             )
@@ -216,7 +225,7 @@ class Sweep:
 
     def _pipeline(self, spec: dict[str, Any]) -> dict[str, Any]:
         cfg = pipeline_config(spec)
-        start = self.base(spec["model"], spec["seed"])
+        start = self.base(spec["model"], spec["seed"], spec.get("train_epochs"))
         out = pipeline.run(cfg, self.x, self.y, self.x_val, self.y_val, start=start)
         blob = fmt.encode(out.compressed, entropy=cfg.compress.entropy)
         net = models.build(spec["model"])
@@ -243,6 +252,8 @@ def pipeline_config(spec: dict[str, Any]) -> PipelineConfig:
     with magnitude pruning and uniform fixed point (the fair baseline)."""
     base = pipeline.default_config(spec["model"]).replace(seed=spec["seed"])
     base = base.replace(**{k: spec[k] for k in ("rounds", "final_epochs", "qat_epochs") if k in spec})
+    if "train_epochs" in spec:
+        base = base.replace(epochs=spec["train_epochs"])
     changes = {"rate": spec["rate"], "bits": float(spec["bits"])}
     if spec["method"] == "magnitude-uniform":
         changes.update(criterion="magnitude", allocation="uniform", groups=1, quantize_biases=False)
@@ -261,6 +272,7 @@ PIPELINE_POINTS = {  # (rate, average bits) per model, spanning the size/error f
     "lenet300": ((0.9, 4), (0.95, 4), (0.97, 4), (0.98, 4)),
 }
 FINETUNE = {"lenet5": 0.25, "lenet300": 1.0}  # epochs of fine-tuning per prune or quant point
+QUICK_TRAIN_EPOCHS = {"lenet5": 2, "lenet300": 6}
 
 
 def plan(model: str, seeds: tuple[int, ...] = (0, 1, 2), quick: bool = False) -> list[dict[str, Any]]:
@@ -268,13 +280,15 @@ def plan(model: str, seeds: tuple[int, ...] = (0, 1, 2), quick: bool = False) ->
     rates = (0.5, 0.9, 0.98) if quick else PRUNE_RATES
     scopes = ("global",) if quick else ("global", "layer")
     bits = (2, 4, 6) if quick else QUANT_BITS
-    ft = 0.2 if quick else FINETUNE.get(model, 1.0)
+    ft = 0.1 if quick else FINETUNE.get(model, 1.0)
     points = PIPELINE_POINTS.get(model, ((0.9, 4),))
     points = points[1:2] if quick else points
     seeds = seeds[:1] if quick else seeds
     specs: list[dict[str, Any]] = []
     for seed in seeds:
         common = {"model": model, "seed": seed, "defaults": settings_id(model)}
+        if quick:  # a base model trained for a few epochs only
+            common["train_epochs"] = QUICK_TRAIN_EPOCHS.get(model, 2)
         for method in PRUNE_METHODS:
             for scope in scopes:
                 for rate in rates:
