@@ -66,7 +66,7 @@ def _compress_config(args: argparse.Namespace, base: CompressConfig) -> Compress
 def _pipeline_config(args: argparse.Namespace) -> PipelineConfig:
     cfg = pipeline.default_config(args.model)
     changes: dict[str, Any] = {"compress": _compress_config(args, cfg.compress)}
-    for key in ("seed", "epochs", "rounds", "finetune_epochs", "fisher"):
+    for key in ("seed", "epochs", "rounds", "finetune_epochs", "fisher", "augment", "distill"):
         if getattr(args, key, None) is not None:
             changes[key] = getattr(args, key)
     return cfg.replace(**changes)
@@ -270,6 +270,8 @@ def _parser() -> argparse.ArgumentParser:
     run_flags(q, "output file (default: MODEL.fpk); figures go to OUT.json")
     q.add_argument("--rounds", type=int, help="prune -> fine-tune rounds")
     q.add_argument("--finetune-epochs", type=float, help="fine-tuning epochs per round")
+    q.add_argument("--augment", type=int, help="shift training images by up to this many pixels (0: off)")
+    q.add_argument("--distill", type=float, help="weight of the dense model's soft targets in fine-tuning (0: off)")
     q.add_argument("--fisher", choices=FISHER_SOURCES, help="Fisher estimator (default: adam)")
     _add_compress_flags(q)
     q.set_defaults(func=cmd_reproduce)

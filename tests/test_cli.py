@@ -138,3 +138,11 @@ def test_unwritable_output_path_fails_before_any_work(capsys, tmp_path, data_dir
 def test_module_entry_point():
     done = subprocess.run([sys.executable, "-m", "fisherpack", "--version"], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.startswith("fisherpack ")
+
+
+def test_training_choices_can_be_turned_off_from_the_command_line(data_dir, tmp_path):
+    out = tmp_path / "plain.fpk"
+    argv = ["reproduce", *TINY, "--augment", "0", "--distill", "0", "--data-dir", str(data_dir), "--out", str(out)]
+    assert main(argv) == 0
+    pipeline = format.load(out).meta["pipeline"]
+    assert pipeline["augment"] == 0 and pipeline["distill"] == 0.0
