@@ -54,6 +54,10 @@ def _mean_std(values: list[float]) -> str:
     return f"{100 * a.mean():.2f} ± {100 * a.std():.2f}" if len(a) > 1 else f"{100 * a.mean():.2f}"
 
 
+# The error budget the defaults are chosen for: the smallest file whose mean validation error stays
+# within it (Deep Compression's error level, rounded up: 0.74% for LeNet-5, 1.58% for LeNet-300-100).
+ERROR_BUDGET = {"lenet5": 0.008, "lenet300": 0.016}
+
 FISHER_METHODS = ("fisher-adam", "fisher-empirical", "fisher-sampled", "obd-adam", "obd-empirical", "two_stage-adam")
 
 
@@ -93,6 +97,31 @@ def verdict(specs: list[tuple[dict, dict]]) -> list[str]:
             out.append(f"| {label}, {scope} | " + " | ".join(row) + " |")
     out.append("")
     return out
+
+
+def load_sweep(model: str, partial: bool = False) -> dict | None:
+    """The finished sweep of ``model`` (None if absent or still running, unless ``partial``)."""
+    path = RESULTS / f"sweep_{model}.json"
+    if not path.exists():
+        return None
+    results = json.loads(path.read_text())
+    return results if partial or results.get("complete") else None
+
+
+def pick(model: str, results: dict) -> tuple[float, float, float] | None:
+    """(rate, mean validation error, mean file bytes) of the smallest fisherpack pipeline file whose
+    mean validation error is within ERROR_BUDGET: what the default rate of ``reproduce`` should be."""
+    cells = defaultdict(list)
+    for k, r in results["points"].items():
+        s = json.loads(k)
+        if s["sweep"] == "pipeline" and s["method"] == "fisherpack":
+            cells[s["rate"]].append((r["val_error"], r["file_bytes"]))
+    fits = [(np.mean([b for _, b in v]), rate, np.mean([e for e, _ in v])) for rate, v in cells.items()]
+    fits = [f for f in fits if f[2] <= ERROR_BUDGET[model]]
+    if not fits:
+        return None
+    nbytes, rate, err = min(fits)
+    return rate, err, nbytes
 
 
 def sweep_tables(model: str, partial: bool = False) -> list[str]:
@@ -153,6 +182,18 @@ def sweep_tables(model: str, partial: bool = False) -> list[str]:
             out.append(
                 f"| {method} | {rate:.1%} | {b} | {nbytes.mean():,.0f} | {_mean_std(list(val))} | "
                 f"{_mean_std(list(test))} |"
+            )
+        out.append("")
+        bases = [b["val_error"] for b in json.loads(path.read_text()).get("bases", {}).values()]
+        chosen = pick(model, json.loads(path.read_text()))
+        if bases:
+            out.append(f"The dense models' validation error: {_mean_std(bases)}%.")
+        if chosen:
+            rate, err, nbytes = chosen
+            out.append(
+                f"The smallest fisherpack file within the error budget of {100 * ERROR_BUDGET[model]:.1f}% "
+                f"(validation): {rate:.1%} pruned, {nbytes:,.0f} bytes, {100 * err:.2f}%: the default of "
+                "`fisherpack reproduce`."
             )
         out.append("")
     for kind in ("prune", "quant", "front"):

@@ -152,6 +152,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                 bar.advance(1)
         finally:
             bar.close()
+        results["bases"] = sweep.base_figures(runner, specs)  # the dense models every point starts from
         _write_results(path, results, complete=True)
         if not args.no_plots:
             _sweep_plots(results["points"], name, out_dir, suffix)

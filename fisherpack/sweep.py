@@ -234,16 +234,31 @@ class Sweep:
         return {**self.errors(net), **{k: figures[k] for k in ("file_bytes", "ratio", "avg_bits", "kept_fraction")}}
 
 
+def base_figures(runner: Sweep, specs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Validation error of the dense base model of every (model, seed) in ``specs``, keyed
+    "model/seed": the reference the sweep's points are measured against."""
+    out = {}
+    for spec in specs:
+        name = f"{spec['model']}/{spec['seed']}"
+        if name not in out:
+            figures = runner.base(spec["model"], spec["seed"], spec.get("train_epochs"))["figures"]
+            out[name] = {"val_error": figures["test_error_before"]}  # the base was evaluated on validation
+    return out
+
+
 def weights_of(net: torch.nn.Module, names: list[str]) -> list[torch.Tensor]:
     params = dict(net.named_parameters())
     return [params[n] for n in names]
 
 
 def settings_id(model: str) -> str:
-    """A short hash of ``pipeline.default_config(model)``: part of every point's key, so a change of
-    the defaults (which the base models and pipeline points are made with) makes new points."""
+    """A short hash of the defaults a point depends on: ``pipeline.default_config(model)`` without
+    the seed and the pruning rate and bits (every pipeline point sets its own). Part of every
+    point's key, so a change of those defaults makes new points; a change of the default rate or
+    bits (chosen from the sweep itself) does not."""
     d = pipeline.default_config(model).to_dict()
     d.pop("seed")
+    d["compress"] = {k: v for k, v in d["compress"].items() if k not in ("rate", "bits")}
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
 

@@ -41,3 +41,23 @@ def test_results_section_is_generated_from_the_committed_json():
     script = ROOT / "benchmarks" / "readme_results.py"
     done = subprocess.run([sys.executable, str(script), "--check"], capture_output=True)
     assert done.returncode == 0, "README results are stale: run python benchmarks/readme_results.py"
+
+
+def test_default_rates_are_the_sweeps_pick():
+    """reproduce's default pruning rate is the smallest fisherpack file within the error budget."""
+    import importlib.util
+
+    from fisherpack.defaults import default_config
+
+    spec = importlib.util.spec_from_file_location("readme_results", ROOT / "benchmarks" / "readme_results.py")
+    results_mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(results_mod)
+    checked = 0
+    for model in results_mod.MODELS:
+        results = results_mod.load_sweep(model)
+        if results is None:
+            continue
+        chosen = results_mod.pick(model, results)
+        assert chosen is not None and default_config(model).compress.rate == chosen[0]
+        checked += 1
+    assert checked >= 1
