@@ -136,8 +136,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         path = paths[name]
         results = _read_results(path)
         specs = sweep.plan(name, seeds, quick=args.quick)
-        current = {sweep.key(s) for s in specs}  # points of other defaults or plans are stale
-        results["points"] = {k: v for k, v in results["points"].items() if k in current}
+        results["points"] = _set_aside_stale(path, results["points"], {sweep.key(s) for s in specs})
         todo = sweep.pending(specs, results["points"])
         if todo:  # the code and machine that measure the points still to do
             results["environment"] = environment.record(seeds=list(seeds), quick=args.quick)
@@ -158,6 +157,26 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             _sweep_plots(results["points"], name, out_dir, suffix)
         print(f"{name}: {len(results['points'])} points in {path}")
     return 0
+
+
+def _set_aside_stale(path: Path, points: dict[str, Any], current: set[str]) -> dict[str, Any]:
+    """The points of the current plan. Points measured under other defaults or plans are moved to
+    ``<name>.stale.json`` beside the results, never dropped: hours of measurements come back if
+    the settings do (their points are taken back from there)."""
+    stale_path = path.with_name(path.stem + ".stale.json")
+    stale = _read_results(stale_path)["points"] if stale_path.exists() else {}
+    moving = {k: v for k, v in points.items() if k not in current}
+    back = {k: v for k, v in stale.items() if k in current and k not in points}
+    if moving or back:
+        stale.update(moving)
+        for k in back:
+            del stale[k]
+        _write_results(stale_path, {"points": stale}, complete=False)
+        if moving:
+            _log(f"{len(moving)} points measured with other settings set aside in {stale_path}")
+        if back:
+            _log(f"{len(back)} points taken back from {stale_path}")
+    return {**{k: v for k, v in points.items() if k in current}, **back}
 
 
 def _write_results(path: Path, results: dict[str, Any], complete: bool) -> None:

@@ -90,6 +90,21 @@ def test_sweep_command_resumes_without_recomputing(tmp_path, monkeypatch):
     assert main(argv) == 0
     assert calls == [] and json.loads(path.read_text())["points"] == first["points"]
 
+    # other settings: the finished points are set aside, not lost, and come back with the settings
+    other = [dict(spec, scheme="quantile") for spec in few]
+    monkeypatch.setattr(sweep, "plan", lambda model, seeds, quick: other)
+    monkeypatch.setattr(sweep.Sweep, "run", lambda self, spec: {"bits": spec["bits"]})
+    assert main(argv) == 0
+    stale_path = tmp_path / "res" / "sweep_lenet300.stale.json"
+    assert json.loads(stale_path.read_text())["points"] == first["points"]
+    assert set(json.loads(path.read_text())["points"]) == {sweep.key(s) for s in other}
+    monkeypatch.setattr(sweep, "plan", lambda model, seeds, quick: few)
+    calls.clear()
+    monkeypatch.setattr(sweep.Sweep, "run", lambda self, spec: calls.append(spec))
+    assert main(argv) == 0
+    assert calls == [] and json.loads(path.read_text())["points"] == first["points"]
+    assert set(json.loads(stale_path.read_text())["points"]) == {sweep.key(s) for s in other}
+
 
 def test_plots_draw_every_sweep(tmp_path):
     from fisherpack import plots
