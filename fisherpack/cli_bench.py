@@ -131,14 +131,20 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     paths = {name: out_dir / f"sweep_{name}{suffix}.json" for name in names}
     for path in paths.values():
         check_writable(path)
+    for other in args.merge:
+        if not Path(other).is_file():
+            raise ConfigError(f"--merge {other}: no such file; give the sweep_<model>.json of another run")
     runner = sweep.Sweep(data.load(args.data_dir, log=_log), Path(args.workdir))
     for name in names:
         path = paths[name]
         results = _read_results(path)
         specs = sweep.plan(name, seeds, quick=args.quick)
-        results["points"] = _set_aside_stale(path, results["points"], {sweep.key(s) for s in specs})
+        current = {sweep.key(s) for s in specs}
+        results["points"] = _set_aside_stale(path, results["points"], current)
+        for other in args.merge:
+            _merge(results, Path(other), current)
         todo = sweep.pending(specs, results["points"])
-        if todo:  # the code and machine that measure the points still to do
+        if todo or "environment" not in results:  # the code and machine that measure the points to do
             results["environment"] = environment.record(seeds=list(seeds), quick=args.quick)
         bar = _Bar(not args.quiet, unit="point")
         bar.start(len(todo), 0)
@@ -179,6 +185,19 @@ def _set_aside_stale(path: Path, points: dict[str, Any], current: set[str]) -> d
     return {**{k: v for k, v in points.items() if k in current}, **back}
 
 
+def _merge(results: dict[str, Any], other: Path, current: set[str]) -> None:
+    """Takes the points of the current plan that ``other`` (the results of the same sweep run
+    elsewhere: other seeds in another process, another machine) has and ``results`` lacks, and
+    records which file and environment they were measured in."""
+    theirs = _read_results(other)
+    new = {k: v for k, v in theirs["points"].items() if k in current and k not in results["points"]}
+    if new:
+        results["points"].update(new)
+        part = {"file": other.name, "points": len(new), "environment": theirs.get("environment")}
+        results["merged"] = [*results.get("merged", []), part]
+    _log(f"{len(new)} points merged from {other}")
+
+
 def _write_results(path: Path, results: dict[str, Any], complete: bool) -> None:
     results["complete"] = complete  # readers (README tables) use finished sweeps only
     atomic_write_bytes(path, (json.dumps(results, indent=1, sort_keys=True) + "\n").encode())
@@ -213,4 +232,11 @@ def add_sweep_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.add_argument("--data-dir", help="folder with MNIST-format idx files (default: fetch MNIST into a cache)")
+    q.add_argument(
+        "--merge",
+        nargs="+",
+        default=[],
+        metavar="FILE",
+        help="first take the finished points of these result files of the same sweep (e.g. one --seeds N per process)",
+    )
     q.set_defaults(func=cmd_sweep)

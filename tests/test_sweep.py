@@ -106,6 +106,35 @@ def test_sweep_command_resumes_without_recomputing(tmp_path, monkeypatch):
     assert set(json.loads(stale_path.read_text())["points"]) == {sweep.key(s) for s in other}
 
 
+def test_sweep_parts_run_apart_then_merge(tmp_path, monkeypatch, capsys):
+    idx = data.write_dataset(tmp_path / "idx", data.synthetic(300, 60, seed=1))
+
+    def plan(model, seeds, quick):
+        return [{"sweep": "quant", "model": model, "seed": s, "scheme": "uniform", "bits": 3} for s in seeds]
+
+    monkeypatch.setattr(sweep, "plan", plan)
+    monkeypatch.setattr(sweep.Sweep, "run", lambda self, spec: {"seed": spec["seed"]})
+    monkeypatch.setattr(sweep, "base_figures", lambda runner, specs: {})
+    monkeypatch.setattr(sweep.Sweep.__init__, "__defaults__", (50,))
+    common = ["sweep", "--model", "lenet300", "--data-dir", str(idx), "--workdir", str(tmp_path / "w"), "--quiet"]
+    for seed in (0, 1, 2):
+        assert main([*common, "--no-plots", "--seeds", str(seed), "--out", str(tmp_path / f"s{seed}")]) == 0
+    parts = [str(tmp_path / f"s{seed}" / "sweep_lenet300.json") for seed in (0, 1, 2)]
+    calls = []
+    monkeypatch.setattr(sweep.Sweep, "run", lambda self, spec: calls.append(spec))
+    assert main([*common, "--no-plots", "--out", str(tmp_path / "all"), "--merge", *parts]) == 0
+    merged = json.loads((tmp_path / "all" / "sweep_lenet300.json").read_text())
+    assert calls == [] and merged["complete"]
+    assert sorted(p["seed"] for p in merged["points"].values()) == [0, 1, 2]
+    assert [m["points"] for m in merged["merged"]] == [1, 1, 1]
+    assert [m["environment"]["seeds"] for m in merged["merged"]] == [[0], [1], [2]]
+    assert merged["environment"]["seeds"] == [0, 1, 2]
+    capsys.readouterr()
+    assert main([*common, "--out", str(tmp_path / "all"), "--merge", str(tmp_path / "nope.json")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "nope.json: no such file" in err
+
+
 def test_plots_draw_every_sweep(tmp_path):
     from fisherpack import plots
 
