@@ -54,9 +54,11 @@ def _mean_std(values: list[float]) -> str:
     return f"{100 * a.mean():.2f} ± {100 * a.std():.2f}" if len(a) > 1 else f"{100 * a.mean():.2f}"
 
 
-# The error budget the defaults are chosen for: the smallest file whose mean validation error stays
-# within it (Deep Compression's error level, rounded up: 0.74% for LeNet-5, 1.58% for LeNet-300-100).
-ERROR_BUDGET = {"lenet5": 0.008, "lenet300": 0.016}
+# The error budget the defaults are chosen for: the smallest file whose mean validation error is at
+# most this many times the dense models' mean validation error on the same split. Relative, because
+# the validation split (the end of the training set) is harder than the test set: an absolute
+# test-set level such as Deep Compression's 0.74% would compare errors of different data.
+ERROR_FACTOR = 1.5
 
 FISHER_METHODS = ("fisher-adam", "fisher-empirical", "fisher-sampled", "obd-adam", "obd-empirical", "two_stage-adam")
 
@@ -108,16 +110,26 @@ def load_sweep(model: str, partial: bool = False) -> dict | None:
     return results if partial or results.get("complete") else None
 
 
+def error_budget(results: dict) -> float | None:
+    """ERROR_FACTOR times the dense models' mean validation error (None without dense figures)."""
+    bases = [b["val_error"] for b in results.get("bases", {}).values()]
+    return ERROR_FACTOR * float(np.mean(bases)) if bases else None
+
+
 def pick(model: str, results: dict) -> tuple[float, float, float] | None:
     """(rate, mean validation error, mean file bytes) of the smallest fisherpack pipeline file whose
-    mean validation error is within ERROR_BUDGET: what the default rate of ``reproduce`` should be."""
+    mean validation error is within the error budget: what the default rate of ``reproduce`` should
+    be."""
+    budget = error_budget(results)
+    if budget is None:
+        return None
     cells = defaultdict(list)
     for k, r in results["points"].items():
         s = json.loads(k)
         if s["sweep"] == "pipeline" and s["method"] == "fisherpack":
             cells[s["rate"]].append((r["val_error"], r["file_bytes"]))
     fits = [(np.mean([b for _, b in v]), rate, np.mean([e for e, _ in v])) for rate, v in cells.items()]
-    fits = [f for f in fits if f[2] <= ERROR_BUDGET[model]]
+    fits = [f for f in fits if f[2] <= budget]
     if not fits:
         return None
     nbytes, rate, err = min(fits)
@@ -192,16 +204,17 @@ def sweep_tables(model: str, partial: bool = False) -> list[str]:
                 f"{_mean_std(list(test))} |"
             )
         out.append("")
-        bases = [b["val_error"] for b in json.loads(path.read_text()).get("bases", {}).values()]
-        chosen = pick(model, json.loads(path.read_text()))
+        results = json.loads(path.read_text())
+        bases = [b["val_error"] for b in results.get("bases", {}).values()]
+        chosen = pick(model, results)
         if bases:
             out.append(f"The dense models' validation error: {_mean_std(bases)}%.")
         if chosen:
             rate, err, nbytes = chosen
             out.append(
-                f"The smallest fisherpack file within the error budget of {100 * ERROR_BUDGET[model]:.1f}% "
-                f"(validation): {rate:.1%} pruned, {nbytes:,.0f} bytes, {100 * err:.2f}%: the default of "
-                "`fisherpack reproduce`."
+                f"The smallest fisherpack file within the error budget ({ERROR_FACTOR}x the dense models' "
+                f"validation error: {100 * error_budget(results):.2f}%): {rate:.1%} pruned, {nbytes:,.0f} bytes, "
+                f"{100 * err:.2f}%: the default of `fisherpack reproduce`."
             )
         out.append("")
     for kind in ("prune", "quant", "front"):

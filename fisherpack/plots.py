@@ -148,7 +148,9 @@ def plot_front(results: dict[str, Any], model: str, path: str | Path) -> None:
     for method, pts in sorted(cells.items()):
         pts.sort()
         b, e, lo, hi = np.array(pts).T
-        ax.errorbar(b, e, yerr=[e - lo, hi - e], marker="o", capsize=3, label=method)
+        # equal seeds: the float mean may land a hair outside min..max
+        yerr = np.clip([e - lo, hi - e], 0.0, None)
+        ax.errorbar(b, e, yerr=yerr, marker="o", capsize=3, label=method)
     for label, nbytes, err in ANCHORS.get(model, []):
         ax.scatter([nbytes], [err], marker="*", s=120, zorder=3)
         ax.annotate(label, (nbytes, err), textcoords="offset points", xytext=(6, 4), fontsize=8)

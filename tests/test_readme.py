@@ -1,8 +1,10 @@
 """The README's promises: its two commands, its Python example, and CI running the same tests."""
 
+import json
 import re
 from pathlib import Path
 
+import pytest
 import torch
 
 import fisherpack
@@ -61,3 +63,32 @@ def test_default_rates_are_the_sweeps_pick():
         assert chosen is not None and default_config(model).compress.rate == chosen[0]
         checked += 1
     assert checked >= 1
+
+
+def test_pick_is_the_smallest_file_within_the_budget_relative_to_the_dense_models():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("readme_results", ROOT / "benchmarks" / "readme_results.py")
+    results_mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(results_mod)
+
+    def point(rate, seed, val, nbytes, method="fisherpack"):
+        key = json.dumps({"sweep": "pipeline", "method": method, "rate": rate, "seed": seed}, sort_keys=True)
+        return key, {"val_error": val, "file_bytes": nbytes}
+
+    points = dict(
+        [
+            point(0.9, 0, 0.010, 9000),
+            point(0.9, 1, 0.012, 9100),
+            point(0.95, 0, 0.0138, 5000),
+            point(0.95, 1, 0.0158, 5100),  # mean 1.48%: within the budget of 1.5%
+            point(0.98, 0, 0.015, 3000),
+            point(0.98, 1, 0.0152, 3100),  # mean 1.51%: over it
+            point(0.99, 0, 0.001, 1000, method="magnitude-uniform"),  # not fisherpack's
+        ]
+    )
+    results = {"points": points, "bases": {"m/0": {"val_error": 0.009}, "m/1": {"val_error": 0.011}}}
+    assert results_mod.error_budget(results) == pytest.approx(0.015)
+    rate, err, nbytes = results_mod.pick("m", results)
+    assert (rate, nbytes) == (0.95, 5050) and err == pytest.approx(0.0148)
+    assert results_mod.pick("m", {"points": points}) is None  # no dense figures, no budget
