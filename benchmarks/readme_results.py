@@ -205,10 +205,12 @@ def sweep_tables(model: str, partial: bool = False) -> list[str]:
             )
         out.append("")
         results = json.loads(path.read_text())
-        bases = [b["val_error"] for b in results.get("bases", {}).values()]
+        bases = list(results.get("bases", {}).values())
         chosen = pick(model, results)
         if bases:
-            out.append(f"The dense models' validation error: {_mean_std(bases)}%.")
+            val, test = ([b[k] for b in bases if k in b] for k in ("val_error", "test_error"))
+            tail = f", test error: {_mean_std(test)}%" if len(test) == len(bases) else ""
+            out.append(f"The dense models' validation error: {_mean_std(val)}%{tail}.")
         if chosen:
             rate, err, nbytes = chosen
             out.append(

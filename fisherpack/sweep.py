@@ -235,14 +235,15 @@ class Sweep:
 
 
 def base_figures(runner: Sweep, specs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Validation error of the dense base model of every (model, seed) in ``specs``, keyed
+    """Validation and test error of the dense base model of every (model, seed) in ``specs``, keyed
     "model/seed": the reference the sweep's points are measured against."""
     out = {}
     for spec in specs:
         name = f"{spec['model']}/{spec['seed']}"
         if name not in out:
-            figures = runner.base(spec["model"], spec["seed"], spec.get("train_epochs"))["figures"]
-            out[name] = {"val_error": figures["test_error_before"]}  # the base was evaluated on validation
+            net, _ = runner.restore(spec["model"], spec["seed"], 1e-3, spec.get("train_epochs"))
+            errors = runner.errors(net)
+            out[name] = {"val_error": errors["val_error"], "test_error": errors["test_error"]}
     return out
 
 

@@ -59,6 +59,15 @@ def test_pipeline_points_measure_the_file(runner):
     assert result["ratio"] == pytest.approx(4 * 266_610 / result["file_bytes"])
 
 
+def test_base_figures_are_the_dense_models_errors(runner):
+    spec = {"sweep": "quant", "model": "lenet300", "seed": 0, "train_epochs": 1}
+    figures = sweep.base_figures(runner, [spec, dict(spec, bits=3)])
+    assert list(figures) == ["lenet300/0"]
+    base = runner.base("lenet300", 0, 1)["figures"]  # measured on validation while training
+    assert figures["lenet300/0"]["val_error"] == pytest.approx(base["test_error_before"])
+    assert 0.0 <= figures["lenet300/0"]["test_error"] < 0.9  # a trained model, on the test images
+
+
 def test_sweep_command_resumes_without_recomputing(tmp_path, monkeypatch):
     idx = data.write_dataset(tmp_path / "idx", data.synthetic(300, 60, seed=1))
     few = [
