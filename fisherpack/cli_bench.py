@@ -134,6 +134,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     for other in args.merge:
         if not Path(other).is_file():
             raise ConfigError(f"--merge {other}: no such file; give the sweep_<model>.json of another run")
+        try:
+            _read_results(Path(other))
+        except FisherpackError:
+            raise ConfigError(f"--merge {other}: not a sweep result file (a sweep_<model>.json)") from None
     runner = sweep.Sweep(data.load(args.data_dir, log=_log), Path(args.workdir))
     for name in names:
         path = paths[name]

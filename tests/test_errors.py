@@ -119,6 +119,21 @@ CLI = [
     ("export", "a truncated file", ["export", "DIR/truncated.fpk", "--safetensors", "DIR/out/m.st"]),
     ("export", "output folder not writable", ["export", "DIR/m.fpk", "--safetensors", "/sys/m.st"]),
     ("sweep", "unknown model", ["sweep", "--model", "lenet7", "--out", "DIR/out", "--workdir", "DIR/out"]),
+    (
+        "sweep",
+        "seeds not numbers",
+        ["sweep", "--model", "lenet300", "--seeds", "0,a", "--out", "DIR/out", "--workdir", "DIR/out"],
+    ),
+    (
+        "sweep",
+        "--merge file does not exist",
+        ["sweep", "--model", "lenet300", "--out", "DIR/out", "--workdir", "DIR/out", "--merge", "DIR/nope.json"],
+    ),
+    (
+        "sweep",
+        "--merge file is not sweep results",
+        ["sweep", "--model", "lenet300", "--out", "DIR/out", "--workdir", "DIR/out", "--merge", "DIR/afile"],
+    ),
     ("inspect", "file does not exist", ["inspect", "DIR/nope.fpk"]),
     ("inspect", "truncated file", ["inspect", "DIR/truncated.fpk"]),
     ("inspect", "a torch.save zip", ["inspect", "DIR/zip.fpk"]),

@@ -142,6 +142,10 @@ def test_sweep_parts_run_apart_then_merge(tmp_path, monkeypatch, capsys):
     assert main([*common, "--out", str(tmp_path / "all"), "--merge", str(tmp_path / "nope.json")]) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "nope.json: no such file" in err
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    assert main([*common, "--out", str(tmp_path / "all"), "--merge", str(tmp_path / "bad.json")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "bad.json: not a sweep result file" in err
 
 
 def test_plots_draw_every_sweep(tmp_path):
