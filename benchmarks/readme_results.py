@@ -116,7 +116,7 @@ def error_budget(results: dict) -> float | None:
     return ERROR_FACTOR * float(np.mean(bases)) if bases else None
 
 
-def pick(model: str, results: dict) -> tuple[float, float, float] | None:
+def pick(results: dict) -> tuple[float, float, float] | None:
     """(rate, mean validation error, mean file bytes) of the smallest fisherpack pipeline file whose
     mean validation error is within the error budget: what the default rate of ``reproduce`` should
     be."""
@@ -137,11 +137,10 @@ def pick(model: str, results: dict) -> tuple[float, float, float] | None:
 
 
 def sweep_tables(model: str, partial: bool = False) -> list[str]:
-    path = RESULTS / f"sweep_{model}.json"
-    if not path.exists() or not (partial or json.loads(path.read_text()).get("complete")):
+    results = load_sweep(model, partial)
+    if results is None:
         return []  # a sweep still running (or killed) is not reported
-    points = {k: v for k, v in json.loads(path.read_text())["points"].items()}
-    specs = [(json.loads(k), v) for k, v in points.items()]
+    specs = [(json.loads(k), v) for k, v in results["points"].items()]
     seeds = sorted({s["seed"] for s, _ in specs})
     out = [f"### {model} (validation error in %, mean ± std over seeds {', '.join(map(str, seeds))})", ""]
     prune = defaultdict(list)
@@ -204,9 +203,8 @@ def sweep_tables(model: str, partial: bool = False) -> list[str]:
                 f"{_mean_std(list(test))} |"
             )
         out.append("")
-        results = json.loads(path.read_text())
         bases = list(results.get("bases", {}).values())
-        chosen = pick(model, results)
+        chosen = pick(results)
         if bases:
             val, test = ([b[k] for b in bases if k in b] for k in ("val_error", "test_error"))
             tail = f", test error: {_mean_std(test)}%" if len(test) == len(bases) else ""

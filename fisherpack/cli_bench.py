@@ -131,13 +131,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     paths = {name: out_dir / f"sweep_{name}{suffix}.json" for name in names}
     for path in paths.values():
         check_writable(path)
-    for other in args.merge:
-        if not Path(other).is_file():
-            raise ConfigError(f"--merge {other}: no such file; give the sweep_<model>.json of another run")
-        try:
-            _read_results(Path(other))
-        except FisherpackError:
-            raise ConfigError(f"--merge {other}: not a sweep result file (a sweep_<model>.json)") from None
+    parts = [_read_part(Path(other)) for other in args.merge]  # bad parts fail before any work
     runner = sweep.Sweep(data.load(args.data_dir, log=_log), Path(args.workdir))
     for name in names:
         path = paths[name]
@@ -145,8 +139,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         specs = sweep.plan(name, seeds, quick=args.quick)
         current = {sweep.key(s) for s in specs}
         results["points"] = _set_aside_stale(path, results["points"], current)
-        for other in args.merge:
-            _merge(results, Path(other), current)
+        for other, theirs in parts:
+            _merge(results, other, theirs, current)
         todo = sweep.pending(specs, results["points"])
         if todo or "environment" not in results:  # the code and machine that measure the points to do
             results["environment"] = environment.record(seeds=list(seeds), quick=args.quick)
@@ -189,11 +183,20 @@ def _set_aside_stale(path: Path, points: dict[str, Any], current: set[str]) -> d
     return {**{k: v for k, v in points.items() if k in current}, **back}
 
 
-def _merge(results: dict[str, Any], other: Path, current: set[str]) -> None:
-    """Takes the points of the current plan that ``other`` (the results of the same sweep run
-    elsewhere: other seeds in another process, another machine) has and ``results`` lacks, and
-    records which file and environment they were measured in."""
-    theirs = _read_results(other)
+def _read_part(other: Path) -> tuple[Path, dict[str, Any]]:
+    """A ``--merge`` file and its results, or a one-line error."""
+    if not other.is_file():
+        raise ConfigError(f"--merge {other}: no such file; give the sweep_<model>.json of another run")
+    try:
+        return other, _read_results(other)
+    except FisherpackError:
+        raise ConfigError(f"--merge {other}: not a sweep result file (a sweep_<model>.json)") from None
+
+
+def _merge(results: dict[str, Any], other: Path, theirs: dict[str, Any], current: set[str]) -> None:
+    """Takes the points of the current plan that ``theirs`` (the results in ``other`` of the same
+    sweep run elsewhere: other seeds in another process, another machine) has and ``results``
+    lacks, and records which file and environment they were measured in."""
     new = {k: v for k, v in theirs["points"].items() if k in current and k not in results["points"]}
     if new:
         results["points"].update(new)

@@ -59,7 +59,7 @@ def test_default_rates_are_the_sweeps_pick():
         results = results_mod.load_sweep(model)
         if results is None:
             continue
-        chosen = results_mod.pick(model, results)
+        chosen = results_mod.pick(results)
         assert chosen is not None and default_config(model).compress.rate == chosen[0]
         checked += 1
     assert checked >= 1
@@ -89,6 +89,6 @@ def test_pick_is_the_smallest_file_within_the_budget_relative_to_the_dense_model
     )
     results = {"points": points, "bases": {"m/0": {"val_error": 0.009}, "m/1": {"val_error": 0.011}}}
     assert results_mod.error_budget(results) == pytest.approx(0.015)
-    rate, err, nbytes = results_mod.pick("m", results)
+    rate, err, nbytes = results_mod.pick(results)
     assert (rate, nbytes) == (0.95, 5050) and err == pytest.approx(0.0148)
-    assert results_mod.pick("m", {"points": points}) is None  # no dense figures, no budget
+    assert results_mod.pick({"points": points}) is None  # no dense figures, no budget
