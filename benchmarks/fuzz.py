@@ -30,7 +30,7 @@ if "--atheris" in sys.argv:  # coverage instrumentation of fisherpack only: it m
     import atheris
 
     with atheris.instrument_imports(include=["fisherpack"]):
-        import fisherpack.format  # noqa: F401
+        import fisherpack.fpk.container  # noqa: F401
 
 import fuzzcases as fz  # noqa: E402
 import fuzzgen as fg  # noqa: E402
@@ -139,7 +139,7 @@ def _one_bomb(path: str) -> dict:
     before = _kib("VmRSS") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
     try:
-        fisherpack.format.decode(data).state_dict()
+        fisherpack.fpk.container.decode(data).state_dict()
         outcome = "decoded"
     except fisherpack.FormatError as exc:
         outcome = f"FormatError: {exc}"

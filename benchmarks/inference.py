@@ -43,8 +43,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import fisherpack  # noqa: E402
-from fisherpack import environment, runtime  # noqa: E402
-from fisherpack.compress import summary  # noqa: E402
+from fisherpack import runtime  # noqa: E402
+from fisherpack.bench import environment  # noqa: E402
+from fisherpack.compression import summary  # noqa: E402
 
 BATCHES = (1, 256)
 REFERENCE_LENET5 = ROOT / "benchmarks" / "results" / "lenet5.fpk"

@@ -39,10 +39,12 @@ import torch
 from torch import nn
 
 import fisherpack
-from fisherpack import data, environment, fisher, format, models, pipeline
-from fisherpack.compress import compress, compressible, load_into
+from fisherpack import data, fisher, models, pipeline
+from fisherpack.bench import environment
+from fisherpack.compression import compress, compressible, load_into
 from fisherpack.config import CompressConfig, PipelineConfig
-from fisherpack.fileio import atomic_write_bytes
+from fisherpack.fpk import container as format
+from fisherpack.fpk.fileio import atomic_write_bytes
 from fisherpack.prune import apply_masks, select
 from fisherpack.train import evaluate, train_epoch
 

@@ -5,7 +5,7 @@ For each model: train it with fisherpack's own pipeline (PipelineConfig defaults
 minus a held-out validation split, estimate the empirical Fisher (1,000 training samples) and the
 Adam-state Fisher (rescaled by the batch size), then prune or quantize one layer at a time and
 compare the second-order prediction with the measured increase of the validation loss (see
-fisherpack/sensitivity.py). The test set is only evaluated once for context, never for a choice.
+fisherpack/bench/sensitivity.py). The test set is only evaluated once for context, never for a choice.
 
 Writes benchmarks/results/sensitivity_MODEL.json (with an environment record) and .png, where the
 Adam Fisher ranks OBD and chooses quantization steps (as in fisherpack's pipeline), and
@@ -28,9 +28,10 @@ from pathlib import Path
 
 import torch
 
-from fisherpack import data, environment, pipeline, sensitivity
+from fisherpack import data, pipeline
+from fisherpack.bench import environment, sensitivity
 from fisherpack.config import PipelineConfig
-from fisherpack.fileio import atomic_write_bytes
+from fisherpack.fpk.fileio import atomic_write_bytes
 from fisherpack.train import evaluate
 
 EPOCHS = {"lenet5": 3, "lenet300": 5}

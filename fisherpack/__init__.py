@@ -20,13 +20,13 @@ import os
 from torch import nn
 
 from . import data, dist, export, fisher, models, prune, quant, runtime
-from .compress import compress, decompress
-from .compress import load_into as _load_into
+from .compression import compress, decompress
+from .compression import load_into as _load_into
 from .config import CompressConfig, PipelineConfig
 from .errors import ConfigError, DataError, DistributedError, FisherpackError, FormatError, RanksDisagreeError
-from .format import load as read
-from .format import save
-from .tensors import Compressed
+from .fpk.container import load as read
+from .fpk.container import save
+from .fpk.tensors import Compressed
 
 __all__ = [
     "__version__",
@@ -60,7 +60,7 @@ def load(path: str | os.PathLike, max_elements: int | None = None) -> dict:
     """The decoded state dict of a .fpk file (quantized weights bit-exact, the rest as stored).
 
     ``max_elements`` lifts the reader's default cap on declared entries for a trusted file (see
-    fisherpack.format.decode)."""
+    fisherpack.fpk.container.decode)."""
     return read(path, max_elements=max_elements).state_dict()
 
 

@@ -21,7 +21,7 @@ import torch
 from . import dist, models
 from .config import PipelineConfig
 from .errors import FisherpackError
-from .fileio import atomic_write_bytes
+from .fpk.fileio import atomic_write_bytes
 
 __all__ = [
     "fingerprint",

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError
+from .fpk.tensors import MAX_BITS, MAX_GROUPS
 from .prune import CRITERIA, SCOPES
 from .quant import ALLOCATIONS
-from .tensors import MAX_BITS, MAX_GROUPS
 
 __all__ = ["CompressConfig", "PipelineConfig", "FISHER_SOURCES", "OVERRIDE_KEYS"]
 

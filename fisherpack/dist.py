@@ -40,10 +40,10 @@ import torch.distributed as tdist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from . import format
 from .errors import ConfigError, DistributedError, FisherpackError, RanksDisagreeError
-from .fileio import atomic_write_bytes
-from .tensors import Compressed
+from .fpk import container as format
+from .fpk.fileio import atomic_write_bytes
+from .fpk.tensors import Compressed
 
 __all__ = ["DEFAULT_TIMEOUT", "active", "rank", "world_size", "init_from_env", "shutdown", "shard", "wrap"]
 __all__ += ["unwrap", "all_reduce_sums", "digest", "agree", "from_rank0", "save"]

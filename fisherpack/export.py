@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, FisherpackError
-from .tensors import Compressed
+from .fpk.tensors import Compressed
 
 __all__ = ["safetensors_bytes", "onnx_bytes"]
 

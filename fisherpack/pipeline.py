@@ -37,7 +37,6 @@ import torch
 
 from . import dist, models, prune
 from . import fisher as fisher_mod
-from . import format as fmt
 from .checkpoint import (
     fingerprint,
     load_state,
@@ -46,13 +45,14 @@ from .checkpoint import (
     save_state,
     training_batch_size,
 )
-from .compress import compress, compressible
+from .compression import compress, compressible
 from .config import PipelineConfig
 from .data import batches
 from .defaults import default_config
 from .errors import ConfigError
+from .fpk import container as fmt
+from .fpk.tensors import Compressed, QuantTensor
 from .quant import FakeQuant, requantize
-from .tensors import Compressed, QuantTensor
 from .train import Recipe, epoch_images, evaluate, train_epoch
 
 __all__ = [

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError
-from .tensors import MAX_BITS, MAX_EXP, MAX_GROUPS, MIN_EXP, QuantTensor, dequantize_codes
+from .fpk.tensors import MAX_BITS, MAX_EXP, MAX_GROUPS, MIN_EXP, QuantTensor, dequantize_codes
 
 __all__ = [
     "ALLOCATIONS",

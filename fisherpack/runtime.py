@@ -38,10 +38,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .compress import load_into
+from .compression import load_into
 from .errors import ConfigError
-from .format import load as read
-from .tensors import Compressed
+from .fpk.container import load as read
+from .fpk.tensors import Compressed
 
 __all__ = ["KERNELS", "SPARSE_KERNELS", "SparseLinear", "optimize", "from_file"]
 

@@ -18,10 +18,11 @@ import fuzzgen as fg
 import numpy as np
 import torch
 
-from fisherpack import data, format, models
-from fisherpack.compress import compress
+from fisherpack import data, models
+from fisherpack.compression import compress
 from fisherpack.config import CompressConfig
-from fisherpack.tensors import Compressed, RawTensor
+from fisherpack.fpk import container as format
+from fisherpack.fpk.tensors import Compressed, RawTensor
 
 
 def training_checkpoint(name: str = "lenet300", *, step: bool = True) -> dict:

@@ -17,9 +17,10 @@ import torch
 import torch.distributed as tdist
 from torch import nn
 
-from fisherpack import compress, data, dist, fisher, format, pipeline
+from fisherpack import compress, data, dist, fisher, pipeline
 from fisherpack.config import CompressConfig, PipelineConfig
 from fisherpack.errors import ConfigError, DistributedError, FisherpackError, RanksDisagreeError
+from fisherpack.fpk import container as format
 from fisherpack.train import train_epoch
 
 FISHER_N = 101  # odd: the two ranks' shards differ in size

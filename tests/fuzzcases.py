@@ -26,12 +26,12 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 import torch
 
-from fisherpack import format as fpk
 from fisherpack import models
-from fisherpack.compress import compress
+from fisherpack.compression import compress
 from fisherpack.config import CompressConfig
 from fisherpack.errors import FormatError
-from fisherpack.tensors import Alias, Compressed, QuantTensor, RawTensor
+from fisherpack.fpk import container as fpk
+from fisherpack.fpk.tensors import Alias, Compressed, QuantTensor, RawTensor
 
 PRE = struct.Struct("<8sHIQ")
 LIMIT = 2.0  # seconds per case; the sample files decode in milliseconds

@@ -210,7 +210,7 @@ def rng_text(n: int) -> str:
 @functools.cache
 def bombs() -> dict[str, bytes]:
     """Hostile files built to make a reader allocate or loop as much as the format lets them."""
-    from fisherpack.header import HEADER_CAP, MAX_SEPARATORS, default_max_elements
+    from fisherpack.fpk.header import HEADER_CAP, MAX_SEPARATORS, default_max_elements
 
     out = {}
     # Headers: just under the separator cap (parsed), far over it (refused), one 64 MiB string.

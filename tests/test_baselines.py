@@ -1,6 +1,6 @@
 import torch
 
-from fisherpack.baselines import SharedWeights, kmeans_1d
+from fisherpack.bench.baselines import SharedWeights, kmeans_1d
 
 
 def test_kmeans_finds_well_separated_clusters():

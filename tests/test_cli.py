@@ -6,8 +6,9 @@ import sys
 
 import pytest
 
-from fisherpack import data, format
-from fisherpack.cli import main
+from fisherpack import data
+from fisherpack.cli.main import main
+from fisherpack.fpk import container as format
 
 TINY = ["--model", "lenet300", "--epochs", "1", "--rounds", "2", "--finetune-epochs", "0.5", "--quiet"]
 

@@ -4,10 +4,10 @@ import torch
 from torch import nn
 
 from fisherpack import models
-from fisherpack.compress import compress, compressible, decompress, load_into, summary
+from fisherpack.compression import compress, compressible, decompress, load_into, summary
 from fisherpack.config import CompressConfig
 from fisherpack.errors import ConfigError
-from fisherpack.tensors import Alias, QuantTensor, RawTensor
+from fisherpack.fpk.tensors import Alias, QuantTensor, RawTensor
 
 
 def _fisher(model):

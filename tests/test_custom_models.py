@@ -6,9 +6,9 @@ from torch import nn
 
 import fisherpack
 import fisherpack.pipeline
-from fisherpack.compress import compressible
+from fisherpack.compression import compressible
 from fisherpack.errors import ConfigError
-from fisherpack.tensors import Alias, QuantTensor, RawTensor
+from fisherpack.fpk.tensors import Alias, QuantTensor, RawTensor
 
 VOCAB, DIM, STEPS = 50, 16, 6
 

@@ -20,9 +20,10 @@ import numpy as np
 import pytest
 import torch
 
-from fisherpack import compress, data, fisher, format
-from fisherpack.cli import main
-from fisherpack.tensors import QuantTensor
+from fisherpack import compress, data, fisher
+from fisherpack.cli.main import main
+from fisherpack.fpk import container as format
+from fisherpack.fpk.tensors import QuantTensor
 from fisherpack.train import train_epoch
 
 ROOT = Path(__file__).resolve().parents[1]

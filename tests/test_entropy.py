@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fisherpack.entropy import (
+from fisherpack.errors import FormatError
+from fisherpack.fpk.entropy import (
     MAX_SYMBOLS_PER_BYTE,
     choose_precision,
     decode_stream,
@@ -19,7 +20,6 @@ from fisherpack.entropy import (
     read_table,
     write_table,
 )
-from fisherpack.errors import FormatError
 
 
 def reference_rans_encode(symbols, freqs, precision) -> bytes:

@@ -20,11 +20,12 @@ import torch
 from torch import nn
 
 import fisherpack
-from fisherpack import data, fisher, format, models, pipeline, prune, quant, train
-from fisherpack.cli import main
+from fisherpack import data, fisher, models, pipeline, prune, quant, train
+from fisherpack.cli.main import main
 from fisherpack.config import CompressConfig, PipelineConfig
 from fisherpack.errors import FisherpackError
-from fisherpack.tensors import Alias, Compressed, RawTensor
+from fisherpack.fpk import container as format
+from fisherpack.fpk.tensors import Alias, Compressed, RawTensor
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "ERRORS.md"
 TINY = ["--model", "lenet300", "--epochs", "1", "--rounds", "1", "--quiet"]

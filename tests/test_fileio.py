@@ -6,7 +6,7 @@ import stat
 import pytest
 
 from fisherpack.errors import FisherpackError
-from fisherpack.fileio import atomic_write_bytes, atomic_writer
+from fisherpack.fpk.fileio import atomic_write_bytes, atomic_writer
 
 
 def test_written_files_get_the_mode_the_umask_gives(tmp_path):

@@ -16,10 +16,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fisherpack import format as fpk
-from fisherpack.entropy import ideal_bits
 from fisherpack.errors import FisherpackError, FormatError
-from fisherpack.tensors import Alias, Compressed, QuantTensor, RawTensor
+from fisherpack.fpk import container as fpk
+from fisherpack.fpk.entropy import ideal_bits
+from fisherpack.fpk.tensors import Alias, Compressed, QuantTensor, RawTensor
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "FORMAT.md"
 PRE = struct.Struct("<8sHIQ")
@@ -308,7 +308,7 @@ def test_format_md_example_matches_the_code():
 
 
 def test_format_md_rans_example_matches_the_code():
-    from fisherpack.entropy import encode_stream
+    from fisherpack.fpk.entropy import encode_stream
 
     symbols = np.array([0, 1, 1, 0, 2, 0, 0, 1, 0, 2, 1, 0, 0, 1, 0, 0])
     assert hex_of(doc_block("example-rans")) == encode_stream(symbols, 3)

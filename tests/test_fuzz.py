@@ -22,8 +22,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fisherpack import format as fpk
-from fisherpack.header import DTYPES, HEADER_CAP
+from fisherpack.fpk import container as fpk
+from fisherpack.fpk.header import DTYPES, HEADER_CAP
 
 SCALE = 50 if os.environ.get("FISHERPACK_FUZZ_LONG") else 1
 SEED = int(os.environ.get("FISHERPACK_FUZZ_SEED", "0"))

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from fisherpack import entropy
-from fisherpack import format as fpk
 from fisherpack.errors import FisherpackError, FormatError
-from fisherpack.header import MAX_SEPARATORS, default_max_elements
-from fisherpack.tensors import Compressed, RawTensor
+from fisherpack.fpk import container as fpk
+from fisherpack.fpk import entropy
+from fisherpack.fpk.header import MAX_SEPARATORS, default_max_elements
+from fisherpack.fpk.tensors import Compressed, RawTensor
 
 
 def small() -> bytes:

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fisherpack.errors import FormatError
-from fisherpack.pack import (
+from fisherpack.fpk.bits import (
     bit_lengths,
     check_bit_stream,
     exp_golomb_join,

@@ -5,8 +5,8 @@ import torch
 from fisherpack import data, pipeline
 from fisherpack.config import CompressConfig, PipelineConfig
 from fisherpack.errors import FisherpackError
+from fisherpack.fpk.tensors import QuantTensor
 from fisherpack.quant import FakeQuant
-from fisherpack.tensors import QuantTensor
 
 CFG = PipelineConfig(
     model="lenet300",

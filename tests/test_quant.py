@@ -6,7 +6,7 @@ import torch
 
 from fisherpack import quant
 from fisherpack.errors import ConfigError
-from fisherpack.tensors import dequantize_codes
+from fisherpack.fpk.tensors import dequantize_codes
 
 
 def _brute_force(w, weight, bits):

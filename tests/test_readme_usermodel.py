@@ -15,7 +15,7 @@ import torch
 
 import fisherpack
 from examples import tinyres
-from fisherpack.cli import main
+from fisherpack.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()

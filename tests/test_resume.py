@@ -23,8 +23,9 @@ import pytest
 import torch
 
 import fisherpack
-from fisherpack import data, format, models, pipeline
+from fisherpack import data, models, pipeline
 from fisherpack.errors import FisherpackError
+from fisherpack.fpk import container as format
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--model", "lenet300", "--epochs", "2", "--rounds", "2", "--finetune-epochs", "0.5", "--rate", "0.9"]

@@ -11,12 +11,13 @@ import torch
 from helpers import per_sample_square_sums
 from torch import nn
 
-from fisherpack import data, fisher, sensitivity
-from fisherpack.cli import main
+from fisherpack import data, fisher
+from fisherpack.bench import sensitivity
+from fisherpack.bench.sensitivity import SensitivityConfig, analyse, estimate, spearman
+from fisherpack.cli.main import main
 from fisherpack.errors import ConfigError
+from fisherpack.fpk.tensors import dequantize_codes
 from fisherpack.quant import quantize_group
-from fisherpack.sensitivity import SensitivityConfig, analyse, estimate, spearman
-from fisherpack.tensors import dequantize_codes
 
 
 def _tiny():

@@ -4,8 +4,9 @@ import json
 
 import pytest
 
-from fisherpack import data, sweep
-from fisherpack.cli import main
+from fisherpack import data
+from fisherpack.bench import sweep
+from fisherpack.cli.main import main
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +150,7 @@ def test_sweep_parts_run_apart_then_merge(tmp_path, monkeypatch, capsys):
 
 
 def test_plots_draw_every_sweep(tmp_path):
-    from fisherpack import plots
+    from fisherpack.bench import plots
 
     points = {}
     for seed in (0, 1):

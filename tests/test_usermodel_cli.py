@@ -8,7 +8,7 @@ from torch import nn
 
 import fisherpack
 from examples import tinyres
-from fisherpack.cli import main
+from fisherpack.cli.main import main
 
 SPEC = "examples.tinyres:build"
 

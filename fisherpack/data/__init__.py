@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import ConfigError, DataError
+from ..errors import ConfigError, DataError
+from ..fpk.fileio import atomic_write_bytes
 from .fetch import MNIST_MD5, MNIST_MIRRORS, fetch_mnist
-from .fileio import atomic_write_bytes
 from .idx import FILES, find_idx_files, read_idx
 
 __all__ = ["Dataset", "load", "fetch_mnist", "read_idx", "find_idx_files", "synthetic", "to_tensor", "check_labels"]

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError
-from .fileio import atomic_write_bytes
+from ..errors import ConfigError
+from ..fpk.fileio import atomic_write_bytes
 
 __all__ = ["ANCHORS", "group", "plot_prune", "plot_quant", "plot_front"]
 

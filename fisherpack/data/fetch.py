@@ -21,8 +21,8 @@ import zlib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from .errors import DataError
-from .fileio import atomic_write_bytes
+from ..errors import DataError
+from ..fpk.fileio import atomic_write_bytes
 from .idx import FILES, GZ_MAGIC, MAX_FILE, gz_reader, names, read_upto
 
 __all__ = ["fetch_mnist", "MNIST_MD5", "MNIST_MIRRORS", "PYPI_MNIST"]

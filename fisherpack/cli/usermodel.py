@@ -22,12 +22,14 @@ from typing import Any
 
 import torch
 
-from . import data, export, format, models, usermodel
-from . import fisher as fisher_mod
-from .compress import compress, load_into, summary
-from .config import CompressConfig
-from .errors import ConfigError
-from .fileio import atomic_write_bytes, check_writable
+from .. import data, export, models
+from .. import fisher as fisher_mod
+from ..compression import compress, load_into, summary
+from ..config import CompressConfig
+from ..errors import ConfigError
+from ..fpk import container as format
+from ..fpk.fileio import atomic_write_bytes, check_writable
+from . import naming as usermodel
 
 __all__ = ["add_layer_flags", "layer_changes", "add_model_flags", "add_export_command", "compress_user", "evaluate"]
 

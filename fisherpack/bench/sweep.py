@@ -32,15 +32,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import fisher as fisher_mod
-from . import format as fmt
-from . import models, pipeline, prune, quant
+from .. import fisher as fisher_mod
+from .. import models, pipeline, prune, quant
+from ..compression import compress, compressible, summary
+from ..config import CompressConfig, PipelineConfig
+from ..data import Dataset, batches, split_validation
+from ..fpk import container as fmt
+from ..fpk.fileio import atomic_write_bytes
+from ..train import Recipe, evaluate, train_epoch
 from .baselines import SharedWeights
-from .compress import compress, compressible, summary
-from .config import CompressConfig, PipelineConfig
-from .data import Dataset, batches, split_validation
-from .fileio import atomic_write_bytes
-from .train import Recipe, evaluate, train_epoch
 
 __all__ = ["PRUNE_METHODS", "QUANT_SCHEMES", "PIPELINE_METHODS", "VAL_SIZE", "key", "Sweep"]
 

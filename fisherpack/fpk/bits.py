@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import FormatError
+from ..errors import FormatError
 
 __all__ = [
     "pack_bits",

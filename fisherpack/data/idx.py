@@ -15,7 +15,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from .errors import DataError
+from ..errors import DataError
 
 __all__ = ["FILES", "read_idx", "find_idx_files", "names", "read_upto", "gz_reader", "MAX_FILE", "GZ_MAGIC"]
 

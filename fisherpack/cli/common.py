@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from . import dist
+from .. import dist
 
 __all__ = ["Parser", "Bar", "log", "on_rank0", "table"]
 

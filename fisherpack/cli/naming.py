@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .compress import check_state_dict
-from .errors import ConfigError, FisherpackError
+from ..compression import check_state_dict
+from ..errors import ConfigError, FisherpackError
 
 __all__ = ["resolve", "build_model", "batches_from", "read_checkpoint", "load_checkpoint", "evaluate"]
 

@@ -33,8 +33,8 @@ import sys
 
 import numpy as np
 
-from .errors import FormatError
-from .pack import read_varint, write_varint
+from ..errors import FormatError
+from .bits import read_varint, write_varint
 
 __all__ = [
     "MIN_PRECISION",

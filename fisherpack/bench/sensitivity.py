@@ -45,13 +45,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import fisher as fisher_mod
-from . import prune
-from .compress import compressible
-from .data import batches
-from .errors import ConfigError
-from .quant import quantize_group
-from .tensors import MAX_BITS, dequantize_codes
+from .. import fisher as fisher_mod
+from .. import prune
+from ..compression import compressible
+from ..data import batches
+from ..errors import ConfigError
+from ..fpk.tensors import MAX_BITS, dequantize_codes
+from ..quant import quantize_group
 
 __all__ = ["SensitivityConfig", "Row", "Report", "estimate", "analyse", "predicted_increase", "spearman", "figure"]
 

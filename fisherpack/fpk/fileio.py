@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from .errors import FisherpackError
+from ..errors import FisherpackError
 
 __all__ = ["atomic_write_bytes", "atomic_writer", "check_writable"]
 

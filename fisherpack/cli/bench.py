@@ -8,13 +8,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from . import data, dist, environment, models, pipeline, sensitivity, sweep
-from .cli_common import Bar as _Bar
-from .cli_common import log as _log
-from .errors import ConfigError, FisherpackError
-from .fileio import atomic_write_bytes, check_writable
-from .prune import CRITERIA
-from .train import evaluate
+from .. import data, dist, models, pipeline
+from ..bench import environment, sensitivity, sweep
+from ..errors import ConfigError, FisherpackError
+from ..fpk.fileio import atomic_write_bytes, check_writable
+from ..prune import CRITERIA
+from ..train import evaluate
+from .common import Bar as _Bar
+from .common import log as _log
 
 __all__ = ["add_sensitivity_parser", "add_sweep_parser"]
 
@@ -222,7 +223,7 @@ def _read_results(path: Path) -> dict[str, Any]:
 
 
 def _sweep_plots(points: dict[str, Any], name: str, out_dir: Path, suffix: str) -> None:
-    from . import plots
+    from ..bench import plots
 
     plots.plot_prune(points, name, out_dir / f"sweep_{name}{suffix}_prune.png")
     plots.plot_quant(points, name, out_dir / f"sweep_{name}{suffix}_quant.png")

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .errors import FormatError
+from ..errors import FormatError
 from .tensors import GRIDS, MAX_BITS, MAX_EXP, MAX_GROUPS, MIN_EXP
 
 __all__ = ["MAGIC", "VERSION", "PRE", "DTYPES", "MAX_ANS_BITS", "MAX_NAME", "HEADER_CAP", "MAX_SEPARATORS"]

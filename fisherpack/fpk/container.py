@@ -19,9 +19,9 @@ import zlib
 import numpy as np
 import torch
 
+from ..errors import ConfigError, FisherpackError, FormatError
+from . import bits as pack
 from . import entropy as rans
-from . import pack
-from .errors import ConfigError, FisherpackError, FormatError
 from .fileio import atomic_write_bytes
 from .header import DTYPES, MAGIC, MAX_ANS_BITS, MAX_NAME, PRE, VERSION, check_preamble, inflate, split, validate
 from .tensors import Alias, Compressed, QuantTensor, RawTensor

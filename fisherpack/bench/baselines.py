@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["kmeans_1d", "SharedWeights"]
 

@@ -27,8 +27,8 @@ from torch import nn
 from . import __version__, prune, quant
 from .config import CompressConfig
 from .errors import ConfigError
-from .format import DTYPES
-from .tensors import Alias, Compressed, QuantTensor, RawTensor
+from .fpk.container import DTYPES
+from .fpk.tensors import Alias, Compressed, QuantTensor, RawTensor
 
 __all__ = [
     "COMPRESSIBLE_LAYERS",

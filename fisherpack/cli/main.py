@@ -22,19 +22,23 @@ from typing import Any
 
 import torch
 
-from . import __version__, cli_bench, cli_usermodel, data, dist, environment, format, models, pipeline
-from .cli_common import Bar as _Bar
-from .cli_common import Parser as _Parser
-from .cli_common import log as _log
-from .cli_common import on_rank0 as _on_rank0
-from .cli_common import table as _table
-from .compress import load_into, summary
-from .config import FISHER_SOURCES, CompressConfig, PipelineConfig
-from .errors import ConfigError, FisherpackError
-from .fileio import atomic_write_bytes, check_writable
-from .prune import CRITERIA, SCOPES
-from .quant import ALLOCATIONS
-from .train import evaluate
+from .. import __version__, data, dist, models, pipeline
+from ..bench import environment
+from ..compression import load_into, summary
+from ..config import FISHER_SOURCES, CompressConfig, PipelineConfig
+from ..errors import ConfigError, FisherpackError
+from ..fpk import container as format
+from ..fpk.fileio import atomic_write_bytes, check_writable
+from ..prune import CRITERIA, SCOPES
+from ..quant import ALLOCATIONS
+from ..train import evaluate
+from . import bench as cli_bench
+from . import usermodel as cli_usermodel
+from .common import Bar as _Bar
+from .common import Parser as _Parser
+from .common import log as _log
+from .common import on_rank0 as _on_rank0
+from .common import table as _table
 
 __all__ = ["main"]
 
