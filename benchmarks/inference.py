@@ -111,7 +111,7 @@ def compare(dense: nn.Module, fast: nn.Module, x: torch.Tensor, repeats: int) ->
 
 def run_network(name: str, factory, source, repeats: int, workdir: Path, batches: tuple[int, ...]) -> dict:
     if isinstance(source, Path):
-        path, packed = source, fisherpack.read(source)
+        path, packed = source, fisherpack.load(source)
         file_bytes = path.stat().st_size
     else:
         torch.manual_seed(0)
@@ -120,7 +120,7 @@ def run_network(name: str, factory, source, repeats: int, workdir: Path, batches
         file_bytes = fisherpack.save(packed, path)
 
     start = time.perf_counter()
-    state = fisherpack.load(path)  # read, check, decode to a dense state dict
+    state = fisherpack.load(path).state_dict()  # read, check, decode to a dense state dict
     decode_s = time.perf_counter() - start
     dense = factory().eval()
     start = time.perf_counter()
@@ -129,7 +129,7 @@ def run_network(name: str, factory, source, repeats: int, workdir: Path, batches
     plain = workdir / f"{name}.plain.fpk"  # the same without the entropy stage: bigger, faster to decode
     plain_bytes = fisherpack.save(packed, plain, entropy=False)
     start = time.perf_counter()
-    fisherpack.load(plain)
+    fisherpack.load(plain).state_dict()
     decode_plain_s = time.perf_counter() - start
     fast = factory()
     fisherpack.load_into(fast, path)

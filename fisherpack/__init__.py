@@ -7,33 +7,30 @@ The API in four calls::
     fisherpack.save(packed, "model.fpk")                             # bit-packed, pickle-free
     fisherpack.load_into(model, "model.fpk")                         # decoded weights, bit-exact
 
-Any nn.Module works (see compress.py); ``fisherpack.runtime`` runs pruned layers sparsely where
-that is measured faster, ``fisherpack.export`` writes safetensors and ONNX.
-"""
+``fisherpack.load(path)`` returns the file's :class:`Compressed` (``.state_dict()`` decodes it,
+``.meta`` holds what made it). Any nn.Module works (see compression.py); ``fisherpack.pipeline``
+runs the whole iterative schedule, ``fisherpack.runtime`` runs pruned layers sparsely where that is
+measured faster, ``fisherpack.export`` writes safetensors and ONNX.
 
-from __future__ import annotations
+Layers, each importing only from those below it: ``cli`` and ``bench`` (command line, sweeps and
+reports) on top; then ``pipeline``; then the method (``compression``, ``fisher``, ``prune``,
+``quant``, ``train``, ``runtime``, ``export``, ``dist``, ``models``, ``data``); then ``config``;
+then ``fpk`` (the file format) and ``errors`` at the bottom.
+"""
 
 __version__ = "0.1.0"
 
-import os
-
-from torch import nn
-
-from . import data, dist, export, fisher, models, prune, quant, runtime
-from .compression import compress, decompress
-from .compression import load_into as _load_into
+from . import data, dist, export, fisher, models, pipeline, prune, quant, runtime
+from .compression import compress, load_into
 from .config import CompressConfig, PipelineConfig
 from .errors import ConfigError, DataError, DistributedError, FisherpackError, FormatError, RanksDisagreeError
-from .fpk.container import load as read
-from .fpk.container import save
+from .fpk.container import load, save
 from .fpk.tensors import Compressed
 
 __all__ = [
     "__version__",
     "compress",
-    "decompress",
     "save",
-    "read",
     "load",
     "load_into",
     "Compressed",
@@ -47,24 +44,11 @@ __all__ = [
     "RanksDisagreeError",
     "data",
     "dist",
+    "export",
     "fisher",
     "models",
+    "pipeline",
     "prune",
     "quant",
     "runtime",
-    "export",
 ]
-
-
-def load(path: str | os.PathLike, max_elements: int | None = None) -> dict:
-    """The decoded state dict of a .fpk file (quantized weights bit-exact, the rest as stored).
-
-    ``max_elements`` lifts the reader's default cap on declared entries for a trusted file (see
-    fisherpack.fpk.container.decode)."""
-    return read(path, max_elements=max_elements).state_dict()
-
-
-def load_into(model: nn.Module, source: Compressed | str | os.PathLike) -> nn.Module:
-    """Load a .fpk file (or a Compressed) into ``model`` in place; ConfigError names the first
-    tensor that does not match."""
-    return _load_into(model, source if isinstance(source, Compressed) else read(source))

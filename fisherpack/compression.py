@@ -18,6 +18,7 @@ ranked together as ``config.scope`` says) and/or a fixed bit width.
 from __future__ import annotations
 
 import fnmatch
+import os
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,7 @@ from torch import nn
 from . import __version__, prune, quant
 from .config import CompressConfig
 from .errors import ConfigError
-from .fpk.container import DTYPES
+from .fpk.container import DTYPES, load
 from .fpk.tensors import Alias, Compressed, QuantTensor, RawTensor
 
 __all__ = [
@@ -35,7 +36,6 @@ __all__ = [
     "compressible",
     "compress",
     "select_masks",
-    "decompress",
     "load_into",
     "check_state_dict",
     "summary",
@@ -196,14 +196,10 @@ def _biases_of(params: dict[str, nn.Parameter], weight_names: list[str]) -> list
     return [n for n in candidates if n in params and params[n].is_floating_point()]
 
 
-def decompress(compressed: Compressed) -> dict[str, torch.Tensor]:
-    """The decoded state dict (quantized weights bit-exact, other tensors as stored)."""
-    return compressed.state_dict()
-
-
-def load_into(model: nn.Module, compressed: Compressed) -> nn.Module:
-    """Load a decoded file into ``model`` in place; ConfigError naming the first mismatch."""
-    decoded = decompress(compressed)
+def load_into(model: nn.Module, source: Compressed | str | os.PathLike) -> nn.Module:
+    """Load a .fpk file (or a Compressed) into ``model`` in place and return it: quantized weights
+    bit-exact, every other tensor as stored. ConfigError names the first tensor that does not match."""
+    decoded = (source if isinstance(source, Compressed) else load(source)).state_dict()
     check_state_dict(model, decoded, "the file")
     model.load_state_dict(decoded)
     return model

@@ -12,16 +12,66 @@ import dataclasses
 import fnmatch
 import math
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from .errors import ConfigError
 from .fpk.tensors import MAX_BITS, MAX_GROUPS
-from .prune import CRITERIA, SCOPES
-from .quant import ALLOCATIONS
 
-__all__ = ["CompressConfig", "PipelineConfig", "FISHER_SOURCES", "OVERRIDE_KEYS"]
+__all__ = [
+    "CompressConfig",
+    "PipelineConfig",
+    "Criterion",
+    "Scope",
+    "Allocation",
+    "FisherSource",
+    "CRITERIA",
+    "SCOPES",
+    "ALLOCATIONS",
+    "FISHER_SOURCES",
+    "OVERRIDE_KEYS",
+]
 
-FISHER_SOURCES = ("adam", "empirical", "sampled")
+
+class Criterion(StrEnum):
+    """What ranks a weight for pruning (prune.py): Fisher, Fisher x w^2 / 2 (OBD), |w|, chance, or
+    the paper's two-stage rule."""
+
+    FISHER = "fisher"
+    OBD = "obd"
+    MAGNITUDE = "magnitude"
+    RANDOM = "random"
+    TWO_STAGE = "two_stage"
+
+
+class Scope(StrEnum):
+    """Where weights are ranked against each other: across all layers, or within each layer."""
+
+    GLOBAL = "global"
+    LAYER = "layer"
+
+
+class Allocation(StrEnum):
+    """How code widths are given to Fisher groups (quant.py)."""
+
+    WATERFILL = "waterfill"
+    QUANTILE = "quantile"
+    UNIFORM = "uniform"
+
+
+class FisherSource(StrEnum):
+    """Where the Fisher information comes from (fisher.py)."""
+
+    ADAM = "adam"
+    EMPIRICAL = "empirical"
+    SAMPLED = "sampled"
+
+
+# the same choices as plain strings, for argument parsers and messages
+CRITERIA = tuple(c.value for c in Criterion)
+SCOPES = tuple(s.value for s in Scope)
+ALLOCATIONS = tuple(a.value for a in Allocation)
+FISHER_SOURCES = tuple(f.value for f in FisherSource)
 OVERRIDE_KEYS = ("rate", "bits")
 
 

@@ -241,7 +241,7 @@ def from_rank0(fn: Callable[[], bytes | None], what: str) -> bytes | None:
     return result if rank() == 0 else None if kind == -1 else bytes(body.numpy())
 
 
-def save(compressed: Compressed, path: str | os.PathLike, entropy: bool = True) -> tuple[int, list[str]]:
+def save(compressed: Compressed, path: str | os.PathLike, entropy: bool | None = None) -> tuple[int, list[str]]:
     """Write ``compressed`` as one .fpk file from a run of any number of ranks; all ranks must call it.
 
     Every rank encodes it and the SHA-256 of the bytes is compared across ranks (RanksDisagreeError

@@ -25,12 +25,11 @@ import math
 import torch
 from torch import nn
 
+from .config import CRITERIA, SCOPES
 from .errors import ConfigError
 
-__all__ = ["CRITERIA", "SCOPES", "scores", "masks_for_rate", "select", "schedule", "apply_masks", "sparsity"]
+__all__ = ["scores", "masks_for_rate", "select", "schedule", "apply_masks", "sparsity"]
 
-CRITERIA = ("fisher", "obd", "magnitude", "random", "two_stage")
-SCOPES = ("global", "layer")
 
 Tensors = dict[str, torch.Tensor]
 

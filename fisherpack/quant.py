@@ -32,11 +32,11 @@ import math
 import numpy as np
 import torch
 
+from .config import ALLOCATIONS
 from .errors import ConfigError
 from .fpk.tensors import MAX_BITS, MAX_EXP, MAX_GROUPS, MIN_EXP, QuantTensor, dequantize_codes
 
 __all__ = [
-    "ALLOCATIONS",
     "quantize_group",
     "group_error_table",
     "allocate_waterfill",
@@ -45,7 +45,6 @@ __all__ = [
     "requantize",
 ]
 
-ALLOCATIONS = ("waterfill", "quantile", "uniform")
 _EXP_CANDIDATES = 6  # how many steps below the smallest step that covers the largest |w| to try
 
 

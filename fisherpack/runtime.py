@@ -40,7 +40,6 @@ from torch import nn
 
 from .compression import load_into
 from .errors import ConfigError
-from .fpk.container import load as read
 from .fpk.tensors import Compressed
 
 __all__ = ["KERNELS", "SPARSE_KERNELS", "SparseLinear", "optimize", "from_file"]
@@ -208,5 +207,5 @@ def from_file(
 ) -> tuple[nn.Module, dict[str, dict[str, Any]]]:
     """Load a .fpk file (or a Compressed) into ``model`` and :func:`optimize` it for ``examples``;
     returns (model, report)."""
-    load_into(model, source if isinstance(source, Compressed) else read(source))
+    load_into(model, source)
     return model, optimize(model, *examples, **options)

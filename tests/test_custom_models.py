@@ -81,7 +81,7 @@ def test_custom_network_with_defaults_round_trips_through_a_file(tmp_path):
     fresh = fisherpack.load_into(TinyLM(), path).eval()
 
     original = model.state_dict()
-    stored = fisherpack.read(path).tensors
+    stored = fisherpack.load(path).tensors
     assert stored["head.weight"] == Alias("emb.weight")
     assert fresh.head.weight is fresh.emb.weight
     for name, tensor in fresh.state_dict().items():

@@ -31,7 +31,7 @@ def test_python_example_runs_as_written(tmp_path, monkeypatch):
     monkeypatch.setattr(fisherpack.data, "load", lambda *a, **k: fisherpack.data.synthetic(300, 50, seed=0))
     scope: dict = {}
     exec(compile(example, "README.md", "exec"), scope)
-    decoded = fisherpack.load(tmp_path / "lenet300.fpk")
+    decoded = fisherpack.load(tmp_path / "lenet300.fpk").state_dict()
     assert torch.equal(scope["small"].fc1.weight, decoded["fc1.weight"])
     assert (decoded["fc1.weight"] != 0).float().mean() < 0.11
 

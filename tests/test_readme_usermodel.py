@@ -40,7 +40,7 @@ def test_your_own_model_commands_and_python_example_run_as_written(tmp_path, mon
             assert main(argv[1:]) == 0, argv
     for name in ("tinyres.pt", "tinyres.fpk", "tinyres.safetensors", "tinyres.onnx"):
         assert (tmp_path / name).stat().st_size > 0, name
-    packed = fisherpack.read(tmp_path / "tinyres.fpk")
+    packed = fisherpack.load(tmp_path / "tinyres.fpk")
     assert packed.meta["model"] == "examples.tinyres:build" and packed.tensors["stem.weight"].bits == (8,)
 
     scope: dict = {}

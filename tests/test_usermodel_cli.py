@@ -46,7 +46,7 @@ def test_compress_eval_inspect_and_export_a_user_model(checkpoints, tmp_path, ca
     out = tmp_path / "t.fpk"
     argv = ["compress", "--model", SPEC, "--checkpoint", str(checkpoints / "full.pt"), "--rate", "0.7"]
     assert main([*argv, "--override", "stem.weight:bits=8", "--out", str(out)]) == 0
-    packed = fisherpack.read(out)
+    packed = fisherpack.load(out)
     assert packed.meta["model"] == SPEC and packed.meta["fisher"] == "adam"
     assert packed.tensors["stem.weight"].bits == (8,)
     assert packed.meta["config"]["overrides"] == [["stem.weight", {"bits": 8}]]
@@ -75,7 +75,7 @@ def _idx(folder):
 def _check_safetensors(path, fpk):
     from safetensors.torch import load_file  # safetensors alone: no fisherpack involved in reading
 
-    loaded, decoded = load_file(str(path)), fisherpack.load(fpk)
+    loaded, decoded = load_file(str(path)), fisherpack.load(fpk).state_dict()
     assert list(loaded) == list(decoded) or set(loaded) == set(decoded)
     for name, t in decoded.items():
         assert loaded[name].dtype == t.dtype and torch.equal(loaded[name], t), name
@@ -100,10 +100,10 @@ def test_fisher_source_follows_the_checkpoint(checkpoints, tmp_path, capsys):
     err = _error(capsys, [*bare, "--out", str(tmp_path / "a.fpk")])
     assert "no Adam state" in err and "--data" in err
     assert main([*bare, "--data", "examples.tinyres:train_batches", "--out", str(tmp_path / "b.fpk")]) == 0
-    assert fisherpack.read(tmp_path / "b.fpk").meta["fisher"] == "empirical"
+    assert fisherpack.load(tmp_path / "b.fpk").meta["fisher"] == "empirical"
     plain = ["--criterion", "magnitude", "--allocation", "uniform", "--bits", "4", "--out", str(tmp_path / "c.fpk")]
     assert main([*bare, *plain]) == 0  # magnitude + uniform: no Fisher needed, no data needed
-    assert fisherpack.read(tmp_path / "c.fpk").meta["fisher"] is None
+    assert fisherpack.load(tmp_path / "c.fpk").meta["fisher"] is None
     full = ["compress", "--model", SPEC, "--checkpoint", str(checkpoints / "full.pt")]
     err = _error(capsys, [*full, "--fisher", "empirical", "--out", str(tmp_path / "e.fpk")])
     assert "--fisher empirical needs data" in err

@@ -48,6 +48,7 @@ from torch import nn
 from .. import fisher as fisher_mod
 from .. import prune
 from ..compression import compressible
+from ..config import CRITERIA
 from ..data import batches
 from ..errors import ConfigError
 from ..fpk.tensors import MAX_BITS, dequantize_codes
@@ -80,8 +81,8 @@ class SensitivityConfig:
             if not 0.0 < r < 1.0:
                 raise ConfigError(f"pruning rates must be in (0, 1), got {r}")
         for c in self.criteria:
-            if c not in prune.CRITERIA:
-                raise ConfigError(f"unknown pruning criterion {c!r}; choose from: {', '.join(prune.CRITERIA)}")
+            if c not in CRITERIA:
+                raise ConfigError(f"unknown pruning criterion {c!r}; choose from: {', '.join(CRITERIA)}")
         for b in self.bits:
             if not (isinstance(b, int) and 1 <= b <= MAX_BITS):
                 raise ConfigError(f"bit widths must be whole numbers in 1..{MAX_BITS}, got {b}")

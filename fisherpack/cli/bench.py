@@ -10,9 +10,9 @@ from typing import Any
 
 from .. import data, dist, models, pipeline
 from ..bench import environment, sensitivity, sweep
+from ..config import CRITERIA
 from ..errors import ConfigError, FisherpackError
 from ..fpk.fileio import atomic_write_bytes, check_writable
-from ..prune import CRITERIA
 from ..train import evaluate
 from .common import Bar as _Bar
 from .common import log as _log

@@ -25,12 +25,10 @@ import torch
 from .. import __version__, data, dist, models, pipeline
 from ..bench import environment
 from ..compression import load_into, summary
-from ..config import FISHER_SOURCES, CompressConfig, PipelineConfig
+from ..config import ALLOCATIONS, CRITERIA, FISHER_SOURCES, SCOPES, CompressConfig, PipelineConfig
 from ..errors import ConfigError, FisherpackError
 from ..fpk import container as format
 from ..fpk.fileio import atomic_write_bytes, check_writable
-from ..prune import CRITERIA, SCOPES
-from ..quant import ALLOCATIONS
 from ..train import evaluate
 from . import bench as cli_bench
 from . import usermodel as cli_usermodel
@@ -224,7 +222,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     path = Path(args.file)
-    described = format.describe(format.read(path), max_elements=args.max_elements)
+    described = format.describe(format.read_bytes(path), max_elements=args.max_elements)
     if args.json:
         print(json.dumps(described, sort_keys=True))
         return 0

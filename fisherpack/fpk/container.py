@@ -26,7 +26,7 @@ from .fileio import atomic_write_bytes
 from .header import DTYPES, MAGIC, MAX_ANS_BITS, MAX_NAME, PRE, VERSION, check_preamble, inflate, split, validate
 from .tensors import Alias, Compressed, QuantTensor, RawTensor
 
-__all__ = ["MAGIC", "VERSION", "DTYPES", "encode", "decode", "save", "read", "load", "describe"]
+__all__ = ["MAGIC", "VERSION", "DTYPES", "encode", "decode", "save", "read_bytes", "load", "describe"]
 
 _DTYPE_NAMES = {t: name for name, (t, _) in DTYPES.items()}
 
@@ -105,14 +105,17 @@ def _encode_quant(q: QuantTensor, entropy_on: bool) -> tuple[dict, list]:
     return entry, blobs
 
 
-def encode(c: Compressed, entropy: bool = True) -> bytes:
-    """The .fpk bytes of ``c``. ``entropy=False`` stores every stream plain (no rANS, no zlib).
+def encode(c: Compressed, entropy: bool | None = None) -> bytes:
+    """The .fpk bytes of ``c``. ``entropy=False`` stores every stream plain (no rANS, no zlib);
+    ``None`` follows the ``entropy`` of the config recorded in ``c.meta`` (True if none is). The
+    file's recorded config always says what was done: an explicit choice overrides it there too.
 
     Deterministic: equal inputs give equal bytes. ConfigError (a ValueError) if ``c`` cannot be
     stored (bad name, alias to a missing or aliased entry, unsupported dtype, meta not JSON).
     """
     if not isinstance(c.meta, dict):
         raise ConfigError(f"meta must be a dict, got {type(c.meta).__name__}")
+    entropy, meta = _entropy_setting(c.meta, entropy)
     entries, blobs, stored = [], [], set()
     for name, t in c.tensors.items():
         if not isinstance(name, str) or not 1 <= len(name) <= MAX_NAME:
@@ -132,7 +135,7 @@ def encode(c: Compressed, entropy: bool = True) -> bytes:
         entries.append({"name": name, **entry})
         blobs.extend(parts)
     try:
-        text = json.dumps({"meta": c.meta, "tensors": entries}, sort_keys=True, separators=(",", ":"), allow_nan=False)
+        text = json.dumps({"meta": meta, "tensors": entries}, sort_keys=True, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"meta must be JSON-serializable (no NaN/inf): {exc}") from None
     header, payload = zlib.compress(text.encode("utf-8"), 9), b"".join(blobs)
@@ -140,7 +143,19 @@ def encode(c: Compressed, entropy: bool = True) -> bytes:
     return body + struct.pack("<I", zlib.crc32(body))
 
 
-def save(c: Compressed, path: str | os.PathLike, entropy: bool = True) -> int:
+def _entropy_setting(meta: dict, entropy: bool | None) -> tuple[bool, dict]:
+    """The entropy choice to apply and the meta to record: a config in ``meta`` names the choice
+    unless ``entropy`` overrides it, and then the recorded config is corrected to match."""
+    config = meta.get("config")
+    recorded = config.get("entropy") if isinstance(config, dict) else None
+    if entropy is None:
+        return (recorded if isinstance(recorded, bool) else True), meta
+    if isinstance(recorded, bool) and recorded != entropy:
+        meta = {**meta, "config": {**config, "entropy": entropy}}
+    return entropy, meta
+
+
+def save(c: Compressed, path: str | os.PathLike, entropy: bool | None = None) -> int:
     """Write ``c`` to ``path`` atomically; return the number of bytes written."""
     data = encode(c, entropy=entropy)
     atomic_write_bytes(path, data)
@@ -244,7 +259,7 @@ def decode(data: bytes, max_elements: int | None = None) -> Compressed:
     return Compressed(tensors, meta)
 
 
-def read(path: str | os.PathLike) -> bytes:
+def read_bytes(path: str | os.PathLike) -> bytes:
     """The bytes of a file for :func:`decode` / :func:`describe`; FisherpackError if it cannot be read.
 
     Only a file whose 22-byte preamble is valid and matches the file's size is read further, so a
@@ -265,7 +280,7 @@ def read(path: str | os.PathLike) -> bytes:
 
 def load(path: str | os.PathLike, max_elements: int | None = None) -> Compressed:
     """Read and decode a .fpk file. FisherpackError if it cannot be read, FormatError if malformed."""
-    return decode(read(path), max_elements=max_elements)
+    return decode(read_bytes(path), max_elements=max_elements)
 
 
 def describe(data: bytes, max_elements: int | None = None) -> dict:
