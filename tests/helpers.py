@@ -13,3 +13,15 @@ def per_sample_square_sums(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -
         for n, p in model.named_parameters():
             sums[n] += p.grad**2
     return sums
+
+
+def small_models() -> dict[str, nn.Module]:
+    """A seeded grid of small models of the layer kinds compress() handles, for oracle and bound
+    tests: each call returns fresh models with the same weights."""
+    torch.manual_seed(1234)
+    return {
+        "mlp": nn.Sequential(nn.Linear(96, 64), nn.ReLU(), nn.Linear(64, 10)),
+        "conv": nn.Sequential(nn.Conv2d(3, 16, 3), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 24, 3, groups=4)),
+        "conv1d": nn.Sequential(nn.Conv1d(8, 32, 5), nn.ReLU(), nn.Conv1d(32, 32, 3, dilation=2)),
+        "embedding": nn.Sequential(nn.Embedding(200, 48), nn.Linear(48, 48)),
+    }
