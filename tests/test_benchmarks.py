@@ -1,25 +1,19 @@
 """The inference benchmark runs, and the README's table is generated from its committed results."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import torch
 
+from fisherpack.bench import inference, report
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _module(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_inference_benchmark_smoke_run(tmp_path):
     threads = torch.get_num_threads()
     try:
-        results = _module("inference").main(["--quick", "--batches", "1,8", "--out", str(tmp_path)])
+        results = inference.run(tmp_path, batches=(1, 8), quick=True)
     finally:
         torch.set_num_threads(threads)
     assert (tmp_path / "inference.png").stat().st_size > 0
@@ -32,7 +26,6 @@ def test_inference_benchmark_smoke_run(tmp_path):
 def test_readme_table_is_generated_from_the_committed_results():
     results = json.loads((ROOT / "benchmarks" / "results" / "inference.json").read_text())
     readme = (ROOT / "README.md").read_text()
-    report = _module("report")
     assert report.update(readme, results) == readme, "run: python benchmarks/report.py"
     assert report.render(results) in readme
     mlp = results["networks"]["mlp4096"]

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import fisherpack
+from fisherpack.bench import tables
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -47,16 +48,12 @@ def test_results_section_is_generated_from_the_committed_json():
 
 def test_default_rates_are_the_sweeps_pick():
     """reproduce's default pruning rate is the smallest fisherpack file within the error budget."""
-    import importlib.util
-
     from fisherpack.defaults import default_config
 
-    spec = importlib.util.spec_from_file_location("readme_results", ROOT / "benchmarks" / "readme_results.py")
-    results_mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(results_mod)
+    results_mod = tables
     checked = 0
     for model in results_mod.MODELS:
-        results = results_mod.load_sweep(model)
+        results = results_mod.load_sweep(ROOT / "benchmarks" / "results", model)
         if results is None:
             continue
         chosen = results_mod.pick(results)
@@ -66,11 +63,7 @@ def test_default_rates_are_the_sweeps_pick():
 
 
 def test_pick_is_the_smallest_file_within_the_budget_relative_to_the_dense_models():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("readme_results", ROOT / "benchmarks" / "readme_results.py")
-    results_mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(results_mod)
+    results_mod = tables
 
     def point(rate, seed, val, nbytes, method="fisherpack"):
         key = json.dumps({"sweep": "pipeline", "method": method, "rate": rate, "seed": seed}, sort_keys=True)
