@@ -18,14 +18,13 @@ reports) on top; then ``pipeline``; then the method (``compression``, ``fisher``
 then ``fpk`` (the file format) and ``errors`` at the bottom.
 """
 
-__version__ = "0.1.0"
-
 from . import data, dist, export, fisher, models, pipeline, prune, quant, runtime
 from .compression import compress, load_into
 from .config import CompressConfig, PipelineConfig
 from .errors import ConfigError, DataError, DistributedError, FisherpackError, FormatError, RanksDisagreeError
 from .fpk.container import load, save
 from .fpk.tensors import Compressed
+from .version import __version__
 
 __all__ = [
     "__version__",

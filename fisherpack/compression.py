@@ -25,11 +25,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import __version__, prune, quant
+from . import prune, quant
 from .config import CompressConfig
 from .errors import ConfigError
 from .fpk.container import DTYPES, load
 from .fpk.tensors import Alias, Compressed, QuantTensor, RawTensor
+from .version import __version__
 
 __all__ = [
     "COMPRESSIBLE_LAYERS",

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import __version__
+from ..version import __version__
 
 __all__ = ["record", "package_version"]
 

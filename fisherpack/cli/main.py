@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from .. import __version__, data, dist, models, pipeline
+from .. import data, dist, models, pipeline
 from ..bench import environment
 from ..compression import load_into, summary
 from ..config import ALLOCATIONS, CRITERIA, FISHER_SOURCES, SCOPES, CompressConfig, PipelineConfig
@@ -30,6 +30,7 @@ from ..errors import ConfigError, FisherpackError
 from ..fpk import container as format
 from ..fpk.fileio import atomic_write_bytes, check_writable
 from ..train import evaluate
+from ..version import __version__
 from . import bench as cli_bench
 from . import usermodel as cli_usermodel
 from .common import Bar as _Bar
