@@ -27,14 +27,20 @@ import torch
 from torch import fx, nn
 from torch.nn import functional as F
 
-from .cexport_ops import ACTS
 from .errors import ConfigError
 from .tensors import Alias, Compressed
 
 __all__ = ["to_c", "Plan", "plan"]
 
-_ACT_FN = {torch.relu: "relu", F.relu: "relu", F.relu6: "relu6", torch.tanh: "tanh", F.tanh: "tanh",
-           torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid"}
+_ACT_FN = {
+    torch.relu: "relu",
+    F.relu: "relu",
+    F.relu6: "relu6",
+    torch.tanh: "tanh",
+    F.tanh: "tanh",
+    torch.sigmoid: "sigmoid",
+    F.sigmoid: "sigmoid",
+}
 _ACT_MOD = {nn.ReLU: "relu", nn.ReLU6: "relu6", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid"}
 _ACT_METHOD = {"relu": "relu", "relu_": "relu", "tanh": "tanh", "sigmoid": "sigmoid"}
 _IDENTITY = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d)
@@ -130,8 +136,12 @@ class _Lowering:
 
     def activation(self, node: fx.Node, x: Val, act: str) -> Val:
         prev = self.fusable(x, node)
-        if prev is not None and prev.kind in ("linear", "conv", "add", "affine") and prev.act == "none" \
-                and "pool" not in prev.p:
+        if (
+            prev is not None
+            and prev.kind in ("linear", "conv", "add", "affine")
+            and prev.act == "none"
+            and "pool" not in prev.p
+        ):
             prev.act = act
             return x
         out = self.new(node)
@@ -144,8 +154,10 @@ class _Lowering:
             m0, a0 = prev.p.get("mul"), prev.p.get("add")
             m = mul if m0 is None else (m0 if mul is None else m0 * mul)
             a = add if a0 is None else a0 * (1 if mul is None else mul) + (0 if add is None else add)
-            prev.p.update(mul=m if m is not None else np.ones(x.shape[0], np.float32),
-                          add=a if a is not None else np.zeros(x.shape[0], np.float32))
+            prev.p.update(
+                mul=m if m is not None else np.ones(x.shape[0], np.float32),
+                add=a if a is not None else np.zeros(x.shape[0], np.float32),
+            )
             return x
         out = self.new(node)
         self.emit(Op("affine", [x], out, node.name, {"mul": mul, "add": add}))
@@ -156,7 +168,8 @@ class _Lowering:
         try:
             full = torch.broadcast_to(c, (1, *x.shape))[0]
         except RuntimeError:
-            raise _error(f"'{node.target}'", node, f"has a constant of shape {tuple(c.shape)} that does not fit") from None
+            why = f"has a constant of shape {tuple(c.shape)} that does not fit"
+            raise _error(f"'{node.target}'", node, why) from None
         if c.dim() > len(x.shape) + 1 or len(x.shape) == 0:
             raise _error(f"'{node.target}'", node, "has a constant that changes the shape")
         rows = full.reshape(x.shape[0], -1)
@@ -185,9 +198,14 @@ class _Lowering:
         if mod.padding_mode != "zeros":
             raise _error(f"'{type(mod).__name__}'", node, f"has padding_mode={mod.padding_mode!r} (only zeros)")
         one = isinstance(mod, nn.Conv1d)
-        (c, h, w), (o, oh, ow) = ((x.shape[0], 1, x.shape[1]), (out.shape[0], 1, out.shape[1])) if one else (x.shape, out.shape)
-        k, s, d = (((1, *mod.kernel_size), (1, *mod.stride), (1, *mod.dilation)) if one
-                   else (mod.kernel_size, mod.stride, mod.dilation))
+        (c, h, w), (o, oh, ow) = (
+            (x.shape, out.shape) if not one else ((x.shape[0], 1, x.shape[1]), (out.shape[0], 1, out.shape[1]))
+        )
+        k, s, d = (
+            ((1, *mod.kernel_size), (1, *mod.stride), (1, *mod.dilation))
+            if one
+            else (mod.kernel_size, mod.stride, mod.dilation)
+        )
         if isinstance(mod.padding, str):  # "same" pads (d*(k-1))//2 before; "valid" nothing
             pad = tuple((dd * (kk - 1)) // 2 if mod.padding == "same" else 0 for kk, dd in zip(k, d))
         else:
@@ -203,8 +221,9 @@ class _Lowering:
         gamma = mod.weight.detach().double().numpy() if mod.weight is not None else 1.0
         beta = mod.bias.detach().double().numpy() if mod.bias is not None else 0.0
         scale = gamma * inv
-        return self.affine(node, x, scale.astype(np.float32),
-                           (beta - mod.running_mean.double().numpy() * scale).astype(np.float32))
+        return self.affine(
+            node, x, scale.astype(np.float32), (beta - mod.running_mean.double().numpy() * scale).astype(np.float32)
+        )
 
     def pool(self, node: fx.Node, kind: str, x: Val, a: dict) -> Val:
         out = self.new(node)
@@ -291,7 +310,8 @@ class _Lowering:
         if node.op == "call_method" and target in _ACT_METHOD:
             return self.activation(node, x, _ACT_METHOD[target])
         if (node.op == "call_function" and target in _RESHAPE_FN) or (
-                node.op == "call_method" and target in ("flatten", "view", "reshape", "contiguous")):
+            node.op == "call_method" and target in ("flatten", "view", "reshape", "contiguous")
+        ):
             return Val(self.new(node).shape, x.buf)
         if node.op == "call_function" and target is F.dropout:
             if not node.kwargs.get("training", node.args[2] if len(node.args) > 2 else True):
@@ -373,8 +393,9 @@ def _allocate(p: Plan) -> None:
             p.plane = max(p.plane, op.p["geo"][4] * op.p["geo"][5])
 
 
-def to_c(model: nn.Module, compressed: Compressed, example: torch.Tensor, name: str,
-         weights: str = "packed") -> dict[str, str]:
+def to_c(
+    model: nn.Module, compressed: Compressed, example: torch.Tensor, name: str, weights: str = "packed"
+) -> dict[str, str]:
     """{"NAME.h": text, "NAME.c": text}. ``weights``: "packed" (the file's form), or the dense
     baselines "f32" / "i8" (int8 with one scale per tensor) that benchmarks/c_runtime.py compares."""
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,30}", name):

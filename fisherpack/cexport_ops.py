@@ -369,8 +369,10 @@ def kernels(kinds: set[str], acts: set[str], fused_pool: bool) -> str:
         parts.append(_CURSOR)
     if kinds & {"linear", "conv", "map", "add", "affine"}:
         cases = "\n".join(f"    {_ACT_CASES[a]}" for a in sorted(acts - {"none"}))
-        parts.append(f"static float fp_act(float v, int act)\n{{\n    switch (act) {{\n{cases}\n"
-                     "    default: return v;\n    }\n}\n")
+        parts.append(
+            f"static float fp_act(float v, int act)\n{{\n    switch (act) {{\n{cases}\n"
+            "    default: return v;\n    }\n}\n"
+        )
     if "pool" in kinds or fused_pool:
         parts.append(_POOL)
     parts += [_LINEAR] if "linear" in kinds else []
