@@ -1,98 +1,17 @@
-"""The C side of ``fisherpack export --format c``: weight streams and the C99 kernels, as text.
+"""The C99 kernels of ``fisherpack export --format c``, as text (only libc and libm).
 
-A compressed weight tensor goes into C in its packed form, one bit string per tensor (MSB first,
-as in docs/FORMAT.md "Bit strings"), decoded while computing, never expanded:
-
-- per kept entry, in row-major order: ``[gap][group id][code]``, the gap ``p_i - p_(i-1) - 1``
-  (``p_(-1) = -1``) at the width of the largest gap, the group id at ``ceil(log2 groups)`` bits and
-  the code at its group's width; or, where it is smaller, the mask as a bitmap (one bit per entry)
-  and ``[group id][code]`` per kept entry;
-- per group: the width, the step as an exponent (step ``2**exp``) and the grid, so a code ``c`` of
-  width ``b`` decodes to ``(c - 2**(b-1)) * 2**exp`` (grid int) or ``(2c + 1 - 2**b) * 2**(exp-1)``
-  (grid odd), exactly the value fisherpack decodes in Python (fisherpack.tensors).
-
-Tensors stored losslessly in the file (and the dense baselines of benchmarks/c_runtime.py) are
-float32 arrays (``f32``) or int8 arrays with one float scale (``i8``). The kernels read every weight
-through one cursor (``fp_next``) that yields the next kept position and its value.
+Every weight is read through one cursor, ``fp_next``, that yields the next kept position and its
+value: from the packed bit string of a compressed tensor (layout in cexport_emit.py), or from a dense
+float32 or int8 array (tensors stored losslessly, and the dense baselines of benchmarks/c_runtime.py).
+The kernels compute in float32, summing in the order a plain convolution does (input channel, then
+kernel row, then column), bias after the sum.
 """
 
 from __future__ import annotations
 
-import numpy as np
-
-from . import pack
-from .tensors import QuantTensor
-
-__all__ = ["weight_arrays", "c_float", "c_floats", "c_bytes", "kernels", "ACTS"]
+__all__ = ["kernels", "ACTS"]
 
 ACTS = {"none": 0, "relu": 1, "relu6": 2, "tanh": 3, "sigmoid": 4, "gelu": 5, "gelu_tanh": 6}
-
-
-def c_float(x: float) -> str:
-    """A float32 as a C literal that reads back to the same float (9 significant digits)."""
-    s = f"{float(np.float32(x)):.9g}"
-    if s in ("inf", "-inf", "nan"):
-        raise ValueError(f"cannot write {s} into C")
-    return s + ("" if any(ch in s for ch in ".e") else ".0") + "f"
-
-
-def c_bytes(data: bytes) -> str:
-    rows = [", ".join(f"0x{b:02x}" for b in data[i : i + 16]) for i in range(0, len(data), 16)]
-    return "{\n    " + ",\n    ".join(rows or ["0"]) + "\n}"
-
-
-def c_floats(values: np.ndarray) -> str:
-    items = [c_float(v) for v in np.asarray(values, dtype=np.float32).reshape(-1)]
-    rows = [", ".join(items[i : i + 8]) for i in range(0, len(items), 8)]
-    return "{\n    " + ",\n    ".join(rows or ["0.0f"]) + "\n}"
-
-
-def weight_arrays(cname: str, entry, dense: np.ndarray, mode: str, max_groups: int) -> tuple[list[str], str, int]:
-    """(C array definitions, the fp_tensor initializer, bytes of weight data) for one tensor.
-
-    ``entry`` is the file's QuantTensor (or None for a tensor stored losslessly, then ``dense`` is
-    used as f32); ``mode`` is "packed" (the file's form), or the baselines "f32" / "i8" of ``dense``.
-    """
-    fields = {"count": dense.size}
-    arrays = []
-    if mode == "packed" and isinstance(entry, QuantTensor):
-        pos = np.flatnonzero(entry.mask)  # (kept,) row-major positions
-        gaps = np.diff(pos, prepend=-1) - 1
-        gap_bits = int(gaps.max()).bit_length() if gaps.size else 0
-        id_bits = (len(entry.bits) - 1).bit_length()
-        bitmap = entry.numel < entry.kept * gap_bits
-        widths = np.asarray(entry.bits, dtype=np.int64)[entry.groups]  # (kept,) code widths
-        columns = [(entry.groups, np.full(entry.kept, id_bits)), (entry.codes, widths)]
-        if not bitmap:
-            columns.insert(0, (gaps, np.full(entry.kept, gap_bits)))
-        values = np.stack([c[0].astype(np.uint64) for c in columns], axis=1).reshape(-1)
-        data = pack.pack_varbits(values, np.stack([c[1] for c in columns], axis=1).reshape(-1))
-        arrays.append(f"static const unsigned char {cname}_data[{max(len(data), 1)}] = {c_bytes(data)};")
-        fields.update(count=entry.kept, data=f"{cname}_data", gap_bits=gap_bits, id_bits=id_bits)
-        nbytes = len(data)
-        if bitmap:
-            mask = np.packbits(entry.mask).tobytes()
-            arrays.append(f"static const unsigned char {cname}_mask[{len(mask)}] = {c_bytes(mask)};")
-            fields["bitmap"] = f"{cname}_mask"
-            nbytes += len(mask)
-        pad = max_groups - len(entry.bits)
-        fields["bits"] = "{" + ", ".join(str(b) for b in (*entry.bits, *[1] * pad)) + "}"
-        fields["exps"] = "{" + ", ".join(str(e) for e in (*entry.exps, *[0] * pad)) + "}"
-        fields["odd"] = "{" + ", ".join(str(int(g == "odd")) for g in (*entry.grids, *["int"] * pad)) + "}"
-    elif mode == "i8":
-        peak = float(np.abs(dense).max()) if dense.size else 0.0
-        scale = np.float32(peak / 127 if peak > 0 else 1.0)
-        q = np.clip(np.round(dense / scale), -127, 127).astype(np.int8).reshape(-1)
-        body = c_bytes(q.view(np.uint8).tobytes()).replace("0x", "(signed char)0x")
-        arrays.append(f"static const signed char {cname}_i8[{max(q.size, 1)}] = {body};")
-        fields.update(i8=f"{cname}_i8", i8_scale=c_float(scale))
-        nbytes = q.size
-    else:
-        arrays.append(f"static const float {cname}_f32[{max(dense.size, 1)}] = {c_floats(dense)};")
-        fields["f32"] = f"{cname}_f32"
-        nbytes = 4 * dense.size
-    init = "{" + ", ".join(f".{k} = {v}" for k, v in fields.items()) + "}"
-    return arrays, f"static const fp_tensor {cname} = {init};", nbytes
 
 
 # ---------------------------------------------------------------- kernels (C99, libc + libm only)
