@@ -18,6 +18,7 @@ other node raises ConfigError naming the operation and the node.
 
 from __future__ import annotations
 
+import operator
 import re
 from dataclasses import dataclass
 
@@ -57,12 +58,22 @@ def _capture(model: nn.Module, example: torch.Tensor) -> tuple[fx.GraphModule, d
     return gm, values
 
 
+def _is_shape(node: fx.Node, shapes: set) -> bool:
+    """``x.size(...)``, ``x.dim()``, ``x.shape`` and items of them."""
+    if node.op == "call_method" and node.target in ("size", "dim"):
+        return True
+    if node.op == "call_function" and node.target is getattr:
+        return node.args[1] in ("shape", "ndim")
+    return node.op == "call_function" and node.target is operator.getitem and node.args[0] in shapes
+
+
 def plan(model: nn.Module, compressed: Compressed, example: torch.Tensor) -> Plan:
     """The ops and the arena layout for ``model`` (holding the file's weights) at batch 1."""
     model = model.eval()
     gm, values = _capture(model, example[:1])
     low = Lowering(gm, values, compressed)
     inp = out = None
+    shapes: set[fx.Node] = set()
     for node in gm.graph.nodes:
         if node.op == "placeholder":
             if inp is not None:
@@ -74,6 +85,8 @@ def plan(model: nn.Module, compressed: Compressed, example: torch.Tensor) -> Pla
             if not isinstance(res, fx.Node) or res not in low.vals:
                 raise error("'output'", node, "must be one computed tensor")
             out = low.vals[res]
+        elif _is_shape(node, shapes):
+            shapes.add(node)  # a size of a computed tensor: a constant at batch 1
         elif any(a in low.vals for a in node.all_input_nodes):
             low.vals[node] = low.lower(node)
     result = Plan(low.ops, inp, out)
