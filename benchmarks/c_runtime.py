@@ -44,6 +44,7 @@ from fisherpack.fileio import atomic_write_bytes  # noqa: E402
 X86 = ["-Os"]
 ARM = ["-mcpu=cortex-m4", "-mthumb", "-Os"]
 C_FLAGS = ["-std=c99", "-Wall", "-Wextra", "-Werror"]
+MODES = ("packed", "i8", "f32")
 
 
 def _run(cmd: list[str], cwd: Path, **kw) -> subprocess.CompletedProcess:
@@ -88,13 +89,13 @@ def pytorch_batch1(model, x: torch.Tensor) -> tuple[np.ndarray, float]:
     return torch.cat(out).numpy(), seconds
 
 
-def measure(name: str, model, compressed, x: torch.Tensor, y: torch.Tensor, work: Path) -> dict:
+def measure(name: str, model, compressed, x: torch.Tensor, y: torch.Tensor, work: Path, modes=MODES) -> dict:
     model = model.eval()
     ref, torch_s = pytorch_batch1(model, x)
     truth = y.numpy()
     result = {"images": len(x), "pytorch": {"test_error": float((ref.argmax(1) != truth).mean()),
                                             "us_per_image_batch1": 1e6 * torch_s / len(x)}}  # fmt: skip
-    for mode in ("packed", "f32", "i8"):
+    for mode in modes:
         folder = work / f"{name}_{mode}"
         folder.mkdir()
         files = cexport.to_c(model, compressed, x[:1], name, weights=mode)
@@ -137,7 +138,7 @@ def plot(results: dict, path: Path) -> None:
     plt = _pyplot()
     names = list(results["models"])
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    for i, mode in enumerate(("packed", "i8", "f32")):
+    for i, mode in enumerate(m for m in MODES if m in results["models"][names[0]]):
         flash = [results["models"][n][mode]["x86_64"]["flash_bytes"] / 1024 for n in names]
         a.bar(np.arange(len(names)) + 0.27 * (i - 1), flash, 0.27, label=mode)
         us = [results["models"][n][mode]["us_per_image-O2"] for n in names]
@@ -158,16 +159,35 @@ def plot(results: dict, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def readme_table(results: dict) -> str:
+    """The README's table, from the JSON (tests/test_cexport.py checks that the README holds it)."""
+    rows = ["| model | weights | flash x86-64 | flash Cortex-M4 | RAM | test error C / PyTorch | same class "
+            "| max logit diff | us per image C / PyTorch |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name, r in results["models"].items():
+        pt = r["pytorch"]
+        for mode in (m for m in MODES if m in r):
+            m = r[mode]
+            arm = f"{m['cortex_m4']['flash_bytes']:,} B" if "cortex_m4" in m else "-"
+            rows.append(
+                f"| {name} | {mode} | {m['x86_64']['flash_bytes']:,} B | {arm} | {m['x86_64']['ram_bytes']:,} B "
+                f"| {m['test_error']:.2%} / {pt['test_error']:.2%} | {m['same_class']:.2%} "
+                f"| {m['max_abs_logit_diff']:.1e} | {m['us_per_image-O2']:.0f} / {pt['us_per_image_batch1']:.0f} |"
+            )
+    return "\n".join(rows) + "\n"
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="output folder")
     p.add_argument("--images", type=int, default=10000, help="MNIST test images to classify (default: all)")
     p.add_argument("--models", default="lenet5,lenet300", help="registry models, comma-separated")
+    p.add_argument("--modes", default=",".join(MODES), help="weight layouts to build, comma-separated")
     p.add_argument("--quick", action="store_true", help="no TinyResNet (it trains for minutes): a smoke test")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     _, _, x, y = fisherpack.data.load().tensors()
     x, y = x[: args.images], y[: args.images]
+    modes = tuple(args.modes.split(","))
     gcc = _run(["gcc", "--version"], ROOT, text=True).stdout.splitlines()[0]
     arm = shutil.which("arm-none-eabi-gcc")
     arm = _run([arm, "--version"], ROOT, text=True).stdout.splitlines()[0] if arm else None
@@ -180,11 +200,11 @@ def main(argv: list[str] | None = None) -> dict:
             compressed = fisherpack.read(path)
             model = fisherpack.load_into(fisherpack.models.build(name), compressed)
             results["models"][name] = {"file": f"benchmarks/results/{name}.fpk", "file_bytes": path.stat().st_size,
-                                       **measure(name, model, compressed, x, y, work)}  # fmt: skip
+                                       **measure(name, model, compressed, x, y, work, modes)}  # fmt: skip
         if not args.quick:
             model, compressed = tinyres(work)
             results["models"]["tinyres"] = {"file": "examples/tinyres.py, 1 epoch, --rate 0.7",
-                                            **measure("tinyres", model, compressed, x, y, work)}  # fmt: skip
+                                            **measure("tinyres", model, compressed, x, y, work, modes)}  # fmt: skip
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "c_runtime.json", (json.dumps(results, indent=2, sort_keys=True) + "\n").encode())
@@ -194,7 +214,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 if __name__ == "__main__":
     for name, r in main()["models"].items():
-        for mode in ("packed", "i8", "f32"):
+        for mode in (m for m in MODES if m in r):
             m = r[mode]
             arm = f", Cortex-M4 flash {m['cortex_m4']['flash_bytes']:,} B" if "cortex_m4" in m else ""
             torch_r = r["pytorch"]

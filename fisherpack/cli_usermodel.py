@@ -199,6 +199,8 @@ def _export_c(args: argparse.Namespace) -> int:
 
     if not args.out_dir:
         raise ConfigError("--format c writes several files: give --out-dir DIR")
+    if args.safetensors or args.onnx:
+        raise ConfigError("--format c writes C only: export --safetensors / --onnx in a separate command")
     compressed = format.load(args.file)
     name = args.name or "".join(ch if ch.isalnum() else "_" for ch in Path(args.file).stem)
     files = cexport.to_c(

@@ -5,6 +5,7 @@ LeNet files is benchmarks/c_runtime.py.
 """
 
 import copy
+import json
 import os
 import re
 import shutil
@@ -250,6 +251,8 @@ def test_cli_refuses_an_unsupported_operation_in_one_line(tmp_path, monkeypatch,
     assert not (tmp_path / "out").exists()
     assert cli.main(["export", "m.fpk", "--format", "c"]) == 1
     assert capsys.readouterr().err == "fisherpack: error: --format c writes several files: give --out-dir DIR\n"
+    assert cli.main(["export", "m.fpk", "--format", "c", "--out-dir", "out", "--onnx", "m.onnx"]) == 1
+    assert capsys.readouterr().err.startswith("fisherpack: error: --format c writes C only: export --safetensors")
 
 
 @needs_cc
@@ -319,3 +322,39 @@ def test_readme_c_section_runs_as_written(tmp_path):
     model = fisherpack.load_into(fisherpack.models.build("lenet5"), ROOT / "benchmarks/results/lenet5.fpk").eval()
     with torch.no_grad():
         np.testing.assert_allclose(got, model(x).numpy(), atol=1e-4, rtol=0)
+
+
+def _benchmark():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("c_runtime", ROOT / "benchmarks" / "c_runtime.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_committed_c_runtime_results_meet_the_targets_and_the_readme_states_them():
+    """benchmarks/c_runtime.json: all 10,000 MNIST test images, as PyTorch from the same file; LeNet-5 small."""
+    results = json.loads((ROOT / "benchmarks" / "results" / "c_runtime.json").read_text())
+    for name, r in results["models"].items():
+        packed = r["packed"]
+        assert r["images"] == 10000, name
+        assert packed["test_error"] == r["pytorch"]["test_error"], name
+        assert packed["same_class"] >= 0.9995 and packed["max_abs_logit_diff"] <= 1e-4, name
+    lenet5 = results["models"]["lenet5"]["packed"]["x86_64"]
+    assert lenet5["flash_bytes"] <= 32 * 1024 and lenet5["ram_bytes"] <= 48 * 1024
+    assert {"lenet5", "lenet300", "tinyres"} <= set(results["models"])
+    assert _benchmark().readme_table(results) in (ROOT / "README.md").read_text(), "README table: see c_runtime.py"
+
+
+@needs_cc
+def test_c_runtime_benchmark_smoke_run(tmp_path):
+    _mnist_test_images(1)  # skips without cached MNIST
+    results = _benchmark().main(["--quick", "--models", "lenet300", "--modes", "packed", "--images", "40",
+                                 "--out", str(tmp_path)])  # fmt: skip
+    r = results["models"]["lenet300"]
+    assert r["images"] == 40 and r["packed"]["same_class"] == 1.0 and r["packed"]["max_abs_logit_diff"] <= 1e-4
+    sizes = r["packed"]["x86_64"]
+    assert sizes["flash_bytes"] == sizes["text"] + sizes["data"] > r["packed"]["weight_bytes"]
+    assert json.loads((tmp_path / "c_runtime.json").read_text()) == json.loads(json.dumps(results))
+    assert (tmp_path / "c_runtime.png").stat().st_size > 0
