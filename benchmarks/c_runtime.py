@@ -17,7 +17,8 @@ are listed apart. The -O2 program classifies the real MNIST test images (all 10,
 ``--images``); its logits are compared with PyTorch's from the same file, and the time inside
 ``NAME_run`` (``clock()``, batch 1) with PyTorch's forward at batch 1 on the same CPU, one thread.
 
-Writes ``c_runtime.json`` and ``c_runtime.png`` into ``--out`` (default: benchmarks/results).
+Writes ``c_runtime.json`` and ``c_runtime.png`` into ``--out`` (default: benchmarks/results);
+``--readme`` then rewrites the README's table from the committed JSON.
 """
 
 from __future__ import annotations
@@ -173,7 +174,29 @@ def readme_table(results: dict) -> str:
                 f"| {m['test_error']:.2%} / {pt['test_error']:.2%} | {m['same_class']:.2%} "
                 f"| {m['max_abs_logit_diff']:.1e} | {m['us_per_image-O2']:.0f} / {pt['us_per_image_batch1']:.0f} |"
             )
+    env = results["environment"]
+    rows.append(
+        f"\n{env['gcc']}; {env['arm_gcc'] or 'no ARM compiler'}; {env['cpu']}, one thread, torch {env['torch']}, "
+        f"commit {(env['git_commit'] or '?')[:7]}, {env['date'][:10]}. "
+        "Rerun: `python benchmarks/c_runtime.py && python benchmarks/c_runtime.py --readme`."
+    )
+    if "lenet5" in results["models"]:
+        r = results["models"]["lenet5"]
+        m = r["packed"]
+        arm = f", {m['cortex_m4']['flash_bytes']:,} on Cortex-M4" if "cortex_m4" in m else ""
+        rows.insert(0, f"LeNet-5 from `{r['file']}` in C: **{m['x86_64']['flash_bytes']:,} bytes of flash** (code + "
+                       f"weights, x86-64 `-Os`{arm}; dense int8 weights alone take {r['i8']['weight_bytes']:,}) and "
+                       f"**{m['x86_64']['ram_bytes']:,} bytes of RAM** (static buffers and stack), and on all "
+                       f"{r['images']:,} MNIST test images the test error of PyTorch from the same file "
+                       f"({m['test_error']:.2%}).\n")  # fmt: skip
     return "\n".join(rows) + "\n"
+
+
+def update_readme(results: dict, readme: Path = ROOT / "README.md") -> None:
+    text = readme.read_text()
+    start, end = "<!-- c_runtime:start -->\n", "<!-- c_runtime:end -->"
+    head, rest = text.split(start, 1)
+    atomic_write_bytes(readme, (head + start + readme_table(results) + end + rest.split(end, 1)[1]).encode())
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -182,8 +205,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--images", type=int, default=10000, help="MNIST test images to classify (default: all)")
     p.add_argument("--models", default="lenet5,lenet300", help="registry models, comma-separated")
     p.add_argument("--modes", default=",".join(MODES), help="weight layouts to build, comma-separated")
+    p.add_argument("--readme", action="store_true", help="only rewrite the README table from the committed JSON")
     p.add_argument("--quick", action="store_true", help="no TinyResNet (it trains for minutes): a smoke test")
     args = p.parse_args(argv)
+    if args.readme:
+        results = json.loads((ROOT / "benchmarks" / "results" / "c_runtime.json").read_text())
+        update_readme(results)
+        return results
     torch.set_num_threads(1)
     _, _, x, y = fisherpack.data.load().tensors()
     x, y = x[: args.images], y[: args.images]
