@@ -22,7 +22,8 @@ LAYERS = {
     "fpk": 0,
     "config": 1,
     **dict.fromkeys(
-        ["compression", "fisher", "prune", "quant", "train", "runtime", "export", "dist", "models", "data"], 2
+        ["compression", "fisher", "prune", "quant", "train", "runtime", "export", "cexport", "dist", "models", "data"],
+        2,
     ),
     **dict.fromkeys(["pipeline", "checkpoint", "defaults"], 3),
     "bench": 4,

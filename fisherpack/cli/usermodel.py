@@ -169,11 +169,16 @@ def add_export_command(sub: Any) -> None:
     q.add_argument("--safetensors", metavar="OUT", help="plain state dict for safetensors.torch.load_file")
     q.add_argument("--onnx", metavar="OUT", help="ONNX graph (dense fp32 weights), batch dimension dynamic")
     q.add_argument("--input-shape", metavar="N,C,H,W", help="example input shape for ONNX (default: a batch of --data)")
+    q.add_argument("--format", choices=["c"], help="c: C99 source running the packed weights (needs --out-dir)")
+    q.add_argument("--out-dir", metavar="DIR", help="folder for --format c: NAME.h, NAME.c, NAME_main.c")
+    q.add_argument("--name", help="C name for --format c (default: the file name, e.g. lenet5 -> lenet5_run)")
     add_model_flags(q)
     q.set_defaults(func=cmd_export)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    if args.format == "c":
+        return _export_c(args)
     if not args.safetensors and not args.onnx:
         raise ConfigError("nothing to export: give --safetensors OUT and/or --onnx OUT")
     for out in filter(None, (args.safetensors, args.onnx)):
@@ -188,6 +193,29 @@ def cmd_export(args: argparse.Namespace) -> int:
         atomic_write_bytes(args.onnx, export.onnx_bytes(model, _example(args, compressed.meta.get("model"))))
         written.append(args.onnx)
     print(f"wrote {' and '.join(written)}")
+    return 0
+
+
+def _export_c(args: argparse.Namespace) -> int:
+    from .. import cexport
+
+    if not args.out_dir:
+        raise ConfigError("--format c writes several files: give --out-dir DIR")
+    if args.safetensors or args.onnx:
+        raise ConfigError("--format c writes C only: export --safetensors / --onnx in a separate command")
+    compressed = format.load(args.file)
+    name = args.name or "".join(ch if ch.isalnum() else "_" for ch in Path(args.file).stem)
+    files = cexport.to_c(
+        _model_for(compressed, args, args.file), compressed, _example(args, compressed.meta.get("model")), name
+    )
+    out = Path(args.out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create {out}: {exc.strerror or exc}") from None
+    for fname, text in files.items():
+        atomic_write_bytes(out / fname, text.encode())
+    print(f"wrote {', '.join(str(out / f) for f in files)}")
     return 0
 
 
