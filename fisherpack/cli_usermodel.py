@@ -76,9 +76,19 @@ def add_model_flags(p: argparse.ArgumentParser, *, checkpoint: bool = False) -> 
     g = p.add_argument_group("your own model")
     g.add_argument("--model", dest="user_model", metavar="PKG.MOD:FACTORY", help="factory of your model")
     g.add_argument("--data", metavar="PKG.MOD:FN", help="function returning an iterable of (x, y) batches")
+    g.add_argument(
+        "--loss",
+        metavar="PKG.MOD:FN",
+        help="summed per-sample loss(output, target) for the Fisher "
+        "(default: cross-entropy for integer labels of any output shape, squared error for float targets)",
+    )
     if checkpoint:
         g.add_argument("--checkpoint", dest="checkpoint_flag", metavar="CKPT", help="state_dict file of your model")
         g.add_argument("--fisher-samples", type=int, default=1000, help="samples for a data Fisher (default 1000)")
+
+
+def _note(message: str) -> None:
+    print(f"fisherpack: note: {message}", file=sys.stderr)
 
 
 def _import_path() -> None:
@@ -133,7 +143,8 @@ def compress_user(args: argparse.Namespace, config: CompressConfig, log) -> tupl
                 "or use --criterion magnitude --allocation uniform"
             )
         estimate = fisher_mod.empirical if source == "empirical" else fisher_mod.sampled
-        fisher = estimate(model, batches, n_samples=args.fisher_samples)
+        loss_fn = usermodel.resolve_callable(args.loss) if getattr(args, "loss", None) else None
+        fisher = estimate(model, batches, n_samples=args.fisher_samples, loss_fn=loss_fn, notice=_note)
     meta = {"model": args.user_model, "checkpoint": ckpt.name, "fisher": source if needs else None}
     return compress(model, fisher, config, meta=meta), out
 

@@ -115,7 +115,7 @@ class _Step:
     """One unit of work between checkpoints: an epoch of training, a pruning round, or an epoch of
     masked fine-tuning after the last round."""
 
-    kind: str  # "train" | "prune" | "final" | "qat"
+    kind: str  # "train" | "prune" | "tune" (more fine-tuning after a prune) | "final" | "qat"
     epoch: int  # index into the shuffling sequence: every step sees its own order
     lr: float
     fraction: float = 1.0
@@ -125,6 +125,13 @@ class _Step:
 
 def _cosine(lr: float, i: int, n: int) -> float:
     return lr * 0.5 * (1.0 + math.cos(math.pi * i / n))
+
+
+def _passes(epochs: float) -> list[float]:
+    """Fractions of an epoch that add up to ``epochs``: whole passes, then the rest (at least one)."""
+    whole = math.floor(epochs)
+    rest = epochs - whole
+    return [1.0] * whole + ([rest] if rest > 1e-9 else []) or [0.0]
 
 
 def plan(cfg: PipelineConfig, *, until: str = "quantize") -> list[_Step]:
@@ -138,7 +145,10 @@ def plan(cfg: PipelineConfig, *, until: str = "quantize") -> list[_Step]:
     rates = prune.schedule(cfg.compress.rate, cfg.rounds) if cfg.compress.rate > 0 else []
     for r, rate in enumerate(rates):
         label = f"prune to {rate:.1%} ({r + 1}/{len(rates)})"
-        steps.append(_Step("prune", len(steps), cfg.finetune_lr, cfg.finetune_epochs, rate, label))
+        passes = _passes(cfg.finetune_epochs)  # e.g. 2.5 -> [1.0, 1.0, 0.5]: one step per pass over the data
+        steps.append(_Step("prune", len(steps), cfg.finetune_lr, passes[0], rate, label))
+        for p, fraction in enumerate(passes[1:], start=2):
+            steps.append(_Step("tune", len(steps), cfg.finetune_lr, fraction, rate, f"{label}, epoch {p}"))
     for f in range(cfg.final_epochs):
         lr = _cosine(cfg.finetune_lr, f, cfg.final_epochs) if cfg.lr_schedule == "cosine" else cfg.finetune_lr
         steps.append(_Step("final", len(steps), lr, label=f"fine-tune {f + 1}/{cfg.final_epochs}"))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import os
 import re
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,16 @@ def resolve(spec: str) -> Any:
             raise ConfigError(f"{module_name!r} has no attribute {attr!r} (from {spec!r})")
         obj = getattr(obj, part)
     return obj
+
+
+def resolve_callable(spec: str) -> Any:
+    """The callable ``spec`` names (e.g. a loss function), imported from the current folder too."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    fn = resolve(spec)
+    if not callable(fn):
+        raise ConfigError(f"{spec!r} is not callable")
+    return fn
 
 
 def _call(spec: str) -> Any:

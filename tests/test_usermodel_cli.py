@@ -24,7 +24,7 @@ def checkpoints(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ckpt")
     torch.manual_seed(0)
     model = tinyres.build()
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    opt = torch.optim.AdamW(model.named_parameters(), lr=2e-3)
     x, y, _, _ = fisherpack.data.synthetic(128, 64, seed=0).tensors()
     for xb, yb in fisherpack.data.batches(x, y, 32, shuffle=True, seed=0):
         opt.zero_grad()
