@@ -234,6 +234,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         lines.append(f"{t['name']:<24} {shape:<16} {kept:>8} {bits:<12} {t['bytes']:>9,}  {encs}")
     lines.append(f"file: {described['file_bytes']:,} bytes, header {described['header_bytes']:,} bytes")
     lines.append(f"model: {described['meta'].get('model', '?')}")
+    lines.append(cli_usermodel.compressed_line(described["tensors"]))  # issue 11: what was compressed
     print("\n".join(lines))
     return 0
 

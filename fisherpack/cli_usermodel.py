@@ -172,6 +172,20 @@ def _model_for(compressed: Any, args: argparse.Namespace, path: Any) -> torch.nn
     return load_into(model, compressed)
 
 
+def compressed_line(tensors: list[dict[str, Any]]) -> str:
+    """``inspect``'s summary: how many tensors and values were quantized, and which float tensors of
+    2 or more dimensions were stored as they are (raw)."""
+    quant = [t for t in tensors if t["kind"] == "quant"]
+    raw = [t for t in tensors if t["kind"] == "raw"]
+    values = sum(t.get("numel", 0) for t in quant)
+    total = values + sum(t.get("numel", 0) for t in raw)
+    matrices = [
+        t["name"] for t in raw if len(t["shape"]) >= 2 and str(t.get("dtype", "")).startswith(("float", "bfloat"))
+    ]
+    kept = f"; matrices stored raw: {', '.join(matrices[:5])}{' ...' if len(matrices) > 5 else ''}" if matrices else ""
+    return f"compressed: {len(quant)} of {len(quant) + len(raw)} tensors ({values:,} of {total:,} values){kept}"
+
+
 def add_export_command(sub: Any) -> None:
     q = sub.add_parser("export", help="write the decoded model as safetensors and/or ONNX")
     q.add_argument("file")
