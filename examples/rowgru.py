@@ -89,3 +89,8 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def tiny() -> RowGRU:
+    """A very small RowGRU, for quick trials (and the tests)."""
+    return RowGRU(8)

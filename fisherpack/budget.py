@@ -135,10 +135,11 @@ def pipeline_search(
     metric: Metric | None = None,
     start: dict[str, Any] | None = None,
     **options: Any,
-) -> tuple[Point | None, list[Point], float, dict[str, Any]]:
-    """Train once (or start from ``start``), then :func:`search` with the whole pipeline per point.
+) -> tuple[Point | None, list[Point], float, Compressed | None]:
+    """Train once (or start from ``start``, a trained state as ``run`` takes it), then :func:`search`
+    with the whole pipeline per point. ``options`` go to :func:`search`.
 
-    Returns (best point, points tried, dense validation value, the trained state for ``run``)."""
+    Returns (best point, points tried, dense validation value, the best point's Compressed)."""
     if start is None:
         torch.manual_seed(cfg.seed)
         trained = pipeline.run(cfg, *train, *val, model=build(), loss=loss, metric=metric, until="train")
@@ -148,11 +149,14 @@ def pipeline_search(
     dense_model.load_state_dict(start["model"])
     dense = evaluate(dense_model, *val)[0] if metric is None else measure(dense_model, *val, metric)
 
+    files: dict[tuple[float, float], Compressed] = {}
+
     def measure_point(rate: float, bits: float) -> tuple[int, float]:
         point_cfg = cfg.replace(compress=cfg.compress.replace(rate=rate, bits=bits))
         model = build()
         out = pipeline.run(point_cfg, *train, *val, model=model, loss=loss, metric=metric, start=start)
+        files[rate, bits] = out.compressed
         return reload_and_measure(out.compressed, model, *val, metric=metric)
 
     best, tried = search(measure_point, dense, budget, **options)
-    return best, tried, dense, start
+    return best, tried, dense, files[best.rate, best.bits] if best is not None else None

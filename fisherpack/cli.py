@@ -22,7 +22,19 @@ from typing import Any
 
 import torch
 
-from . import __version__, cli_bench, cli_usermodel, data, dist, environment, format, models, pipeline
+from . import (
+    __version__,
+    cli_anymodel,
+    cli_bench,
+    cli_usermodel,
+    data,
+    dist,
+    environment,
+    format,
+    models,
+    pipeline,
+    usermodel,
+)
 from .cli_common import Bar as _Bar
 from .cli_common import Parser as _Parser
 from .cli_common import log as _log
@@ -110,6 +122,8 @@ def _evaluate_file(
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
+    if usermodel.is_spec(args.model):  # your own model: see cli_anymodel
+        return cli_anymodel.reproduce(args, _compress_config, _log)
     cfg = _pipeline_config(args)
     out = Path(args.out or f"{cfg.model}.fpk")
     _on_rank0(
@@ -275,6 +289,7 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--distill", type=float, help="weight of the dense model's soft targets in fine-tuning (0: off)")
     q.add_argument("--fisher", choices=FISHER_SOURCES, help="Fisher estimator (default: adam)")
     _add_compress_flags(q)
+    cli_anymodel.add_flags(q)  # --model package.module:factory --data ... --budget ...
     q.set_defaults(func=cmd_reproduce)
 
     q = sub.add_parser("train", help="train a model with Adam and save a checkpoint (model + Adam state)")

@@ -1,0 +1,138 @@
+"""``fisherpack reproduce --model package.module:factory --data package.module:splits``: the whole
+pipeline on your own model, and the error-budget search; cli.py hands over when --model names code.
+
+- ``--data`` names a function returning ``{"train": (x, y), "val": (x, y)}`` (and optionally
+  ``"test"``): tensors with the samples along dim 0. Training and the Fisher use ``train``; the
+  budget and the figures use ``val``; ``test`` is measured once, from the written file.
+- ``--checkpoint CKPT`` starts from your trained weights (no training; a data Fisher by default).
+- ``--loss PKG.MOD:FN`` (a mini-batch mean, default cross-entropy on any output shape) and
+  ``--metric error|bits_per_token|mse|PKG.MOD:FN`` (default error; see losses.py).
+- ``--budget B`` (``0.05`` absolute, ``5%`` relative, in the metric): search rate and width for
+  the smallest file within B of the dense model on ``val``, printing every point tried.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import budget as budget_mod
+from . import environment, format, losses, pipeline, usermodel
+from .cli_common import table
+from .compress import summary
+from .config import CompressConfig, PipelineConfig
+from .errors import ConfigError, DataError
+from .fileio import atomic_write_bytes, check_writable
+
+__all__ = ["add_flags", "reproduce", "splits_from"]
+
+SPLITS = ("train", "val", "test")
+
+
+def add_flags(q: argparse.ArgumentParser) -> None:
+    g = q.add_argument_group("your own model (--model package.module:factory)")
+    g.add_argument("--data", metavar="PKG.MOD:FN", help='function returning {"train": (x, y), "val": (x, y)[, "test"]}')
+    g.add_argument("--checkpoint", metavar="CKPT", help="start from these trained weights (no training)")
+    g.add_argument("--loss", metavar="PKG.MOD:FN", help="mini-batch mean loss(output, target) (default cross-entropy)")
+    g.add_argument("--metric", help="error | bits_per_token | mse | PKG.MOD:FN (default error; lower is better)")
+    g.add_argument("--budget", help="smallest file within this much worse on val: 0.05 (absolute) or 5%% (relative)")
+
+
+def splits_from(spec: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The checked splits the data function ``spec`` returns (DataError in one line otherwise)."""
+    got = usermodel.resolve_callable(spec)()
+    if not isinstance(got, dict) or "train" not in got or "val" not in got:
+        raise DataError(f'{spec}() must return {{"train": (x, y), "val": (x, y)}} (and optionally "test")')
+    out = {}
+    for name in SPLITS:
+        pair = got.get(name)
+        if pair is None:
+            continue
+        ok = isinstance(pair, (tuple, list)) and len(pair) == 2 and all(isinstance(t, torch.Tensor) for t in pair)
+        if not ok or pair[0].ndim == 0 or len(pair[0]) != len(pair[1]) or len(pair[0]) == 0:
+            raise DataError(f"{spec}()[{name!r}] must be a non-empty (x, y) pair of tensors of equal length")
+        out[name] = (pair[0], pair[1])
+    return out
+
+
+def _metric(name: str | None) -> losses.Metric:
+    if name is None:
+        return losses.error
+    if name in losses.METRICS:
+        return losses.METRICS[name]
+    if usermodel.is_spec(name):
+        return usermodel.resolve_callable(name)
+    raise ConfigError(f"--metric wants one of {', '.join(losses.METRICS)} or package.module:function, got {name!r}")
+
+
+def _config(args: argparse.Namespace, compress_config: Callable[[argparse.Namespace, CompressConfig], CompressConfig]):
+    base = PipelineConfig(model=args.model, fisher="empirical" if args.checkpoint else "adam")
+    changes: dict[str, Any] = {"compress": compress_config(args, base.compress)}
+    if args.checkpoint:
+        changes["epochs"] = 0
+    for key in ("seed", "epochs", "rounds", "finetune_epochs", "fisher", "augment", "distill"):
+        if getattr(args, key, None) is not None:
+            changes[key] = getattr(args, key)
+    return base.replace(**changes)
+
+
+def reproduce(args: argparse.Namespace, compress_config: Callable, log: Callable[[str], None]) -> int:
+    if not args.data:
+        raise ConfigError("your own model needs its data: --data package.module:function (train/val splits)")
+    cfg = _config(args, compress_config)
+    out = Path(args.out or f"{args.model.rpartition(':')[2]}.fpk")
+    check_writable(out)
+    check_writable(Path(f"{out}.json"))
+    data = splits_from(args.data)
+    loss = usermodel.resolve_callable(args.loss) if args.loss else None
+    metric = _metric(args.metric)
+
+    def build() -> torch.nn.Module:
+        torch.manual_seed(cfg.seed)
+        model = usermodel.build_model(args.model)
+        if args.checkpoint:
+            usermodel.load_checkpoint(model, args.checkpoint)
+        return model
+
+    if args.budget:
+        budget = budget_mod.Budget.parse(args.budget)
+        log(f"searching rate and width for the smallest file within {budget} of the dense model on val")
+        best, tried, dense, compressed = budget_mod.pipeline_search(
+            cfg, build, data["train"], data["val"], budget, loss=loss, metric=metric,
+            on_point=lambda p: log(f"  rate {p.rate:.3f} bits {p.bits:g}: {p.file_bytes:,} bytes, "
+                                   f"val {p.value:.4f}{'' if p.within else '  (over budget)'}"),
+        )  # fmt: skip
+        if best is None:
+            raise ConfigError(f"no point tried is within {budget} of the dense model's {dense:.4f}; allow more")
+        cfg = cfg.replace(compress=cfg.compress.replace(rate=best.rate, bits=best.bits))
+        points = [vars(p) for p in tried]
+    else:
+        model = build()
+        outcome = pipeline.run(cfg, *data["train"], *data["val"], model=model, loss=loss, metric=metric,
+                               checkpoint=Path(f"{out}.ckpt"))  # fmt: skip
+        compressed, dense, points = outcome.compressed, outcome.figures["test_error_before"], []
+    blob = format.encode(compressed, entropy=cfg.compress.entropy)
+    atomic_write_bytes(out, blob)
+    Path(f"{out}.ckpt").unlink(missing_ok=True)
+    fig = {"model": args.model, "metric": args.metric or "error", "val_dense": dense, "budget": args.budget}
+    like = usermodel.build_model(args.model)
+    for split in ("val", "test"):
+        if split in data:
+            fig[f"{split}_file"] = budget_mod.reload_and_measure(compressed, like, *data[split], metric=metric)[1]
+    fig.update(summary(format.decode(blob), len(blob)), points=points, config=cfg.to_dict(),
+               environment=environment.record(seed=cfg.seed))  # fmt: skip
+    atomic_write_bytes(Path(f"{out}.json"), (json.dumps(fig, indent=2, sort_keys=True) + "\n").encode())
+    rows = [("model", args.model), ("file bytes", f"{len(blob):,}"), ("fp32 bytes", f"{fig['fp32_bytes']:,}")]
+    rows += [("ratio (fp32 / file)", f"{fig['ratio']:.1f}x"), (f"val {fig['metric']} dense", f"{dense:.4f}")]
+    rows += [
+        (f"{s} {fig['metric']} (from file)", f"{fig[f'{s}_file']:.4f}") for s in ("val", "test") if f"{s}_file" in fig
+    ]
+    print(table(rows))
+    print(f"wrote {out} and {out}.json", file=sys.stdout)
+    return 0

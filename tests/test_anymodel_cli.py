@@ -1,0 +1,54 @@
+"""Issue 11 from the command line: reproduce on your own model, with and without an error budget."""
+
+import json
+
+import pytest
+
+import fisherpack
+from fisherpack.cli import main
+
+
+@pytest.fixture(autouse=True)
+def _synthetic_mnist(monkeypatch):
+    monkeypatch.setattr(fisherpack.data, "load", lambda *a, **k: fisherpack.data.synthetic(200, 50, seed=0))
+
+
+BASE = ["reproduce", "--model", "examples.rowgru:tiny", "--data", "examples.rowgru:splits", "--quiet"]
+
+
+def test_reproduce_runs_the_pipeline_on_a_user_model(tmp_path, capsys):
+    out = tmp_path / "g.fpk"
+    assert main([*BASE, "--epochs", "1", "--rounds", "2", "--rate", "0.5", "--bits", "4", "--out", str(out)]) == 0
+    fig = json.loads((tmp_path / "g.fpk.json").read_text())
+    packed = fisherpack.read(out)
+    assert fig["file_bytes"] == out.stat().st_size and packed.meta["model"] == "examples.rowgru:tiny"
+    from examples.rowgru import tiny
+
+    model = fisherpack.load_into(tiny(), packed)
+    assert abs(float((model.rnn.weight_hh_l0 == 0).float().mean()) - 0.5) < 0.15
+    assert 0 <= fig["val_file"] <= 1 and 0 <= fig["test_file"] <= 1
+    assert f"wrote {out}" in capsys.readouterr().out
+
+
+def test_reproduce_with_a_budget_prints_the_points_and_keeps_the_smallest_within(tmp_path, capsys):
+    out = tmp_path / "b.fpk"
+    argv = [*BASE, "--epochs", "1", "--rounds", "1", "--budget", "1.0", "--out", str(out)]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    fig = json.loads((tmp_path / "b.fpk.json").read_text())
+    points = fig["points"]
+    assert len([line for line in err.splitlines() if line.startswith("  rate ")]) == len(points) >= 3
+    within = [p for p in points if p["within"]]
+    best = min(within, key=lambda p: (p["file_bytes"], p["value"]))
+    assert (fig["config"]["compress"]["rate"], fig["config"]["compress"]["bits"]) == (best["rate"], best["bits"])
+    assert fig["file_bytes"] == out.stat().st_size == best["file_bytes"]
+
+
+def test_user_model_reproduce_mistakes_get_one_line(tmp_path, capsys):
+    for extra, words in (([], "needs its data"), (["--data", "examples.rowgru:build"], "must return"),
+                         (["--data", "examples.rowgru:splits", "--budget", "lots"], "budget"),
+                         (["--data", "examples.rowgru:splits", "--metric", "accuracy"], "--metric wants")):  # fmt: skip
+        argv = ["reproduce", "--model", "examples.rowgru:tiny", *extra, "--out", str(tmp_path / "x.fpk")]
+        assert main(argv) == 1
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and words in err, err
