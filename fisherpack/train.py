@@ -27,6 +27,7 @@ from torch import nn
 from . import dist
 from .data import batches, check_labels
 from .errors import ConfigError
+from .losses import cross_entropy
 from .prune import apply_masks
 
 __all__ = [
@@ -107,8 +108,8 @@ def train_step(
     else:
         out = model(xb)
     reduction = "mean" if dist.world_size() == 1 else "sum"
-    if recipe.loss is not None:
-        loss = recipe.loss(out, yb) * (1 if reduction == "mean" else len(xb))
+    if recipe.loss is not None or out.ndim != 2:  # any output shape: see losses.py
+        loss = (recipe.loss or cross_entropy)(out, yb) * (1 if reduction == "mean" else len(xb))
     else:
         check_labels(yb, out.shape[1])  # cross-entropy would fail with an index error deep in torch
         loss = nn.functional.cross_entropy(out, yb, reduction=reduction)

@@ -52,3 +52,17 @@ def test_user_model_reproduce_mistakes_get_one_line(tmp_path, capsys):
         assert main(argv) == 1
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and words in err, err
+
+
+def test_the_readme_budget_command_runs_as_written(tmp_path, monkeypatch, capsys):
+    import re
+    import shlex
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    (block,) = [b for b in re.findall(r"```sh\n(.*?)```", readme, flags=re.S) if "examples.rowgru" in b]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
+    for argv in filter(None, (shlex.split(line) for line in block.splitlines())):
+        assert argv[0] == "fisherpack" and main(argv[1:]) == 0
+    assert fisherpack.read(tmp_path / "rowgru.fpk").meta["model"] == "examples.rowgru:tiny"
