@@ -108,7 +108,7 @@ def _batches(args: argparse.Namespace, split: str, log) -> Any:
     """Batches from --data, or the MNIST-format split of --data-dir; None without either."""
     if args.data:
         _import_path()
-        return usermodel.batches_from(args.data)
+        return usermodel.batches_from(args.data, split)
     if args.data_dir:
         x_train, y_train, x_test, y_test = data.load(args.data_dir, log=log).tensors()
         x, y = (x_train, y_train) if split == "train" else (x_test, y_test)

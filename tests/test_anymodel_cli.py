@@ -66,3 +66,23 @@ def test_the_readme_budget_command_runs_as_written(tmp_path, monkeypatch, capsys
     for argv in filter(None, (shlex.split(line) for line in block.splitlines())):
         assert argv[0] == "fisherpack" and main(argv[1:]) == 0
     assert fisherpack.read(tmp_path / "rowgru.fpk").meta["model"] == "examples.rowgru:tiny"
+
+
+def test_compress_a_gru_with_a_data_fisher_notes_the_exact_path_in_one_line(tmp_path, capsys):
+    import torch
+
+    from examples.rowgru import tiny
+
+    torch.manual_seed(0)
+    torch.save(tiny().state_dict(), tmp_path / "g.pt")
+    out = tmp_path / "g.fpk"
+    argv = ["compress", "--model", "examples.rowgru:tiny", "--checkpoint", str(tmp_path / "g.pt"), "--rate", "0.5"]
+    assert main([*argv, "--data", "examples.rowgru:splits", "--fisher-samples", "20", "--out", str(out)]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("fisherpack: note: per-sample gradients by torch.func.vmap failed")
+    packed = fisherpack.read(out)
+    assert packed.meta["fisher"] == "empirical" and "rnn.weight_hh_l0" in packed.tensors
+    assert (
+        main(["eval", str(out), "--model", "examples.rowgru:tiny", "--data", "examples.rowgru:splits", "--json"]) == 0
+    )
+    assert json.loads(capsys.readouterr().out)["test_samples"] == 50
