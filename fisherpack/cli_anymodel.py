@@ -14,9 +14,11 @@ pipeline on your own model, and the error-budget search; cli.py hands over when 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,8 @@ from .compress import summary
 from .config import CompressConfig, PipelineConfig
 from .errors import ConfigError, DataError
 from .fileio import atomic_write_bytes, check_writable
+from .fisher import FallbackNotice
+from .train import measure
 
 __all__ = ["add_flags", "reproduce", "splits_from"]
 
@@ -83,6 +87,11 @@ def _config(args: argparse.Namespace, compress_config: Callable[[argparse.Namesp
 
 
 def reproduce(args: argparse.Namespace, compress_config: Callable, log: Callable[[str], None]) -> int:
+    with notes():
+        return _reproduce(args, compress_config, log)
+
+
+def _reproduce(args: argparse.Namespace, compress_config: Callable, log: Callable[[str], None]) -> int:
     if not args.data:
         raise ConfigError("your own model needs its data: --data package.module:function (train/val splits)")
     cfg = _config(args, compress_config)
@@ -135,4 +144,67 @@ def reproduce(args: argparse.Namespace, compress_config: Callable, log: Callable
     ]
     print(table(rows))
     print(f"wrote {out} and {out}.json", file=sys.stdout)
+    return 0
+
+
+@contextlib.contextmanager
+def notes() -> Iterator[None]:
+    """Library notices (e.g. the Fisher's exact fallback) as one ``fisherpack: note:`` line each."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", FallbackNotice)
+        shown = warnings.showwarning
+
+        def show(message, category, *rest) -> None:  # noqa: ANN001
+            if issubclass(category, FallbackNotice):
+                print(f"fisherpack: note: {message}", file=sys.stderr)
+            else:
+                shown(message, category, *rest)
+
+        warnings.showwarning = show
+        try:
+            yield
+        finally:
+            warnings.showwarning = shown
+
+
+def sensitivity(args: argparse.Namespace, render: Callable[[dict[str, Any]], str]) -> int:
+    """``fisherpack sensitivity --model PKG.MOD:FACTORY --data PKG.MOD:SPLITS [CKPT]``: per layer, the
+    Fisher's predicted loss increase against the measured one on ``val`` (see sensitivity.py).
+    Without a checkpoint the model is trained here first (Adam), so the Adam Fisher is compared too."""
+    from . import sensitivity as sens
+
+    with notes():
+        return _sensitivity(args, render, sens)
+
+
+def _sensitivity(args: argparse.Namespace, render: Callable[[dict[str, Any]], str], sens: Any) -> int:
+    if not args.data:
+        raise ConfigError("your own model needs its data: --data package.module:function (train/val splits)")
+    data = splits_from(args.data)
+    (x_fit, y_fit), (x_val, y_val) = data["train"], data["val"]
+    seed = args.seed if args.seed is not None else 0
+    torch.manual_seed(seed)
+    model = usermodel.build_model(args.model)
+    optimizer, batch_size = None, None
+    if args.checkpoint:
+        usermodel.load_checkpoint(model, args.checkpoint)
+    else:
+        cfg = PipelineConfig(model=args.model, seed=seed, epochs=args.epochs if args.epochs is not None else 3)
+        trained = pipeline.run(cfg, x_fit, y_fit, x_val, y_val, model=model, metric=losses.error, until="train")
+        optimizer, batch_size = trained.optimizer, cfg.batch_size
+    rank_by = args.rank_by if optimizer is not None else "empirical"
+    cfg = sens.SensitivityConfig(rates=args.rates, criteria=args.criteria, bits=args.bits,
+                                 fisher_samples=args.fisher_samples, seed=seed, rank_by=rank_by)  # fmt: skip
+    fishers = sens.estimate(model, x_fit, y_fit, cfg, optimizer=optimizer, batch_size=batch_size)
+    report = sens.analyse(model, fishers, x_val, y_val, cfg)
+    result = {
+        "model": args.model,
+        "checkpoint": args.checkpoint,
+        "validation": {"images": len(x_val), "seed": seed, "held_out_from_training": True},
+        "validation_error": measure(model, x_val, y_val, losses.error),
+        "config": {**cfg.__dict__, "adam_batch_size": batch_size},
+        "environment": environment.record(seed=seed),
+        **report.to_dict(),
+    }
+    print(json.dumps(result, sort_keys=True) if args.json else render(result))
     return 0

@@ -50,6 +50,7 @@ from . import prune
 from .compress import compressible
 from .data import batches
 from .errors import ConfigError
+from .losses import nll_sum
 from .quant import quantize_group
 from .tensors import MAX_BITS, dequantize_codes
 
@@ -176,7 +177,7 @@ def predicted_increase(fisher: torch.Tensor, delta: torch.Tensor) -> float:
 
 
 def _nll(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return nn.functional.cross_entropy(output, target, reduction="sum")
+    return nll_sum(output, target)  # any output shape: see losses.py
 
 
 @torch.no_grad()

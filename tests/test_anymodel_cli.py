@@ -86,3 +86,15 @@ def test_compress_a_gru_with_a_data_fisher_notes_the_exact_path_in_one_line(tmp_
         main(["eval", str(out), "--model", "examples.rowgru:tiny", "--data", "examples.rowgru:splits", "--json"]) == 0
     )
     assert json.loads(capsys.readouterr().out)["test_samples"] == 50
+
+
+def test_sensitivity_of_a_user_model(capsys):
+    argv = ["sensitivity", "--model", "examples.rowgru:tiny", "--data", "examples.rowgru:splits", "--epochs", "1"]
+    assert main([*argv, "--rates", "0.5", "--bits", "4", "--fisher-samples", "20", "--json"]) == 0
+    out = capsys.readouterr()
+    assert out.err.startswith("fisherpack: note: per-sample gradients") and len(out.err.splitlines()) == 1
+    result = json.loads(out.out)
+    layers = {r["layer"] for r in result["rows"]}
+    assert layers == {"rnn.weight_ih_l0", "rnn.weight_hh_l0", "head.weight"}
+    assert set(result["spearman"]) == {"empirical", "adam"} and result["model"] == "examples.rowgru:tiny"
+    assert len(result["rows"]) == 3 * (2 + 1)  # per layer: magnitude and obd at 0.5, 4 bits
