@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     torch.manual_seed(0)
     model = build()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    optimizer = torch.optim.AdamW(model.named_parameters(), lr=2e-3)  # names: fisherpack matches its state by name
     x, y, x_test, y_test = fisherpack.data.load().tensors()
     for epoch in range(args.epochs):
         model.train()

@@ -1,12 +1,16 @@
 """The one verb: ``compress(model, fisher, config) -> Compressed``, and its inverse.
 
-Works on any ``nn.Module``. Which tensors are compressed: by default the ``weight`` of every
-Linear, Conv1d/2d/3d and Embedding layer; ``config.include`` (fnmatch patterns on parameter names)
-replaces that choice and ``config.exclude`` removes from it. Names are those of
-``model.named_parameters()``: a parameter shared by several modules (tied weights) goes by its
-first name. Every other parameter and buffer (BatchNorm statistics including the int64
-``num_batches_tracked``, parameters of custom modules) is stored losslessly; a tensor shared by
-several names is stored once and recorded as an alias of its first name.
+Works on any ``nn.Module``. Which tensors are compressed: by default every floating-point
+parameter with 2 or more dimensions (the weights of Linear, ConvNd, Embedding, the packed
+``in_proj_weight`` of MultiheadAttention, RNN/GRU/LSTM matrices, bare Parameters of custom
+modules); 1-D tensors (biases, norm scales) are quantized with ``config.quantize_biases`` and
+stored losslessly otherwise. ``config.include`` (fnmatch patterns on parameter names) replaces
+that choice and ``config.exclude`` removes from it; a pattern that matches nothing is an error.
+A frozen parameter (``requires_grad=False``) the Fisher estimate lacks is refused by name. Names
+are those of ``model.named_parameters()``: a parameter shared by several modules (tied weights)
+goes by its first name. Every other tensor (buffers such as BatchNorm statistics, including the
+int64 ``num_batches_tracked``) is stored losslessly; a tensor shared by several names is stored
+once and recorded as an alias of its first name.
 
 Already-zero weights of a compressed tensor count as pruned, so a model pruned elsewhere (or by
 :mod:`fisherpack.pipeline`) keeps its sparsity; ``config.rate`` prunes further to that rate with
@@ -47,17 +51,20 @@ COMPRESSIBLE_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)
 
 def compressible(model: nn.Module, include: tuple[str, ...] = (), exclude: tuple[str, ...] = ()) -> list[str]:
     """Names of the parameters to prune and quantize, in ``named_parameters()`` order (see module
-    docstring); a tied parameter is listed once, under its first name."""
-    first = {id(p): n for n, p in reversed(list(model.named_parameters()))}  # id -> first name
+    docstring); a tied parameter is listed once, under its first name. ConfigError naming a
+    pattern of ``include`` or ``exclude`` that matches no floating-point parameter (a typo would
+    otherwise silently change what is compressed)."""
     names = [n for n, p in model.named_parameters() if p.is_floating_point()]
+    for pattern in (*include, *exclude):
+        if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+            flag = "include" if pattern in include else "exclude"
+            example = f"; names look like {names[0]!r}" if names else ""
+            raise ConfigError(f"{flag} pattern {pattern!r} matches no parameter of the model{example}")
     if include:
         chosen = {n for n in names if any(fnmatch.fnmatchcase(n, pat) for pat in include)}
     else:
-        chosen = {
-            first[id(module.weight)]
-            for module in model.modules()
-            if isinstance(module, COMPRESSIBLE_LAYERS) and isinstance(getattr(module, "weight", None), nn.Parameter)
-        }
+        params = dict(model.named_parameters())
+        chosen = {n for n in names if params[n].ndim >= 2}
     return [n for n in names if n in chosen and not any(fnmatch.fnmatchcase(n, pat) for pat in exclude)]
 
 
@@ -81,7 +88,7 @@ def compress(
         raise ConfigError(f"config must be a CompressConfig, got {type(config).__name__}")
     names = compressible(model, config.include, config.exclude)
     if not names:
-        raise ConfigError("the model has no weights to compress (no Linear/Conv/Embedding weight matched)")
+        raise ConfigError("the model has no weights to compress (no floating-point parameter of 2 or more dimensions)")
     layer = config.layer_settings(names)
     params = dict(model.named_parameters())
     weights = {n: params[n].detach().float() for n in names}
@@ -93,6 +100,10 @@ def compress(
         use = f"criterion {config.criterion!r}" if prunes_by_fisher else f"allocation {config.allocation!r}"
         raise ConfigError(f"{use} needs a Fisher estimate (see fisherpack.fisher); without one use criterion "
                           "magnitude or random and allocation uniform")  # fmt: skip
+    frozen = [n for n in names if not params[n].requires_grad and isinstance(fisher, dict) and n not in fisher]
+    if frozen:
+        raise ConfigError(f"parameter {frozen[0]!r} is frozen (requires_grad=False), so the Fisher estimate has none; "
+                          "exclude it from compression or estimate its Fisher with it trainable")  # fmt: skip
     if fisher is not None:
         _check_per_weight(fisher, weights, "the Fisher estimate", finite_nonnegative=True)
     if masks is not None:
@@ -101,7 +112,7 @@ def compress(
         masks = select_masks(config, weights, fisher, layer)
     if config.quantize_biases:  # quantized like the weights, never pruned
         masks = dict(masks)
-        for n in _biases_of(params, names):
+        for n in _vectors(model, config, names):
             weights[n] = params[n].detach().float()
             masks[n] = torch.ones_like(weights[n], dtype=torch.bool)
     quantized = quant.quantize(
@@ -191,10 +202,21 @@ def _check_per_weight(d: Any, weights: dict[str, torch.Tensor], what: str, finit
             raise ConfigError(f"{what} for {n!r} has NaN, Inf or negative values")
 
 
-def _biases_of(params: dict[str, nn.Parameter], weight_names: list[str]) -> list[str]:
-    """The ``bias`` beside each ``weight`` name, where the layer has one."""
-    candidates = [n[: -len("weight")] + "bias" for n in weight_names if n.endswith("weight")]
-    return [n for n in candidates if n in params and params[n].is_floating_point()]
+def _vectors(model: nn.Module, config: CompressConfig, weight_names: list[str]) -> list[str]:
+    """The 1-D (and scalar) tensors ``quantize_biases`` quantizes: by default every floating-point
+    one not excluded (biases, norm scales); with ``include``, the ``bias`` beside each chosen weight."""
+    params = dict(model.named_parameters())
+    if config.include:
+        candidates = [n[: -len("weight")] + "bias" for n in weight_names if n.endswith("weight")]
+        return [n for n in candidates if n in params and params[n].is_floating_point()]
+    return [
+        n
+        for n, p in params.items()
+        if p.is_floating_point()
+        and p.ndim < 2
+        and n not in weight_names
+        and not any(fnmatch.fnmatchcase(n, pat) for pat in config.exclude)
+    ]
 
 
 def load_into(model: nn.Module, source: Compressed | str | os.PathLike) -> nn.Module:

@@ -21,8 +21,11 @@ diagonal Fisher of parameter ``theta_i`` is
 
 Both data estimators run the model in eval mode (BatchNorm uses its running statistics) and return
 float32 tensors (float64 if the model is float64). ``loss_fn(output, target)`` is the negative
-log-likelihood of one sample (default: cross-entropy on logits); it must sum, not average, over
-anything but the batch of one.
+log-likelihood of one sample; it must sum, not average, over anything but the batch of one. The
+default, :func:`fisherpack.losses.nll_sum`, takes any output shape: cross-entropy summed over every
+position for integer labels (``(N, classes)`` or sequence logits ``(N, T, classes)`` with ``(N, T)``
+labels), half the squared error for float targets of the output's shape (regression); other
+outputs (several heads, dicts) need their own ``loss_fn``.
 
 Batches are ``(x, y)`` pairs for any model: ``x`` is one tensor (``model(x)``) or a tuple/list of
 tensors (``model(*x)``), all with the batch along dim 0; ``y`` is a tensor with the batch along
@@ -54,6 +57,7 @@ here is a collective: call it on every rank.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Callable, Iterable
 
 import torch
@@ -61,8 +65,8 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from . import dist
-from .data import check_labels
-from .errors import ConfigError
+from .errors import ConfigError, DataError, FisherpackError
+from .losses import check_targets, nll_sum, nll_sum_unchecked
 
 __all__ = ["from_adam", "from_adam_state", "empirical", "sampled", "per_sample_square_sum"]
 
@@ -102,27 +106,34 @@ def from_adam(
 def from_adam_state(state: dict, model: nn.Module) -> dict[str, torch.Tensor]:
     """``exp_avg_sq`` for each named parameter from a saved Adam/AdamW ``optimizer.state_dict()``.
 
-    A state dict keys parameters by position: the order of the parameters given to the optimizer,
-    group after group. They are matched with ``model.parameters()`` in order (or with its trainable
-    parameters only, if the optimizer holds exactly those); ConfigError if counts or shapes differ.
+    Slots are matched to parameters by **name**, never by position: an optimizer built on
+    ``model.named_parameters()`` (torch >= 2.5) records them (``param_names``). A state without
+    names is matched by shape, which is only safe where a shape is unique: two trainable
+    parameters of equal shape make it a ConfigError naming them (the order of the optimizer's
+    parameters, e.g. in groups, cannot be checked). Any mismatch names the first parameter.
     """
     try:
-        ids = [i for group in state["param_groups"] for i in group["params"]]
+        groups = state["param_groups"]
+        ids = [i for group in groups for i in group["params"]]
         slots = state["state"]
-    except (KeyError, TypeError):
+        names = [n for group in groups for n in group.get("param_names", ())]
+    except (KeyError, TypeError, AttributeError):
         raise ConfigError("the optimizer state is not an optimizer.state_dict()") from None
-    named = list(model.named_parameters())
-    if len(ids) != len(named):
-        named = [(n, p) for n, p in named if p.requires_grad]
-    if len(ids) != len(named):
-        raise ConfigError(
-            f"the optimizer state holds {len(ids)} parameters, the model has {len(named)}; it must come "
-            "from an optimizer built on model.parameters()"
-        )
+    params = dict(model.named_parameters())
+    trainable = {n: p for n, p in params.items() if p.requires_grad}
+    if names and len(names) == len(ids):
+        unknown = [n for n in names if n not in params]
+        if unknown:
+            raise ConfigError(f"the optimizer state names parameter {unknown[0]!r}, which the model does not have; "
+                              "the optimizer state does not belong to this model")  # fmt: skip
+        owner = dict(zip(ids, names))
+    else:
+        owner = _owners_by_shape(ids, slots, trainable)
     out: dict[str, torch.Tensor] = {}
-    for i, (name, param) in zip(ids, named):
+    for i, name in owner.items():
         slot = slots.get(i)
         v = slot.get("exp_avg_sq") if isinstance(slot, dict) else None
+        param = params[name]
         if v is None and not param.requires_grad:
             continue  # a frozen parameter has no Adam state, as in from_adam
         if v is None:
@@ -133,7 +144,36 @@ def from_adam_state(state: dict, model: nn.Module) -> dict[str, torch.Tensor]:
                 "the optimizer state does not belong to this model"
             )
         out[name] = v.detach().clone().to(param.dtype)
+    missing = [n for n in trainable if n not in out]
+    if missing:
+        raise ConfigError(f"the optimizer state has no Adam exp_avg_sq for parameter {missing[0]!r}; it must come "
+                          "from an Adam/AdamW optimizer over all of the model's trainable parameters")  # fmt: skip
     return out
+
+
+def _owners_by_shape(ids: list, slots: dict, trainable: dict[str, torch.Tensor]) -> dict:
+    """Slot id -> parameter name by unique shapes (a state without ``param_names``)."""
+    by_shape: dict[tuple, list[str]] = {}
+    for n, p in trainable.items():
+        by_shape.setdefault(tuple(p.shape), []).append(n)
+    shared = next((ns for ns in by_shape.values() if len(ns) > 1), None)
+    if shared is not None:
+        raise ConfigError(
+            f"the optimizer state does not name its parameters, and {shared[0]!r} and {shared[1]!r} have the same "
+            "shape, so which slot is whose cannot be told; build the optimizer on model.named_parameters()"
+        )
+    owner = {}
+    for i in ids:
+        slot = slots.get(i)
+        v = slot.get("exp_avg_sq") if isinstance(slot, dict) else None
+        if not isinstance(v, torch.Tensor):
+            continue
+        match = by_shape.get(tuple(v.shape))
+        if match is None:
+            raise ConfigError(f"the optimizer state holds a slot of shape {tuple(v.shape)} that no trainable parameter "
+                              "of the model has; the optimizer state does not belong to this model")  # fmt: skip
+        owner[i] = match[0]
+    return owner
 
 
 def _beta2(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> float:
@@ -150,12 +190,13 @@ def empirical(
     n_samples: int | None = None,
     chunk: int = 256,
     loss_fn: LossFn | None = None,
+    notice: Callable[[str], None] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Empirical Fisher: mean over samples of squared per-sample gradients with the true labels.
 
     ``n_samples`` caps the samples this process reads (per rank under torch.distributed).
     """
-    return _fisher(model, batches, n_samples=n_samples, chunk=chunk, loss_fn=loss_fn, generator=None)
+    return _fisher(model, batches, n_samples=n_samples, chunk=chunk, loss_fn=loss_fn, generator=None, notice=notice)
 
 
 def sampled(
@@ -166,20 +207,19 @@ def sampled(
     chunk: int = 256,
     seed: int = 0,
     loss_fn: LossFn | None = None,
+    notice: Callable[[str], None] | None = None,
 ) -> dict[str, torch.Tensor]:
     """True Fisher (Monte Carlo): labels drawn from the model's softmax, one draw per sample."""
     generator = torch.Generator().manual_seed(_rank_seed(seed))
-    return _fisher(model, batches, n_samples=n_samples, chunk=chunk, loss_fn=loss_fn, generator=generator)
+    return _fisher(
+        model, batches, n_samples=n_samples, chunk=chunk, loss_fn=loss_fn, generator=generator, notice=notice
+    )
 
 
 def _rank_seed(seed: int) -> int:
     """``seed`` on rank 0 (and on one process); on rank r > 0 a stable hash of (seed, r)."""
     r = dist.rank()
     return seed if r == 0 else int.from_bytes(hashlib.sha256(f"{seed}:rank{r}".encode()).digest()[:8], "little") >> 1
-
-
-def _nll(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return nn.functional.cross_entropy(output, target, reduction="sum")
 
 
 def _fisher(
@@ -190,13 +230,14 @@ def _fisher(
     chunk: int,
     loss_fn: LossFn | None,
     generator: torch.Generator | None,
+    notice: Callable[[str], None] | None = None,
 ) -> dict[str, torch.Tensor]:
     if chunk < 1:
         raise ConfigError(f"chunk must be >= 1, got {chunk}")
     if n_samples is not None and n_samples < 1:
         raise ConfigError(f"n_samples must be >= 1, got {n_samples}")
     sums, count = per_sample_square_sum(
-        model, batches, n_samples=n_samples, chunk=chunk, loss_fn=loss_fn, generator=generator
+        model, batches, n_samples=n_samples, chunk=chunk, loss_fn=loss_fn, generator=generator, notice=notice
     )
     sums, count = dist.all_reduce_sums(sums, count)  # unchanged on one process
     if count == 0:
@@ -213,24 +254,28 @@ def per_sample_square_sum(
     chunk: int = 256,
     loss_fn: LossFn | None = None,
     generator: torch.Generator | None = None,
+    notice: Callable[[str], None] | None = None,
 ) -> tuple[dict[str, torch.Tensor], int]:
     """Float64 sums of squared per-sample gradients and the number of samples summed.
 
     With ``generator`` the label of each sample is drawn from the model's softmax instead of taken
-    from the data. Exposed so that distributed runs can all-reduce sums and counts before dividing.
+    from the data. Models that ``torch.func.vmap`` cannot run (``nn.GRU`` and other fused kernels)
+    fall back to an exact per-sample autograd loop, after one ``notice`` (default: a
+    FallbackNotice warning). Exposed so that distributed runs can all-reduce sums and counts before dividing.
     """
-    loss_fn = loss_fn or _nll
+    loss_fn = loss_fn or nll_sum
     params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
     frozen = {n: p.detach() for n, p in model.named_parameters() if not p.requires_grad}
     frozen.update({n: b.detach() for n, b in model.named_buffers()})
 
     def sample_loss(p: dict[str, torch.Tensor], xs: tuple[torch.Tensor, ...], y: torch.Tensor) -> torch.Tensor:
         out = functional_call(model, (p, frozen), tuple(x.unsqueeze(0) for x in xs))
-        return loss_fn(out, y.unsqueeze(0))
+        return (nll_sum_unchecked if loss_fn is nll_sum else loss_fn)(out, y.unsqueeze(0))
 
     per_sample_grad = vmap(grad(sample_loss), in_dims=(None, 0, 0))
     sums = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in params.items()}
     count = 0
+    exact = False  # switched on when vmap cannot run the model
     was_training = model.training
     model.eval()
     try:
@@ -241,14 +286,24 @@ def per_sample_square_sum(
                     break
                 stop = start + chunk if n_samples is None else min(start + chunk, start + n_samples - count)
                 xs, y = tuple(x[start:stop] for x in xb), yb[start:stop]
-                if loss_fn is _nll and generator is None:  # true labels: they must fit the model
-                    with torch.no_grad():
-                        check_labels(y, model(*(x[:1] for x in xs)).shape[-1])
                 if generator is not None:
+                    y = _draw(model, xs, generator)
+                elif loss_fn is nll_sum:  # true targets: check them against the output in one line
                     with torch.no_grad():
-                        probs = torch.softmax(model(*xs).double(), dim=-1)  # (n, classes)
-                    y = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-                grads = per_sample_grad(params, xs, y)  # each (n, *param.shape)
+                        check_targets(_forward(model, tuple(x[:1] for x in xs)), y)
+                grads = None
+                if not exact:
+                    try:
+                        grads = per_sample_grad(params, xs, y)  # each (n, *param.shape)
+                    except FisherpackError:
+                        raise
+                    except Exception as exc:  # vmap cannot run it (e.g. nn.GRU): the exact loop
+                        exact = True
+                        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+                        (notice or _warn)(f"per-sample gradients by torch.func.vmap failed ({why}); "
+                                          "using an exact per-sample loop (slower)")  # fmt: skip
+                if grads is None:
+                    grads = _loop_grads(model, params, xs, y, loss_fn)
                 for name, g in grads.items():
                     sums[name] += g.double().square().sum(0)
                 count += len(y)
@@ -257,6 +312,49 @@ def per_sample_square_sum(
     finally:
         model.train(was_training)
     return sums, count
+
+
+class FallbackNotice(UserWarning):
+    """The Fisher went the slower exact way (the model cannot run under torch.func.vmap)."""
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, FallbackNotice, stacklevel=3)
+
+
+def _forward(model: nn.Module, xs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """``model(*xs)``; a failure (wrong dtype or shape of the data) as one DataError line."""
+    try:
+        return model(*xs)
+    except Exception as exc:
+        line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        shapes = ", ".join(f"{tuple(x.shape)} {x.dtype}" for x in xs)
+        raise DataError(f"the model cannot run on the data (inputs {shapes}): {line}") from None
+
+
+def _draw(model: nn.Module, xs: tuple[torch.Tensor, ...], generator: torch.Generator) -> torch.Tensor:
+    """Targets drawn from the model's softmax over its last dimension, one per prediction."""
+    with torch.no_grad():
+        logits = _forward(model, xs)
+    if not isinstance(logits, torch.Tensor) or logits.ndim < 2:
+        raise ConfigError("the sampled Fisher draws labels from logits (n, ..., classes); use the empirical Fisher")
+    probs = torch.softmax(logits.double(), dim=-1).reshape(-1, logits.shape[-1])  # (predictions, classes)
+    return torch.multinomial(probs, 1, generator=generator).reshape(logits.shape[:-1])
+
+
+def _loop_grads(
+    model: nn.Module, params: dict[str, torch.Tensor], xs: tuple[torch.Tensor, ...], y: torch.Tensor, loss_fn: LossFn
+) -> dict[str, torch.Tensor]:
+    """Per-sample gradients one sample at a time with autograd: exact, for models vmap cannot run."""
+    live = dict(model.named_parameters())
+    names = list(params)
+    out = {n: torch.empty((len(y), *p.shape), dtype=p.dtype) for n, p in params.items()}
+    for i in range(len(y)):
+        loss = loss_fn(_forward(model, tuple(x[i : i + 1] for x in xs)), y[i : i + 1])
+        grads = torch.autograd.grad(loss, [live[n] for n in names], allow_unused=True)
+        for n, g in zip(names, grads):
+            out[n][i] = 0.0 if g is None else g
+    return out
 
 
 def _split_batch(batch: object) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:

@@ -29,6 +29,7 @@ import itertools
 import json
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -52,8 +53,9 @@ from .defaults import default_config
 from .errors import ConfigError
 from .fpk import container as fmt
 from .fpk.tensors import Compressed, QuantTensor
+from .losses import Loss, Metric
 from .quant import FakeQuant, requantize
-from .train import Recipe, epoch_images, evaluate, train_epoch
+from .train import Recipe, epoch_images, evaluate, measure, train_epoch
 
 __all__ = [
     "Progress",
@@ -98,6 +100,7 @@ def estimate_fisher(
     x: torch.Tensor,
     y: torch.Tensor,
     salt: int,
+    loss: Loss | None = None,
 ) -> dict[str, torch.Tensor]:
     """The Fisher estimate ``cfg.fisher`` asks for; data estimators use a seeded subset of (x, y),
     the first ``fisher_samples`` of a permutation, sharded over ranks under torch.distributed."""
@@ -106,8 +109,8 @@ def estimate_fisher(
     first = itertools.islice(batches(x, y, cfg.fisher_samples, shuffle=True, seed=cfg.seed, epoch=10_000 + salt), 1)
     subset = [(dist.shard(xb), dist.shard(yb)) for xb, yb in first]  # this rank's share of the subset
     if cfg.fisher == "empirical":
-        return fisher_mod.empirical(model, subset, n_samples=cfg.fisher_samples)
-    return fisher_mod.sampled(model, subset, n_samples=cfg.fisher_samples, seed=cfg.seed + salt)
+        return fisher_mod.empirical(model, subset, n_samples=cfg.fisher_samples, loss_fn=loss)
+    return fisher_mod.sampled(model, subset, n_samples=cfg.fisher_samples, seed=cfg.seed + salt, loss_fn=loss)
 
 
 @dataclass(frozen=True)
@@ -115,7 +118,7 @@ class _Step:
     """One unit of work between checkpoints: an epoch of training, a pruning round, or an epoch of
     masked fine-tuning after the last round."""
 
-    kind: str  # "train" | "prune" | "final" | "qat"
+    kind: str  # "train" | "prune" | "tune" (more fine-tuning after a prune) | "final" | "qat"
     epoch: int  # index into the shuffling sequence: every step sees its own order
     lr: float
     fraction: float = 1.0
@@ -125,6 +128,13 @@ class _Step:
 
 def _cosine(lr: float, i: int, n: int) -> float:
     return lr * 0.5 * (1.0 + math.cos(math.pi * i / n))
+
+
+def _passes(epochs: float) -> list[float]:
+    """Fractions of an epoch that add up to ``epochs``: whole passes, then the rest (at least one)."""
+    whole = math.floor(epochs)
+    rest = epochs - whole
+    return [1.0] * whole + ([rest] if rest > 1e-9 else []) or [0.0]
 
 
 def plan(cfg: PipelineConfig, *, until: str = "quantize") -> list[_Step]:
@@ -138,7 +148,10 @@ def plan(cfg: PipelineConfig, *, until: str = "quantize") -> list[_Step]:
     rates = prune.schedule(cfg.compress.rate, cfg.rounds) if cfg.compress.rate > 0 else []
     for r, rate in enumerate(rates):
         label = f"prune to {rate:.1%} ({r + 1}/{len(rates)})"
-        steps.append(_Step("prune", len(steps), cfg.finetune_lr, cfg.finetune_epochs, rate, label))
+        passes = _passes(cfg.finetune_epochs)  # e.g. 2.5 -> [1.0, 1.0, 0.5]: one step per pass over the data
+        steps.append(_Step("prune", len(steps), cfg.finetune_lr, passes[0], rate, label))
+        for p, fraction in enumerate(passes[1:], start=2):
+            steps.append(_Step("tune", len(steps), cfg.finetune_lr, fraction, rate, f"{label}, epoch {p}"))
     for f in range(cfg.final_epochs):
         lr = _cosine(cfg.finetune_lr, f, cfg.final_epochs) if cfg.lr_schedule == "cosine" else cfg.finetune_lr
         steps.append(_Step("final", len(steps), lr, label=f"fine-tune {f + 1}/{cfg.final_epochs}"))
@@ -159,12 +172,24 @@ def run(
     progress: Progress | None = None,
     until: str = "quantize",
     start: dict[str, Any] | None = None,
+    model: torch.nn.Module | None = None,
+    loss: Loss | None = None,
+    metric: Metric | None = None,
+    masks_hook: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
 ) -> Outcome:
     """Train, prune and quantize as ``cfg`` says; returns the model, the Compressed and figures.
 
     ``until="train"`` stops after training (``fisherpack train``), with ``compressed`` None.
     ``start`` skips training: ``{"model": state_dict, "optimizer": state_dict, "figures": dict}`` of
     a model trained with ``cfg``'s training settings (as ``until="train"`` returns them).
+
+    Any model: ``model`` (changed in place) replaces the registry's ``cfg.model``, which then only
+    names it in the file; ``loss(output, target)`` (a mini-batch mean, see losses.py) replaces
+    cross-entropy on (N, classes) logits in training and in a data Fisher; ``metric`` (see
+    losses.py) replaces the error rate in the figures (keys ``test_error_*`` hold its value on
+    ``x_test``, ``y_test``, whatever split the caller passes there). ``x`` is one tensor with the
+    samples along dim 0, ``y`` targets of any shape the loss takes. ``masks_hook`` sees (and may
+    replace) each round's masks before the ranks compare them (the tests make a rank diverge).
     """
     if any("rate" in settings for _, settings in cfg.compress.overrides):  # issue 5: see compress.select_masks
         raise ConfigError("per-layer rate overrides apply to one-shot compression (fisherpack compress); "
@@ -173,7 +198,7 @@ def run(
     ckpt = Path(checkpoint) if checkpoint is not None else None
     config_json = json.dumps(cfg.to_dict(), sort_keys=True)
     torch.manual_seed(cfg.seed)
-    model = models.build(cfg.model)
+    model = models.build(cfg.model) if model is None else model
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     names = compressible(model, cfg.compress.include, cfg.compress.exclude)
     masks: dict[str, torch.Tensor] | None = None
@@ -198,6 +223,10 @@ def run(
             teacher = copy.deepcopy(model)
             teacher.load_state_dict(state["teacher"])
             teacher.eval()
+
+    def score(m: torch.nn.Module) -> float:
+        return evaluate(m, x_test, y_test)[0] if metric is None else measure(m, x_test, y_test, metric)
+
     net = dist.wrap(model)  # DDP under torch.distributed (rank 0's weights to all), else the model
 
     def save(next_index: int) -> None:
@@ -219,8 +248,8 @@ def run(
 
     def quantize(salt: int) -> Compressed:
         progress.stage("quantize")
-        fisher = estimate_fisher(cfg, model, optimizer, x_train, y_train, salt=salt)
-        figures["test_error_pruned"] = evaluate(model, x_test, y_test)[0]
+        fisher = estimate_fisher(cfg, model, optimizer, x_train, y_train, salt=salt, loss=loss)
+        figures["test_error_pruned"] = score(model)
         meta = {"pipeline": cfg.to_dict(), "model": cfg.model, "seed": cfg.seed}
         # pruning is done: pass the masks, so compress prunes nothing more
         out = compress(model, fisher, cfg.compress.replace(rate=0.0), masks=masks, meta=meta)
@@ -237,7 +266,7 @@ def run(
         fake_quant = None
         if step.kind == "prune":
             progress.stage(step.label)
-            fisher = estimate_fisher(cfg, model, optimizer, x_train, y_train, salt=i)
+            fisher = estimate_fisher(cfg, model, optimizer, x_train, y_train, salt=i, loss=loss)
             masks = prune.select(
                 cfg.compress.criterion,
                 {n: params[n].detach() for n in names},
@@ -248,14 +277,15 @@ def run(
                 magnitude_share=cfg.compress.magnitude_share,
                 seed=cfg.compress.seed + i,
             )
+            if masks_hook is not None:
+                masks = masks_hook(masks)
             if dist.world_size() > 1:
-                masks = _diverge_for_tests(masks)
                 dist.agree(dist.digest(masks), f"the masks of step {i + 1} ({step.label})")
             prune.apply_masks(model, masks)
         elif step.kind == "qat":
             if quantized is None:
                 quantized = quantize(salt=i)
-                figures["test_error_quantized"] = _error_of(quantized, model, x_test, y_test)
+                figures["test_error_quantized"] = score(_decoded(quantized, model))
             fake_quant = {n: FakeQuant(q) for n, q in quantized.tensors.items() if isinstance(q, QuantTensor)}
         progress.stage(step.label)
         for group in optimizer.param_groups:
@@ -276,15 +306,16 @@ def run(
                 teacher=teacher if step.kind != "train" else None,
                 distill=cfg.distill,
                 augment=cfg.augment,
+                loss=loss,
             ),
         )
         if i + 1 == cfg.epochs:
-            figures["test_error_before"] = evaluate(model, x_test, y_test)[0]
+            figures["test_error_before"] = score(model)
             if cfg.distill > 0:  # the trained dense model teaches its pruned and quantized self
                 teacher = copy.deepcopy(model).eval()
         save(i + 1)
     if "test_error_before" not in figures:  # no training epochs: the model as initialised
-        figures["test_error_before"] = evaluate(model, x_test, y_test)[0]
+        figures["test_error_before"] = score(model)
     if until == "train":
         return Outcome(model, optimizer, None, figures)
     if quantized is None:
@@ -294,22 +325,11 @@ def run(
     return Outcome(model, optimizer, Compressed(tensors, quantized.meta), figures)
 
 
-def _error_of(compressed: Compressed, like: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    """Error of the decoded ``compressed`` in a copy of ``like`` (which stays as it is)."""
+def _decoded(compressed: Compressed, like: torch.nn.Module) -> torch.nn.Module:
+    """The decoded ``compressed`` in a copy of ``like`` (which stays as it is)."""
     model = copy.deepcopy(like)
     model.load_state_dict(compressed.state_dict())
-    return evaluate(model, x, y)[0]
-
-
-def _diverge_for_tests(masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Test hook: FISHERPACK_TEST_DIVERGE_RANK=r flips one mask entry on rank r, so the tests can
-    check that ranks which disagree stop with RanksDisagreeError instead of hanging."""
-    if os.environ.get("FISHERPACK_TEST_DIVERGE_RANK") != str(dist.rank()) or not masks:
-        return masks
-    name = next(iter(masks))
-    flipped = masks[name].clone()
-    flipped.view(-1)[0] ^= True
-    return {**masks, name: flipped}
+    return model
 
 
 def compress_checkpoint(

@@ -21,7 +21,8 @@ returned report says what was measured and chosen.
 Outputs equal the dense model's up to float32 summation order (about 1e-6 relative). Only exact
 ``nn.Linear`` modules on CPU in float32 are converted (subclasses may have their own forward, e.g.
 the output projection of ``nn.MultiheadAttention``); the result is for inference only (no
-gradients), and convolutions stay dense.
+gradients), and convolutions stay dense. A converted model's ``state_dict()`` keeps the keys and
+(dense) values of the layers it replaced, so it saves, loads and compresses like the original.
 """
 
 from __future__ import annotations
@@ -103,6 +104,32 @@ class SparseLinear(nn.Module):
         else:
             out = _sparse_product(kernel, self.weight_csr, self.bias, flat)
         return out if x.ndim == 2 else out.reshape(*x.shape[:-1], self.out_features)
+
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        # the keys and dense values of the nn.Linear it replaced: state_dict() stays complete
+        destination[prefix + "weight"] = self.weight_dense if self.weight_dense is not None else self._dense()
+        if self.bias is not None:
+            destination[prefix + "bias"] = self.bias
+
+    def _dense(self) -> torch.Tensor:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return self.weight_csr.to_dense()
+
+    def _load_from_state_dict(self, state, prefix, metadata, strict, missing, unexpected, errors) -> None:  # noqa: ANN001
+        weight, bias = state.get(prefix + "weight"), state.get(prefix + "bias")
+        if weight is None:
+            missing.append(prefix + "weight")
+        elif tuple(weight.shape) != (self.out_features, self.in_features):
+            errors.append(f"size mismatch for {prefix}weight: {tuple(weight.shape)} in the state dict")
+        else:
+            self.weight_csr = _csr(weight)
+            if self.weight_dense is not None:
+                self.weight_dense = weight.detach().clone()
+        if self.bias is not None and bias is None:
+            missing.append(prefix + "bias")
+        elif self.bias is not None:
+            self.bias = bias.detach().clone()
 
     def extra_repr(self) -> str:
         nnz = self.weight_csr.values().numel()

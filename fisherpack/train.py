@@ -27,6 +27,7 @@ from torch import nn
 from . import dist
 from .data import batches, check_labels
 from .errors import ConfigError
+from .losses import cross_entropy
 from .prune import apply_masks
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "batch_limit",
     "epoch_images",
     "evaluate",
+    "measure",
     "predict_error",
 ]
 
@@ -54,6 +56,8 @@ class Recipe:
         ``(1 - a) * CE(out, y) + a * T**2 * KL(softmax(teacher / T) || softmax(out / T))``.
     augment: k > 0 shifts every training image by a random whole number of pixels in [-k, k] in
         each direction (zero fill), drawn from a generator seeded by (seed, epoch).
+    loss: ``loss(output, target)``, the mean over the mini-batch (see losses.py), in place of
+        cross-entropy on ``(N, classes)`` logits; any output shape.
     """
 
     fake_quant: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None
@@ -61,6 +65,7 @@ class Recipe:
     distill: float = 0.0
     temperature: float = 4.0
     augment: int = 0
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
 
 PLAIN = Recipe()
@@ -102,15 +107,18 @@ def train_step(
         out = torch.func.functional_call(model, replaced, (xb,))
     else:
         out = model(xb)
-    check_labels(yb, out.shape[1])  # cross-entropy would fail with an index error deep in torch
     reduction = "mean" if dist.world_size() == 1 else "sum"
-    loss = nn.functional.cross_entropy(out, yb, reduction=reduction)
+    if recipe.loss is not None or out.ndim != 2:  # any output shape: see losses.py
+        loss = (recipe.loss or cross_entropy)(out, yb) * (1 if reduction == "mean" else len(xb))
+    else:
+        check_labels(yb, out.shape[1])  # cross-entropy would fail with an index error deep in torch
+        loss = nn.functional.cross_entropy(out, yb, reduction=reduction)
     if recipe.teacher is not None and recipe.distill > 0:
         t = recipe.temperature
         with torch.no_grad():
-            soft = torch.log_softmax(recipe.teacher(xb) / t, dim=1)  # (B, classes)
+            soft = torch.log_softmax(recipe.teacher(xb) / t, dim=-1)  # (B, ..., classes)
         kl = nn.functional.kl_div(
-            torch.log_softmax(out / t, dim=1),
+            torch.log_softmax(out / t, dim=-1),
             soft,
             log_target=True,
             reduction="batchmean" if reduction == "mean" else "sum",
@@ -203,6 +211,24 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     model.train(was_training)
     n = max(len(x), 1)
     return wrong / n, loss / n
+
+
+@torch.no_grad()
+def measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, metric, batch_size: int = 1000) -> float:
+    """``metric`` (see losses.py: a function of (output, target) -> (total, count)) over ``x``, ``y``
+    in eval mode: the sum of the totals over the sum of the counts."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        for start in range(0, len(x), batch_size):
+            t, n = metric(model(x[start : start + batch_size]), y[start : start + batch_size])
+            total, count = total + t, count + n
+    finally:
+        model.train(was_training)
+    if count == 0:
+        raise ConfigError("no samples to measure the model on; give non-empty data")
+    return total / count
 
 
 def predict_error(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:

@@ -64,7 +64,7 @@ def _batches(n: int = 4, size: int = 32, seed: int = 0):
 
 def _trained() -> tuple[TinyLM, torch.optim.Optimizer]:
     model = TinyLM()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    opt = torch.optim.AdamW(model.named_parameters(), lr=1e-2)
     for x, y in _batches() * STEPS:
         opt.zero_grad()
         nn.functional.cross_entropy(model(x), y).backward()
@@ -141,8 +141,36 @@ def test_fisher_from_a_saved_optimizer_state_equals_the_live_one():
     saved = fisherpack.fisher.from_adam_state(opt.state_dict(), model)
     live = fisherpack.fisher.from_adam(opt, model)
     assert saved.keys() == live.keys() and all(torch.equal(saved[n], live[n]) for n in live)
-    with pytest.raises(ConfigError, match="holds 2 parameters"):
-        fisherpack.fisher.from_adam_state(torch.optim.Adam(nn.Linear(2, 2).parameters()).state_dict(), model)
+    with pytest.raises(ConfigError, match="names parameter 'weight', which the model does not have"):
+        fisherpack.fisher.from_adam_state(torch.optim.Adam(nn.Linear(2, 2).named_parameters()).state_dict(), model)
+
+
+def test_saved_optimizer_state_is_matched_by_name_not_position():
+    """Issue 11: groups listed in another order, equal shapes: position would swap the two slots."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4))
+    named = dict(model.named_parameters())
+    order = ["2.weight", "2.bias", "0.weight", "0.bias"]  # the second layer's group first
+    groups = [{"params": [(n, named[n]) for n in order[:2]]}, {"params": [(n, named[n]) for n in order[2:]]}]
+    opt = torch.optim.Adam(groups)
+    for _ in range(3):
+        opt.zero_grad()
+        (model(torch.randn(8, 4)).square().sum() * torch.tensor([1.0, 10.0, 100.0, 1000.0])).sum().backward()
+        opt.step()
+    saved = fisherpack.fisher.from_adam_state(opt.state_dict(), model)
+    live = fisherpack.fisher.from_adam(opt, model)
+    assert all(torch.equal(saved[n], live[n]) for n in named)
+    unnamed = torch.optim.Adam([{"params": [named[n] for n in order[:2]]}, {"params": [named[n] for n in order[2:]]}])
+    unnamed.load_state_dict(
+        {
+            **opt.state_dict(),
+            "param_groups": [
+                {k: v for k, v in g.items() if k != "param_names"} for g in opt.state_dict()["param_groups"]
+            ],
+        }
+    )
+    with pytest.raises(ConfigError, match="'0.weight' and '2.weight' have the same shape"):
+        fisherpack.fisher.from_adam_state(unnamed.state_dict(), model)
 
 
 def test_per_layer_overrides_of_rate_and_bits():

@@ -200,11 +200,12 @@ def test_reproduce_under_torchrun_writes_a_file_that_eval_accepts(data_dir, tmp_
 
 def test_a_diverged_rank_stops_every_rank_with_one_line(data_dir, tmp_path):
     out = tmp_path / "diverged.fpk"
-    argv = ["-m", "fisherpack", "--timeout", "60", "reproduce", *TINY, "--data-dir", str(data_dir), "--out", str(out)]
+    worker = str(ROOT / "tests" / "diverge_worker.py")
+    argv = [worker, "--timeout", "60", "reproduce", *TINY, "--data-dir", str(data_dir), "--out", str(out)]
     argv[argv.index("--epochs") + 1] = "0"  # no training: straight to the first pruning round
     argv += ["--fisher", "empirical"]  # (Adam has no state before training)
     started = time.monotonic()
-    procs = _start_ranks(argv, FISHERPACK_TEST_DIVERGE_RANK="1")  # rank 1 flips one entry of its masks
+    procs = _start_ranks(argv)  # rank 1 flips one entry of its masks
     results = [p.communicate(timeout=120) for p in procs]
     assert time.monotonic() - started < 60
     for p, (_, stderr) in zip(procs, results):

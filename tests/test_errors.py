@@ -207,6 +207,10 @@ API = [
     ("fisher.empirical", "a label 12 for 10 outputs", lambda d: fisher.empirical(models.build("lenet300"), [(X, Y12)])),
     ("train.train_epoch", "a label 12 for 10 outputs", lambda d: train.train_epoch(M2 := models.build("lenet300"), torch.optim.Adam(M2.parameters()), X, Y12, batch_size=4, seed=0, epoch=0)),
     ("train.evaluate", "float labels", lambda d: train.evaluate(models.build("lenet300"), X, Y.float())),
+    ("fisherpack.compress", "an include pattern that matches nothing", lambda d: fisherpack.compress(models.build("lenet300"), None, CompressConfig(include=("fc*", "conv*"), allocation="uniform"))),
+    ("fisher.from_adam_state", "an unnamed state, two parameters of one shape", lambda d: fisher.from_adam_state(_adam_state(nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 3))), nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 3)))),
+    ("fisher.empirical", "float64 data, float32 model", lambda d: fisher.empirical(models.build("lenet300"), [(X.double(), Y)])),
+    ("fisher.empirical", "labels (n, 5) for (n, 10) logits", lambda d: fisher.empirical(models.build("lenet300"), [(X, Y[:, None].repeat(1, 5))])),
     ("prune.masks_for_rate", "rate 1.0", lambda d: prune.masks_for_rate({"w": torch.ones(4)}, 1.0)),
     ("prune.select", "unknown criterion", lambda d: prune.select("size", {"w": torch.ones(4)}, None, 0.5)),
     ("quant.quantize_group", "0 bits", lambda d: quant.quantize_group(torch.ones(4).double().numpy(), None, 0)),
@@ -274,6 +278,13 @@ def render(cli_rows: list[tuple], api_rows: list[tuple]) -> str:
     lines += ["", "## Python", "", "| # | call | bad input | raises |", "|---|---|---|---|"]
     lines += [f"| {i} | `{c}` | {_cell(b)} | {_cell(e)} |" for i, (c, b, e) in enumerate(api_rows, 1)]
     return "\n".join(lines) + "\n"
+
+
+def _adam_state(model):
+    opt = torch.optim.Adam(model.parameters())
+    model(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    return opt.state_dict()
 
 
 def test_every_bad_input_gets_one_clear_line_and_the_table_is_current(root):

@@ -230,8 +230,8 @@ def test_save_and_load(tmp_path):
     n = fpk.save(c, path)
     assert n == path.stat().st_size
     assert_identical(c, fpk.load(path))
-    assert fpk.read(path) == path.read_bytes() == fpk.encode(c)
-    assert fpk.describe(fpk.read(path))["file_bytes"] == n
+    assert fpk.read_bytes(path) == path.read_bytes() == fpk.encode(c)
+    assert fpk.describe(fpk.read_bytes(path))["file_bytes"] == n
     with pytest.raises(FisherpackError, match="cannot read") as err:
         fpk.load(tmp_path / "missing.fpk")
     assert not isinstance(err.value, FormatError)

@@ -78,7 +78,7 @@ def test_read_checks_the_size_before_reading(tmp_path):
     tracemalloc.start()
     start = time.perf_counter()
     with pytest.raises(FormatError, match=f"longer than its header says: expected {len(data)} bytes"):
-        fpk.read(path)
+        fpk.read_bytes(path)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 1 << 20 and time.perf_counter() - start < 1

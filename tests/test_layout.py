@@ -16,16 +16,14 @@ from fisherpack.fpk import container
 PKG = Path(fisherpack.__file__).parent
 
 # lower number = lower layer; a module may import from its own layer or any lower one
+METHOD = "compression fisher prune quant losses train plugin runtime export cexport dist models data"
 LAYERS = {
     "errors": 0,
     "version": 0,
     "fpk": 0,
     "config": 1,
-    **dict.fromkeys(
-        ["compression", "fisher", "prune", "quant", "train", "runtime", "export", "cexport", "dist", "models", "data"],
-        2,
-    ),
-    **dict.fromkeys(["pipeline", "checkpoint", "defaults"], 3),
+    **dict.fromkeys(METHOD.split(), 2),
+    **dict.fromkeys(["pipeline", "checkpoint", "defaults", "budget"], 3),
     "bench": 4,
     "cli": 5,
     "__main__": 5,

@@ -98,3 +98,16 @@ def test_a_checkpoint_of_other_settings_is_refused(tensors, tmp_path):
 def test_data_fisher_estimators_run_in_the_pipeline(tensors, source):
     out = pipeline.run(CFG.replace(fisher=source, fisher_samples=64, rounds=1), *tensors)
     assert out.compressed.meta["pipeline"]["fisher"] == source
+
+
+def test_finetune_epochs_above_one_are_all_run(tensors):
+    """Issue 16 item 8: finetune_epochs=2.0 ran one epoch per round while the file said 2.0."""
+    rec = _Recorder()
+    cfg = CFG.replace(epochs=1, finetune_epochs=2.5, final_epochs=0, qat_epochs=0)
+    pipeline.run(cfg, *tensors, progress=rec)
+    assert rec.seen == rec.total == 500 + 2 * (500 + 500 + 250)
+    assert list(dict.fromkeys(s for s in rec.stages if s.startswith("prune")))[:3] == [
+        "prune to 68.4% (1/2)",
+        "prune to 68.4% (1/2), epoch 2",
+        "prune to 68.4% (1/2), epoch 3",
+    ]

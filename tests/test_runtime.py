@@ -77,3 +77,25 @@ def test_from_file_really_measures_and_keeps_outputs(tmp_path):
     torch.testing.assert_close(fast(x), decoded(x).detach(), rtol=1e-5, atol=1e-5)
     with pytest.raises(ConfigError, match="at least one example"):
         runtime.optimize(model)
+
+
+def test_an_optimized_model_keeps_a_complete_state_dict_and_compresses_whole():
+    """Issue 11: after optimize, state_dict lost the replaced layers and compress dropped them."""
+    import fisherpack
+    from fisherpack.runtime import SparseLinear
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(20, 30), torch.nn.ReLU(), torch.nn.Linear(30, 5))
+    with torch.no_grad():
+        model[0].weight.mul_(torch.rand(30, 20) < 0.2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model[0] = SparseLinear(model[0], {1: "addmm", 64: "dense"})
+    after = model.state_dict()
+    assert list(after) == list(before) and all(torch.equal(after[k], before[k]) for k in before)
+    fresh = torch.nn.Sequential(torch.nn.Linear(20, 30), torch.nn.ReLU(), torch.nn.Linear(30, 5))
+    fresh.load_state_dict(after)
+    packed = fisherpack.compress(model, None, fisherpack.CompressConfig(bits=8.0, allocation="uniform"))
+    assert set(packed.state_dict()) == set(before)
+    x = torch.randn(4, 20)
+    model.load_state_dict(before)  # loads back into the sparse layer too
+    assert torch.allclose(model(x), fresh(x), atol=1e-6)

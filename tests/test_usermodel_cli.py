@@ -24,7 +24,7 @@ def checkpoints(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ckpt")
     torch.manual_seed(0)
     model = tinyres.build()
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    opt = torch.optim.AdamW(model.named_parameters(), lr=2e-3)
     x, y, _, _ = fisherpack.data.synthetic(128, 64, seed=0).tensors()
     for xb, yb in fisherpack.data.batches(x, y, 32, shuffle=True, seed=0):
         opt.zero_grad()
@@ -161,3 +161,20 @@ def test_registry_files_still_evaluate_with_data_hooks_and_export_onnx(tmp_path,
     assert json.loads(capsys.readouterr().out)["model"] == "lenet300"
     assert main(["export", str(path), "--onnx", str(tmp_path / "l.onnx")]) == 0  # (1, 1, 28, 28) by default
     assert (tmp_path / "l.onnx").stat().st_size > 4 * 266_610
+
+
+def test_inspect_says_what_was_compressed(checkpoints, tmp_path, capsys):
+    out = tmp_path / "x.fpk"
+    argv = ["compress", "--model", SPEC, "--checkpoint", str(checkpoints / "full.pt"), "--exclude", "stem.weight"]
+    assert main([*argv, "--out", str(out)]) == 0
+    packed = fisherpack.load(out)
+    quant = [n for n, e in packed.tensors.items() if isinstance(e, fisherpack.fpk.tensors.QuantTensor)]
+    raw = [n for n, e in packed.tensors.items() if isinstance(e, fisherpack.fpk.tensors.RawTensor)]
+    values = sum(packed.tensors[n].numel for n in quant)
+    total = values + sum(packed.tensors[n].tensor.numel() for n in raw)
+    capsys.readouterr()
+    assert main(["inspect", str(out)]) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last == (f"compressed: {len(quant)} of {len(quant) + len(raw)} tensors ({values:,} of {total:,} values); "
+                    "matrices stored raw: stem.weight")  # fmt: skip
+    assert "stem.weight" not in quant and len(quant) >= 4

@@ -52,6 +52,7 @@ from ..config import CRITERIA
 from ..data import batches
 from ..errors import ConfigError
 from ..fpk.tensors import MAX_BITS, dequantize_codes
+from ..losses import nll_sum
 from ..quant import quantize_group
 
 __all__ = ["SensitivityConfig", "Row", "Report", "estimate", "analyse", "predicted_increase", "spearman", "figure"]
@@ -177,7 +178,7 @@ def predicted_increase(fisher: torch.Tensor, delta: torch.Tensor) -> float:
 
 
 def _nll(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return nn.functional.cross_entropy(output, target, reduction="sum")
+    return nll_sum(output, target)  # any output shape: see losses.py
 
 
 @torch.no_grad()

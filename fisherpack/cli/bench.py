@@ -10,10 +10,11 @@ from typing import Any
 
 from .. import data, dist, models, pipeline
 from ..bench import environment, sensitivity, sweep
-from ..config import CRITERIA
 from ..errors import ConfigError, FisherpackError
 from ..fpk.fileio import atomic_write_bytes, check_writable
+from ..prune import CRITERIA
 from ..train import evaluate
+from . import anymodel as cli_anymodel
 from .common import Bar as _Bar
 from .common import log as _log
 
@@ -24,6 +25,8 @@ __all__ = ["add_sensitivity_parser", "add_sweep_parser"]
 def cmd_sensitivity(args: argparse.Namespace) -> int:
     if dist.world_size() > 1:
         raise ConfigError("sensitivity runs in one process; start it without torchrun")
+    if args.model and ":" in args.model:  # your own model (issue 11): see cli_anymodel
+        return cli_anymodel.sensitivity(args, _sensitivity_table)
     if args.checkpoint and (args.model is not None or args.epochs is not None):
         raise ConfigError("give a checkpoint, or --model/--epochs to train one here, not both")
     seed = args.seed if args.seed is not None else 0
@@ -115,6 +118,7 @@ def add_sensitivity_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--plot", help="write a PNG scatter plot (predicted vs measured, log-log) to this file")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.add_argument("--data-dir", help="folder with MNIST-format idx files (default: fetch MNIST into a cache)")
+    q.add_argument("--data", metavar="PKG.MOD:FN", help="your model's train/val splits (with --model PKG.MOD:FACTORY)")
     q.set_defaults(func=cmd_sensitivity)
 
 

@@ -31,7 +31,9 @@ from ..fpk import container as format
 from ..fpk.fileio import atomic_write_bytes, check_writable
 from ..train import evaluate
 from ..version import __version__
+from . import anymodel as cli_anymodel
 from . import bench as cli_bench
+from . import naming as usermodel
 from . import usermodel as cli_usermodel
 from .common import Bar as _Bar
 from .common import Parser as _Parser
@@ -113,6 +115,8 @@ def _evaluate_file(
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
+    if usermodel.is_spec(args.model):  # your own model: see cli_anymodel
+        return cli_anymodel.reproduce(args, _compress_config, _log)
     cfg = _pipeline_config(args)
     out = Path(args.out or f"{cfg.model}.fpk")
     _on_rank0(
@@ -237,6 +241,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         lines.append(f"{t['name']:<24} {shape:<16} {kept:>8} {bits:<12} {t['bytes']:>9,}  {encs}")
     lines.append(f"file: {described['file_bytes']:,} bytes, header {described['header_bytes']:,} bytes")
     lines.append(f"model: {described['meta'].get('model', '?')}")
+    lines.append(cli_usermodel.compressed_line(described["tensors"]))  # issue 11: what was compressed
     print("\n".join(lines))
     return 0
 
@@ -277,6 +282,7 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--distill", type=float, help="weight of the dense model's soft targets in fine-tuning (0: off)")
     q.add_argument("--fisher", choices=FISHER_SOURCES, help="Fisher estimator (default: adam)")
     _add_compress_flags(q)
+    cli_anymodel.add_flags(q)  # --model package.module:factory --data ... --budget ...
     q.set_defaults(func=cmd_reproduce)
 
     q = sub.add_parser("train", help="train a model with Adam and save a checkpoint (model + Adam state)")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import os
 import re
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import data
 from ..compression import check_state_dict
 from ..errors import ConfigError, FisherpackError
 
@@ -58,6 +60,16 @@ def resolve(spec: str) -> Any:
     return obj
 
 
+def resolve_callable(spec: str) -> Any:
+    """The callable ``spec`` names (e.g. a loss function), imported from the current folder too."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    fn = resolve(spec)
+    if not callable(fn):
+        raise ConfigError(f"{spec!r} is not callable")
+    return fn
+
+
 def _call(spec: str) -> Any:
     fn = resolve(spec)
     if not callable(fn):
@@ -78,9 +90,16 @@ def build_model(spec: str) -> nn.Module:
     return model
 
 
-def batches_from(spec: str) -> Iterable:
-    """The iterable of ``(x, y)`` batches the function ``spec`` names returns."""
+def batches_from(spec: str, split: str = "train") -> Iterable:
+    """The iterable of ``(x, y)`` batches the function ``spec`` names returns. A function that
+    returns splits, ``{"train": (x, y), "val": (x, y)[, "test": (x, y)]}`` (what ``reproduce``
+    takes), gives batches of 256 of ``split`` (``test`` falls back to ``val``), shuffled for train."""
     batches = _call(spec)
+    if isinstance(batches, dict) and "train" in batches:
+        pair = batches.get(split) or (batches.get("val") if split == "test" else None)
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(isinstance(t, torch.Tensor) for t in pair)):
+            raise ConfigError(f"{spec}()[{split!r}] must be an (x, y) pair of tensors")
+        return data.batches(pair[0], pair[1], 256, shuffle=split == "train", seed=0)
     if isinstance(batches, (torch.Tensor, str, bytes, dict)) or not isinstance(batches, Iterable):
         raise ConfigError(f"{spec}() must return an iterable of (x, y) batches, got {type(batches).__name__}")
     return batches

@@ -78,9 +78,19 @@ def add_model_flags(p: argparse.ArgumentParser, *, checkpoint: bool = False) -> 
     g = p.add_argument_group("your own model")
     g.add_argument("--model", dest="user_model", metavar="PKG.MOD:FACTORY", help="factory of your model")
     g.add_argument("--data", metavar="PKG.MOD:FN", help="function returning an iterable of (x, y) batches")
+    g.add_argument(
+        "--loss",
+        metavar="PKG.MOD:FN",
+        help="summed per-sample loss(output, target) for the Fisher "
+        "(default: cross-entropy for integer labels of any output shape, squared error for float targets)",
+    )
     if checkpoint:
         g.add_argument("--checkpoint", dest="checkpoint_flag", metavar="CKPT", help="state_dict file of your model")
         g.add_argument("--fisher-samples", type=int, default=1000, help="samples for a data Fisher (default 1000)")
+
+
+def _note(message: str) -> None:
+    print(f"fisherpack: note: {message}", file=sys.stderr)
 
 
 def _import_path() -> None:
@@ -100,7 +110,7 @@ def _batches(args: argparse.Namespace, split: str, log) -> Any:
     """Batches from --data, or the MNIST-format split of --data-dir; None without either."""
     if args.data:
         _import_path()
-        return usermodel.batches_from(args.data)
+        return usermodel.batches_from(args.data, split)
     if args.data_dir:
         x_train, y_train, x_test, y_test = data.load(args.data_dir, log=log).tensors()
         x, y = (x_train, y_train) if split == "train" else (x_test, y_test)
@@ -135,7 +145,8 @@ def compress_user(args: argparse.Namespace, config: CompressConfig, log) -> tupl
                 "or use --criterion magnitude --allocation uniform"
             )
         estimate = fisher_mod.empirical if source == "empirical" else fisher_mod.sampled
-        fisher = estimate(model, batches, n_samples=args.fisher_samples)
+        loss_fn = usermodel.resolve_callable(args.loss) if getattr(args, "loss", None) else None
+        fisher = estimate(model, batches, n_samples=args.fisher_samples, loss_fn=loss_fn, notice=_note)
     meta = {"model": args.user_model, "checkpoint": ckpt.name, "fisher": source if needs else None}
     return compress(model, fisher, config, meta=meta), out
 
@@ -161,6 +172,20 @@ def _model_for(compressed: Any, args: argparse.Namespace, path: Any) -> torch.nn
     else:
         raise ConfigError(f"{path} holds your own model ({name!r}); name it with --model package.module:factory")
     return load_into(model, compressed)
+
+
+def compressed_line(tensors: list[dict[str, Any]]) -> str:
+    """``inspect``'s summary: how many tensors and values were quantized, and which float tensors of
+    2 or more dimensions were stored as they are (raw)."""
+    quant = [t for t in tensors if t["kind"] == "quant"]
+    raw = [t for t in tensors if t["kind"] == "raw"]
+    values = sum(t.get("numel", 0) for t in quant)
+    total = values + sum(t.get("numel", 0) for t in raw)
+    matrices = [
+        t["name"] for t in raw if len(t["shape"]) >= 2 and str(t.get("dtype", "")).startswith(("float", "bfloat"))
+    ]
+    kept = f"; matrices stored raw: {', '.join(matrices[:5])}{' ...' if len(matrices) > 5 else ''}" if matrices else ""
+    return f"compressed: {len(quant)} of {len(quant) + len(raw)} tensors ({values:,} of {total:,} values){kept}"
 
 
 def add_export_command(sub: Any) -> None:

@@ -1,0 +1,162 @@
+"""An error budget instead of a guessed rate: the smallest file whose validation metric is within
+the budget of the dense model's, searched over pruning rate and bit width.
+
+A budget is absolute (``0.05``: at most 0.05 worse, in the metric's units, e.g. bits per byte)
+or relative (``"5%"``: at most 5% worse than the dense value). Lower metric values are better.
+
+:func:`search` is the policy alone: for each width (widest first) it bisects the sorted rate grid
+for the highest rate within budget, assuming that a higher rate never helps the metric at one
+width (points are measured, so a non-monotone model only makes the search miss a point, never
+report a wrong one); it stops lowering the width when no rate of a width is within budget. Every
+point it measures is returned, in the order tried. :func:`pipeline_search` trains once and
+measures each point by the whole pipeline (prune in rounds, fine-tune, QAT) from that model,
+reloading the encoded file: bytes are the file's, the value is the decoded model's.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import pipeline
+from .config import PipelineConfig
+from .errors import ConfigError
+from .fpk import container as fmt
+from .fpk.tensors import Compressed
+from .losses import Loss, Metric
+from .train import evaluate, measure
+
+__all__ = ["Budget", "Point", "search", "pipeline_search", "reload_and_measure", "RATES", "WIDTHS"]
+
+RATES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99)
+WIDTHS = (8.0, 6.0, 5.0, 4.0, 3.0, 2.0)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much worse than the dense model the compressed one may be on validation."""
+
+    limit: float
+    relative: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> Budget:
+        """``"0.05"`` (absolute) or ``"5%"`` (relative); ConfigError otherwise."""
+        body = text.strip()
+        relative = body.endswith("%")
+        try:
+            value = float(body[:-1] if relative else body)
+        except ValueError:
+            raise ConfigError(f"a budget is a number (absolute) or a percentage like 5%, got {text!r}") from None
+        if not value >= 0 or value == float("inf"):
+            raise ConfigError(f"a budget must be finite and >= 0, got {text!r}")
+        return cls(value / 100 if relative else value, relative)
+
+    def ceiling(self, dense: float) -> float:
+        """The highest metric value within budget."""
+        return dense * (1 + self.limit) if self.relative else dense + self.limit
+
+    def __str__(self) -> str:
+        return f"{self.limit:.2%} relative" if self.relative else f"+{self.limit:g}"
+
+
+@dataclass(frozen=True)
+class Point:
+    rate: float
+    bits: float
+    file_bytes: int
+    value: float
+    within: bool
+
+
+def search(
+    measure_point: Callable[[float, float], tuple[int, float]],
+    dense: float,
+    budget: Budget,
+    *,
+    rates: Sequence[float] = RATES,
+    widths: Sequence[float] = WIDTHS,
+    on_point: Callable[[Point], None] | None = None,
+) -> tuple[Point | None, list[Point]]:
+    """(the smallest file within budget or None, every point tried); see module docstring."""
+    rates, widths = sorted(set(rates)), sorted(set(widths), reverse=True)
+    if not rates or not widths:
+        raise ConfigError("the budget search needs at least one rate and one width")
+    ceiling = budget.ceiling(dense)
+    tried: list[Point] = []
+
+    def point(i: int, bits: float) -> Point:
+        size, value = measure_point(rates[i], bits)
+        p = Point(rates[i], bits, int(size), float(value), float(value) <= ceiling)
+        tried.append(p)
+        if on_point is not None:
+            on_point(p)
+        return p
+
+    for bits in widths:
+        lo, hi, best = 0, len(rates) - 1, -1  # the highest index within budget, bisected
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            if point(mid, bits).within:
+                best, lo = mid, mid + 1
+            else:
+                hi = mid - 1
+        if best < 0:
+            break  # not even the lowest rate fits at this width: narrower widths will not either
+    within = [p for p in tried if p.within]
+    return (min(within, key=lambda p: (p.file_bytes, p.value)) if within else None), tried
+
+
+def reload_and_measure(
+    compressed: Compressed, like: nn.Module, x: torch.Tensor, y: torch.Tensor, metric: Metric | None = None
+) -> tuple[int, float]:
+    """(bytes of the encoded file, metric of the decoded file in a copy of ``like``); the error rate
+    without ``metric``."""
+    blob = fmt.encode(compressed)
+    model = copy.deepcopy(like)
+    model.load_state_dict(fmt.decode(blob).state_dict())
+    value = evaluate(model, x, y)[0] if metric is None else measure(model, x, y, metric)
+    return len(blob), value
+
+
+def pipeline_search(
+    cfg: PipelineConfig,
+    build: Callable[[], nn.Module],
+    train: tuple[torch.Tensor, torch.Tensor],
+    val: tuple[torch.Tensor, torch.Tensor],
+    budget: Budget,
+    *,
+    loss: Loss | None = None,
+    metric: Metric | None = None,
+    start: dict[str, Any] | None = None,
+    **options: Any,
+) -> tuple[Point | None, list[Point], float, Compressed | None]:
+    """Train once (or start from ``start``, a trained state as ``run`` takes it), then :func:`search`
+    with the whole pipeline per point. ``options`` go to :func:`search`.
+
+    Returns (best point, points tried, dense validation value, the best point's Compressed)."""
+    if start is None:
+        torch.manual_seed(cfg.seed)
+        trained = pipeline.run(cfg, *train, *val, model=build(), loss=loss, metric=metric, until="train")
+        start = {"model": trained.model.state_dict(), "optimizer": trained.optimizer.state_dict(),
+                 "figures": trained.figures}  # fmt: skip
+    dense_model = build()
+    dense_model.load_state_dict(start["model"])
+    dense = evaluate(dense_model, *val)[0] if metric is None else measure(dense_model, *val, metric)
+
+    files: dict[tuple[float, float], Compressed] = {}
+
+    def measure_point(rate: float, bits: float) -> tuple[int, float]:
+        point_cfg = cfg.replace(compress=cfg.compress.replace(rate=rate, bits=bits))
+        model = build()
+        out = pipeline.run(point_cfg, *train, *val, model=model, loss=loss, metric=metric, start=start)
+        files[rate, bits] = out.compressed
+        return reload_and_measure(out.compressed, model, *val, metric=metric)
+
+    best, tried = search(measure_point, dense, budget, **options)
+    return best, tried, dense, files[best.rate, best.bits] if best is not None else None

@@ -1,0 +1,100 @@
+"""Issue 11 from the command line: reproduce on your own model, with and without an error budget."""
+
+import json
+
+import pytest
+
+import fisherpack
+from fisherpack.cli.main import main
+
+
+@pytest.fixture(autouse=True)
+def _synthetic_mnist(monkeypatch):
+    monkeypatch.setattr(fisherpack.data, "load", lambda *a, **k: fisherpack.data.synthetic(200, 50, seed=0))
+
+
+BASE = ["reproduce", "--model", "examples.rowgru:tiny", "--data", "examples.rowgru:splits", "--quiet"]
+
+
+def test_reproduce_runs_the_pipeline_on_a_user_model(tmp_path, capsys):
+    out = tmp_path / "g.fpk"
+    assert main([*BASE, "--epochs", "1", "--rounds", "2", "--rate", "0.5", "--bits", "4", "--out", str(out)]) == 0
+    fig = json.loads((tmp_path / "g.fpk.json").read_text())
+    packed = fisherpack.load(out)
+    assert fig["file_bytes"] == out.stat().st_size and packed.meta["model"] == "examples.rowgru:tiny"
+    from examples.rowgru import tiny
+
+    model = fisherpack.load_into(tiny(), packed)
+    assert abs(float((model.rnn.weight_hh_l0 == 0).float().mean()) - 0.5) < 0.15
+    assert 0 <= fig["val_file"] <= 1 and 0 <= fig["test_file"] <= 1
+    assert f"wrote {out}" in capsys.readouterr().out
+
+
+def test_reproduce_with_a_budget_prints_the_points_and_keeps_the_smallest_within(tmp_path, capsys):
+    out = tmp_path / "b.fpk"
+    argv = [*BASE, "--epochs", "1", "--rounds", "1", "--budget", "1.0", "--out", str(out)]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    fig = json.loads((tmp_path / "b.fpk.json").read_text())
+    points = fig["points"]
+    assert len([line for line in err.splitlines() if line.startswith("  rate ")]) == len(points) >= 3
+    within = [p for p in points if p["within"]]
+    best = min(within, key=lambda p: (p["file_bytes"], p["value"]))
+    assert (fig["config"]["compress"]["rate"], fig["config"]["compress"]["bits"]) == (best["rate"], best["bits"])
+    assert fig["file_bytes"] == out.stat().st_size == best["file_bytes"]
+
+
+def test_user_model_reproduce_mistakes_get_one_line(tmp_path, capsys):
+    for extra, words in (([], "needs its data"), (["--data", "examples.rowgru:build"], "must return"),
+                         (["--data", "examples.rowgru:splits", "--budget", "lots"], "budget"),
+                         (["--data", "examples.rowgru:splits", "--metric", "accuracy"], "--metric wants")):  # fmt: skip
+        argv = ["reproduce", "--model", "examples.rowgru:tiny", *extra, "--out", str(tmp_path / "x.fpk")]
+        assert main(argv) == 1
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and words in err, err
+
+
+def test_the_readme_budget_command_runs_as_written(tmp_path, monkeypatch, capsys):
+    import re
+    import shlex
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    (block,) = [b for b in re.findall(r"```sh\n(.*?)```", readme, flags=re.S) if "examples.rowgru" in b]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
+    for argv in filter(None, (shlex.split(line) for line in block.splitlines())):
+        assert argv[0] == "fisherpack" and main(argv[1:]) == 0
+    assert fisherpack.load(tmp_path / "rowgru.fpk").meta["model"] == "examples.rowgru:tiny"
+
+
+def test_compress_a_gru_with_a_data_fisher_notes_the_exact_path_in_one_line(tmp_path, capsys):
+    import torch
+
+    from examples.rowgru import tiny
+
+    torch.manual_seed(0)
+    torch.save(tiny().state_dict(), tmp_path / "g.pt")
+    out = tmp_path / "g.fpk"
+    argv = ["compress", "--model", "examples.rowgru:tiny", "--checkpoint", str(tmp_path / "g.pt"), "--rate", "0.5"]
+    assert main([*argv, "--data", "examples.rowgru:splits", "--fisher-samples", "20", "--out", str(out)]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("fisherpack: note: per-sample gradients by torch.func.vmap failed")
+    packed = fisherpack.load(out)
+    assert packed.meta["fisher"] == "empirical" and "rnn.weight_hh_l0" in packed.tensors
+    assert (
+        main(["eval", str(out), "--model", "examples.rowgru:tiny", "--data", "examples.rowgru:splits", "--json"]) == 0
+    )
+    assert json.loads(capsys.readouterr().out)["test_samples"] == 50
+
+
+def test_sensitivity_of_a_user_model(capsys):
+    argv = ["sensitivity", "--model", "examples.rowgru:tiny", "--data", "examples.rowgru:splits", "--epochs", "1"]
+    assert main([*argv, "--rates", "0.5", "--bits", "4", "--fisher-samples", "20", "--json"]) == 0
+    out = capsys.readouterr()
+    assert out.err.startswith("fisherpack: note: per-sample gradients") and len(out.err.splitlines()) == 1
+    result = json.loads(out.out)
+    layers = {r["layer"] for r in result["rows"]}
+    assert layers == {"rnn.weight_ih_l0", "rnn.weight_hh_l0", "head.weight"}
+    assert set(result["spearman"]) == {"empirical", "adam"} and result["model"] == "examples.rowgru:tiny"
+    assert len(result["rows"]) == 3 * (2 + 1)  # per layer: magnitude and obd at 0.5, 4 bits
