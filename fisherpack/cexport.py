@@ -2,11 +2,12 @@
 
 :func:`to_c` captures the model's graph with torch.fx (traced once on one example input, batch 1),
 lowers it to a short list of C kernel calls (cexport_graph.py) and returns three files
-(cexport_emit.py): ``NAME.h`` with one function, ``void NAME_run(const float *input, float *output)``,
-and the sizes of its buffers; ``NAME.c`` with the kernels (cexport_ops.py) and the weights in the
-file's packed form, decoded while computing; ``NAME_main.c``, an example program. No malloc: activations live in one static arena whose size is planned
-here (buffers reused once dead; elementwise ops work in place), plus one static plane for a
-convolution whose pooling is fused. Only libc and libm are used. Not re-entrant (static buffers).
+(cexport_emit.py): ``NAME.h`` with one function, ``void NAME_run(const float *input, float
+*output)``, and the sizes of its buffers; ``NAME.c`` with the kernels (cexport_ops.py) and the
+weights in the file's packed form, decoded while computing; ``NAME_main.c``, an example program. No
+malloc: activations live in one static arena whose size is planned here (buffers reused once dead;
+elementwise ops work in place), plus one static plane for a convolution whose pooling is fused. Only
+libc and libm are used. Not re-entrant (static buffers).
 
 Supported nodes: Linear, Conv1d/Conv2d (stride, padding incl. "same", dilation, groups), ReLU, ReLU6,
 tanh, sigmoid, GELU (erf and tanh forms), max and average pooling 1d/2d, flatten/view/reshape,
