@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 import fisherpack  # noqa: E402
 from fisherpack import cexport, cli  # noqa: E402
 from fisherpack.bench import environment  # noqa: E402
+from fisherpack.bench import readme as readme_mod  # noqa: E402
 from fisherpack.fpk.fileio import atomic_write_bytes  # noqa: E402
 
 X86 = ["-Os"]
@@ -194,10 +195,9 @@ def readme_table(results: dict) -> str:
 
 
 def update_readme(results: dict, readme: Path = ROOT / "README.md") -> None:
-    text = readme.read_text()
-    start, end = "<!-- c_runtime:start -->\n", "<!-- c_runtime:end -->"
-    head, rest = text.split(start, 1)
-    atomic_write_bytes(readme, (head + start + readme_table(results) + end + rest.split(end, 1)[1]).encode())
+    readme_mod.rewrite(
+        readme, readme_mod.replace_section(readme.read_text(), "c_runtime", readme_table(results)), False
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -230,7 +230,7 @@ def test_unsupported_operation_is_refused_naming_it(tmp_path, net, message):
     compressed, model = through_file(net(), tmp_path)
     with pytest.raises(ConfigError) as err:
         cexport.to_c(model, compressed, torch.zeros(1, 4), "net")
-    assert str(err.value) == f"cannot export to C: {message}; see fisherpack/cexport.py"
+    assert str(err.value) == f"cannot export to C: {message}; see fisherpack/cexport/graph.py"
 
 
 def test_cli_refuses_an_unsupported_operation_in_one_line(tmp_path, monkeypatch, capsys):
@@ -247,7 +247,7 @@ def test_cli_refuses_an_unsupported_operation_in_one_line(tmp_path, monkeypatch,
     assert cli.main(argv) == 1
     err = capsys.readouterr().err
     assert err == "fisherpack: error: cannot export to C: operation 'sin' (node 'sin') is not supported by the C " \
-                  "export; see fisherpack/cexport.py\n"  # fmt: skip
+                  "export; see fisherpack/cexport/graph.py\n"  # fmt: skip
     assert not (tmp_path / "out").exists()
     assert cli.main(["export", "m.fpk", "--format", "c"]) == 1
     assert capsys.readouterr().err == "fisherpack: error: --format c writes several files: give --out-dir DIR\n"
@@ -358,3 +358,49 @@ def test_c_runtime_benchmark_smoke_run(tmp_path):
     assert sizes["flash_bytes"] == sizes["text"] + sizes["data"] > r["packed"]["weight_bytes"]
     assert json.loads((tmp_path / "c_runtime.json").read_text()) == json.loads(json.dumps(results))
     assert (tmp_path / "c_runtime.png").stat().st_size > 0
+
+
+def _random_stack(seed: int, one_d: bool) -> tuple[nn.Module, tuple[int, ...]]:
+    """A chain of convolutions and poolings of random geometry that still fits a (2, 23[, 21]) input."""
+    rng = np.random.default_rng(seed)
+    conv, maxp, avgp = (nn.Conv1d, nn.MaxPool1d, nn.AvgPool1d) if one_d else (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
+    shape = (2, 23) if one_d else (2, 23, 21)
+    layers, c = [], shape[0]
+    for _ in range(2):
+        groups = int(rng.choice([1, 2])) if c % 2 == 0 else 1
+        out = groups * int(rng.integers(1, 4))
+        k, d = int(rng.integers(1, 4)), int(rng.integers(1, 3))
+        layers.append(conv(c, out, k, stride=int(rng.integers(1, 3)), padding=int(rng.integers(0, k // 2 + 1)),
+                           dilation=d, groups=groups))  # fmt: skip
+        layers.append(nn.Tanh())
+        if rng.random() < 0.5:
+            layers.append(maxp(2, stride=1, padding=1, ceil_mode=bool(rng.random() < 0.5)))
+        else:
+            layers.append(avgp(3, stride=2, padding=1, ceil_mode=bool(rng.random() < 0.5),
+                               count_include_pad=bool(rng.random() < 0.5)))  # fmt: skip
+        c = out
+    return nn.Sequential(*layers), shape
+
+
+@needs_cc
+@pytest.mark.parametrize("one_d", [False, True])
+def test_random_convolution_and_pooling_geometry_matches_pytorch(tmp_path, one_d):
+    """Oracle test: strides, paddings, dilations, groups and ceil-mode poolings drawn at random, four models in one
+    program each (the outputs concatenated), against PyTorch."""
+
+    class Four(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.nets = nn.ModuleList(_random_stack(seed, one_d)[0] for seed in range(4))
+
+        def forward(self, x):
+            return torch.cat([net(x).flatten(1) for net in self.nets], 1)
+
+    torch.manual_seed(0)
+    shape = _random_stack(0, one_d)[1]
+    compressed, model = through_file(Four(), tmp_path, rate=0.3, groups=2)
+    x = torch.randn(8, *shape)
+    with torch.no_grad():
+        want = model(x).numpy()
+    np.testing.assert_allclose(run_c(cexport.to_c(model, compressed, x[:1], "net"), tmp_path / "c", x), want,
+                               atol=1e-5, rtol=0)  # fmt: skip

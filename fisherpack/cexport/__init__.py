@@ -1,18 +1,20 @@
 """``fisherpack export --format c``: the model of a .fpk file as portable C99 that runs the packed weights.
 
 :func:`to_c` captures the model's graph with torch.fx (traced once on one example input, batch 1),
-lowers it to a short list of C kernel calls and returns two files: ``NAME.h`` with one function,
-``void NAME_run(const float *input, float *output)``, and the sizes of its buffers, and ``NAME.c``
-with the kernels and the weights in the file's packed form (see cexport_ops.py for the layout),
-decoded while computing. No malloc: activations live in one static arena whose size is planned
-here (buffers reused once dead; elementwise ops work in place), plus one static plane for a
-convolution whose pooling is fused. Only libc and libm are used. Not re-entrant (static buffers).
+lowers it to a short list of C kernel calls (graph.py) and returns three files
+(emit.py): ``NAME.h`` with one function, ``void NAME_run(const float *input, float
+*output)``, and the sizes of its buffers; ``NAME.c`` with the kernels (ops.py) and the
+weights in the file's packed form, decoded while computing; ``NAME_main.c``, an example program. No
+malloc: activations live in one static arena whose size is planned here (buffers reused once dead;
+elementwise ops work in place), plus one static plane for a convolution whose pooling is fused. Only
+libc and libm are used. Not re-entrant (static buffers).
 
 Supported nodes: Linear, Conv1d/Conv2d (stride, padding incl. "same", dilation, groups), ReLU, ReLU6,
 tanh, sigmoid, GELU (erf and tanh forms), max and average pooling 1d/2d, flatten/view/reshape,
 residual add, softmax, BatchNorm1d/2d (folded into the preceding Linear/Conv as a per-channel
 ``y = acc * s + t`` after the bias, so the packed weights stay as they are; elsewhere a per-channel
-affine op), multiplying or adding a per-channel constant, dropout and identity (eval mode). Any
+affine op), multiplying or adding a per-channel constant, concatenation along channels, dropout and
+identity (eval mode). Sizes (``x.size(0)``) are constants of the batch-1 trace. Any
 other node raises ConfigError naming the operation and the node.
 """
 

@@ -167,6 +167,10 @@ class _Emitter:
         if op.kind == "pool":
             c, h, w = p["chw"]
             return f"fp_pool({x}, {y}, {c}, {h}, {w}, {self.struct('fp_poolgeo', f'fp_pool{i}', p['geo'])});"
+        if op.kind == "cat":
+            offsets = np.cumsum([0] + [v.numel for v in op.args])
+            return "\n    ".join(f"memcpy({y} + {o}, {_ptr(v)}, {v.numel} * sizeof(float));"
+                                   for o, v in zip(offsets, op.args))  # fmt: skip
         if op.kind == "map":
             return f"fp_map({x}, {y}, {op.out.numel}, {act});"
         if op.kind == "add":

@@ -72,7 +72,9 @@ class Op:
 
 
 def error(what: str, node: fx.Node, why: str = "is not supported by the C export") -> ConfigError:
-    return ConfigError(f"cannot export to C: operation {what} (node '{node.name}') {why}; see fisherpack/cexport.py")
+    return ConfigError(
+        f"cannot export to C: operation {what} (node '{node.name}') {why}; see fisherpack/cexport/graph.py"
+    )
 
 
 def _pair(v, n: int = 2) -> tuple[int, ...]:
@@ -87,17 +89,24 @@ class Lowering:
         self.ops: list[Op] = []
         self.producer: dict[int, Op] = {}  # id(Val) -> the op that wrote it, while it may still fuse
 
+    def fail(self, node: fx.Node, why: str = "is not supported by the C export") -> ConfigError:
+        if node.op == "call_module":
+            name = type(self.modules[node.target]).__name__
+        else:
+            name = getattr(node.target, "__name__", str(node.target))
+        return error(f"'{name}'", node, why)
+
     def new(self, node: fx.Node) -> Val:
         t = self.values[node]
         if not isinstance(t, torch.Tensor) or t.dim() == 0 or t.shape[0] != 1:
-            raise error(f"'{node.target}'", node, "does not keep the batch dimension first")
+            raise self.fail(node, "does not keep the batch dimension first")
         shape = tuple(int(d) for d in t.shape[1:])
         return Val(shape, Buf(int(np.prod(shape, dtype=np.int64))))
 
     def const(self, a, node: fx.Node):
         if isinstance(a, fx.Node):
             if a in self.vals:
-                raise error(f"'{node.target}'", node, "needs a constant operand here")
+                raise self.fail(node, "needs a constant operand here")
             return self.values[a]
         return a
 
@@ -149,12 +158,12 @@ class Lowering:
             full = torch.broadcast_to(c, (1, *x.shape))[0]
         except RuntimeError:
             why = f"has a constant of shape {tuple(c.shape)} that does not fit"
-            raise error(f"'{node.target}'", node, why) from None
+            raise self.fail(node, why) from None
         if c.dim() > len(x.shape) + 1 or len(x.shape) == 0:
-            raise error(f"'{node.target}'", node, "has a constant that changes the shape")
+            raise self.fail(node, "has a constant that changes the shape")
         rows = full.reshape(x.shape[0], -1)
         if not torch.equal(rows, rows[:, :1].expand_as(rows)):
-            raise error(f"'{node.target}'", node, "has a constant that varies within a channel")
+            raise self.fail(node, "has a constant that varies within a channel")
         return rows[:, 0].numpy().astype(np.float32)
 
     def weight(self, name: str):
@@ -176,7 +185,7 @@ class Lowering:
             self.emit(Op("linear", [x], out, node.name, p))
             return out
         if mod.padding_mode != "zeros":
-            raise error(f"'{type(mod).__name__}'", node, f"has padding_mode={mod.padding_mode!r} (only zeros)")
+            raise self.fail(node, f"has padding_mode={mod.padding_mode!r} (only zeros)")
         one = isinstance(mod, nn.Conv1d)
         (c, h, w), (o, oh, ow) = (
             (x.shape, out.shape) if not one else ((x.shape[0], 1, x.shape[1]), (out.shape[0], 1, out.shape[1]))
@@ -196,7 +205,7 @@ class Lowering:
 
     def batchnorm(self, node: fx.Node, mod: nn.Module, x: Val) -> Val:
         if mod.running_mean is None:
-            raise error(f"'{type(mod).__name__}'", node, "has no running statistics (track_running_stats=False)")
+            raise self.fail(node, "has no running statistics (track_running_stats=False)")
         inv = 1.0 / np.sqrt(mod.running_var.double().numpy() + mod.eps)
         gamma = mod.weight.detach().double().numpy() if mod.weight is not None else 1.0
         beta = mod.bias.detach().double().numpy() if mod.bias is not None else 0.0
@@ -208,7 +217,7 @@ class Lowering:
     def pool(self, node: fx.Node, kind: str, x: Val, a: dict) -> Val:
         out = self.new(node)
         if a.get("return_indices") or a.get("divisor_override"):
-            raise error(f"'{node.target}'", node, "uses return_indices or divisor_override")
+            raise self.fail(node, "uses return_indices or divisor_override")
         one = len(x.shape) == 2
         k = _pair(a["kernel_size"], 1 if one else 2)
         st = _pair(a.get("stride") or k, len(k))
@@ -230,19 +239,32 @@ class Lowering:
     def binary(self, node: fx.Node, name: str) -> Val:
         a, b = node.args[0], node.args[1]
         if node.kwargs.get("alpha", 1) != 1:
-            raise error(f"'{name}'", node, "uses alpha")
+            raise self.fail(node, "uses alpha")
         if isinstance(b, fx.Node) and b in self.vals and not (isinstance(a, fx.Node) and a in self.vals):
             a, b = b, a
         x = self.vals[a]
         if isinstance(b, fx.Node) and b in self.vals:
             y = self.vals[b]
             if name != "add" or y.shape != x.shape:
-                raise error(f"'{name}'", node, f"of two computed tensors ({x.shape}, {y.shape}) is not supported")
+                raise self.fail(node, f"of two computed tensors ({x.shape}, {y.shape}) is not supported")
             out = self.new(node)
             self.emit(Op("add", [x, y], out, node.name))
             return out
         c = self.per_channel(node, x, self.const(b, node))
         return self.affine(node, x, c, None) if name == "mul" else self.affine(node, x, None, c)
+
+    def concat(self, node: fx.Node) -> Val:
+        """``torch.cat`` where each part is one contiguous block of the result (dim 1, or sizes 1 before it)."""
+        parts = node.args[0]
+        if not all(isinstance(a, fx.Node) and a in self.vals for a in parts):
+            raise self.fail(node, "joins a constant; only computed tensors")
+        out = self.new(node)
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        dim = int(dim) % (len(out.shape) + 1)
+        if dim == 0 or int(np.prod(out.shape[: dim - 1])) != 1:
+            raise self.fail(node, f"along dim {dim} is not supported (only where each part stays in one piece)")
+        self.emit(Op("cat", [self.vals[a] for a in parts], out, node.name))
+        return out
 
     def softmax(self, node: fx.Node, x: Val, dim) -> Val:
         if dim is None:
@@ -260,9 +282,11 @@ class Lowering:
         target, name = node.target, getattr(node.target, "__name__", str(node.target))
         if target in (operator.add, operator.iadd, torch.add, "add", operator.mul, torch.mul, "mul"):
             return self.binary(node, "add" if "add" in str(name) else "mul")
+        if target in (torch.cat, torch.concat):
+            return self.concat(node)
         x = self.vals.get(node.args[0]) if node.args and isinstance(node.args[0], fx.Node) else None
         if x is None:
-            raise error(f"'{node.target}'", node, "does not take the computed tensor first")
+            raise self.fail(node, "does not take the computed tensor first")
         if node.op == "call_module":
             mod = self.modules[node.target]
             kind = type(mod)
@@ -282,7 +306,7 @@ class Lowering:
                 return x
             if isinstance(mod, nn.Flatten):
                 return Val(self.new(node).shape, x.buf)
-            raise error(f"'{kind.__name__}'", node)
+            raise self.fail(node)
         if node.op == "call_function" and target in _ACT_FN:
             return self.activation(node, x, _ACT_FN[target])
         if node.op == "call_function" and target is F.gelu:
@@ -302,4 +326,4 @@ class Lowering:
         if target in (F.softmax, torch.softmax, "softmax"):
             dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
             return self.softmax(node, x, dim)
-        raise error(f"'{name}'", node)
+        raise self.fail(node)

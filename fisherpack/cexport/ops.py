@@ -1,7 +1,7 @@
 """The C99 kernels of ``fisherpack export --format c``, as text (only libc and libm).
 
 Every weight is read through one cursor, ``fp_next``, that yields the next kept position and its
-value: from the packed bit string of a compressed tensor (layout in cexport_emit.py), or from a dense
+value: from the packed bit string of a compressed tensor (layout in emit.py), or from a dense
 float32 or int8 array (tensors stored losslessly, and the dense baselines of benchmarks/c_runtime.py).
 The kernels compute in float32, summing in the order a plain convolution does (input channel, then
 kernel row, then column), bias after the sum.
