@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from . import data, export, format, models, usermodel
+from . import data, export, format, header, models, usermodel
 from . import fisher as fisher_mod
 from .compress import compress, load_into, summary
 from .config import CompressConfig
@@ -167,6 +167,8 @@ def add_export_command(sub: Any) -> None:
     q.add_argument("--safetensors", metavar="OUT", help="plain state dict for safetensors.torch.load_file")
     q.add_argument("--onnx", metavar="OUT", help="ONNX graph (dense fp32 weights), batch dimension dynamic")
     q.add_argument("--input-shape", metavar="N,C,H,W", help="example input shape for ONNX (default: a batch of --data)")
+    q.add_argument("--max-elements", type=int, help="entries the file and the safetensors output may hold, aliases "
+                   "written out counted (default: 4096 per byte of file, at least 2**20, at most 2**28)")  # fmt: skip
     add_model_flags(q)
     q.set_defaults(func=cmd_export)
 
@@ -176,10 +178,12 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise ConfigError("nothing to export: give --safetensors OUT and/or --onnx OUT")
     for out in filter(None, (args.safetensors, args.onnx)):
         check_writable(out)
-    compressed = format.load(args.file)
+    data = format.read(args.file)
+    compressed = format.decode(data, max_elements=args.max_elements)
     written = []
-    if args.safetensors:
-        atomic_write_bytes(args.safetensors, export.safetensors_bytes(compressed))
+    if args.safetensors:  # aliases are written out as copies: they count against the same cap
+        cap = args.max_elements or header.default_max_elements(len(data))
+        atomic_write_bytes(args.safetensors, export.safetensors_bytes(compressed, max_elements=cap))
         written.append(args.safetensors)
     if args.onnx:
         model = _model_for(compressed, args, args.file)

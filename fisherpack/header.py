@@ -12,18 +12,20 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import stat
 import struct
 import zlib
 from typing import Any
 
 import torch
 
-from .errors import FormatError
+from .errors import FisherpackError, FormatError
 from .tensors import GRIDS, MAX_BITS, MAX_EXP, MAX_GROUPS, MIN_EXP
 
 __all__ = ["MAGIC", "VERSION", "PRE", "DTYPES", "MAX_ANS_BITS", "MAX_NAME", "HEADER_CAP", "MAX_SEPARATORS"]
 __all__ += ["MAX_ELEMENTS", "ELEMENTS_PER_BYTE", "MIN_ELEMENTS", "default_max_elements"]
-__all__ += ["inflate", "check_preamble", "split", "parse", "validate"]
+__all__ += ["inflate", "check_preamble", "read", "split", "parse", "validate"]
 
 MAGIC = b"\x89FPK\r\n\x1a\n"
 VERSION = 1
@@ -99,6 +101,39 @@ def check_preamble(data: bytes, size: int) -> int:
     return expected
 
 
+def read(path: str | os.PathLike) -> bytes:
+    """The bytes of a .fpk file, read no further than its preamble says; FisherpackError if unreadable.
+
+    A regular file is read only if its size matches the preamble, so a huge file of another kind or
+    a damaged one fails fast. A pipe or device is read in 1 MiB steps up to one byte past the size
+    the preamble declares, so a file followed by more bytes (or an endless stream) is refused after
+    that byte, never read to its end; memory follows the bytes actually sent.
+    """
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(PRE.size)  # a buffered read waits for all 22 bytes or the end of a pipe
+            if data[:8] != MAGIC or len(data) < PRE.size:
+                return data  # split() says what is wrong
+            if stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                check_preamble(data, os.fstat(fh.fileno()).st_size)
+                return data + fh.read()
+            _, _, hlen, plen = PRE.unpack_from(data)
+            want, out = PRE.size + hlen + plen + 4, bytearray(data)
+            while len(out) <= want:
+                chunk = fh.read(min(1 << 20, want + 1 - len(out)))
+                if not chunk:
+                    break
+                out += chunk
+            check_preamble(bytes(out[: PRE.size]), len(out))  # says "truncated" or "longer than its header"
+            return bytes(out)
+    except MemoryError:
+        raise FormatError(f"{path} declares more bytes than this machine can hold in memory") from None
+    except OSError as exc:
+        if isinstance(exc, PermissionError):
+            raise FisherpackError(f"cannot read {path}: permission denied") from None
+        raise FisherpackError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
 def split(data: bytes) -> tuple[int, bytearray, memoryview]:
     """Check preamble, sizes and CRC; return (header length, inflated header bytes, payload view)."""
     data = data if isinstance(data, bytes) else bytes(data)
@@ -124,7 +159,8 @@ def _finite(text: str) -> float:
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
     obj = dict(pairs)
     if len(obj) != len(pairs):  # parsers disagree on which copy wins, so a file must not have two
-        key = next(k for i, (k, _) in enumerate(pairs) if any(k == k2 for k2, _ in pairs[:i]))
+        seen: set[str] = set()  # a set, not a rescan of earlier keys: linear in the object's size
+        key = next(k for k, _ in pairs if k in seen or seen.add(k))
         raise FormatError(f"bad header: key {key!r} appears twice in one JSON object")
     return obj
 

@@ -16,6 +16,7 @@ import json
 import os
 
 import fuzzcases as fz
+import fuzzcost as fc
 import fuzzgen as fg
 import numpy as np
 import pytest
@@ -221,7 +222,42 @@ def test_bombs_are_refused_or_cost_what_their_size_allows(record_property):
         assert budget is None or peak < budget, f"{name}: {peak:.0f} MiB allocated, budget {budget} MiB"
 
 
-EXPECTED_TESTS = 1 + 7 * len(FILES) + 2 + 1 + 1 + 1  # the tests of this file, parametrizations included
+# ---------------------------------------------------------------- cost attacks (issue 16)
+
+COST = fc.files()
+
+
+def _cost(family: str, fn, record_property) -> str:
+    outcome, seconds, mib = fc.measure(fn)
+    fz.note(family, outcome, seconds)
+    record_property(family, f"{outcome}, {seconds:.3f} s, {mib} MiB")
+    assert seconds <= fc.LIMIT_SECONDS, f"{family}: {seconds:.2f} s, limit {fc.LIMIT_SECONDS} s"
+    assert mib is None or mib <= fc.LIMIT_MIB, f"{family}: {mib:.0f} MiB, limit {fc.LIMIT_MIB} MiB"
+    return outcome
+
+
+@pytest.mark.parametrize("name", sorted(COST))
+def test_cost_attacks_take_at_most_a_second_and_512_mib(name, record_property):
+    data = COST[name]
+    _cost(f"cost: {name}", lambda: fc.every_reader(data), record_property)
+
+
+@pytest.mark.xfail(reason="issue 12 replaces the entropy coder", strict=False)
+def test_many_tiny_rans_streams_take_at_most_a_second(record_property):
+    data = fc.tiny_rans_streams()
+    assert len(data) <= fc.MAX_FILE
+    _cost("cost: 20k tiny rANS streams", lambda: fc.every_reader(data), record_property)
+
+
+@pytest.mark.parametrize(("tail", "expected"), [(0, "decoded"), (300 << 20, "error"), (None, "error")])
+def test_a_pipe_is_read_no_further_than_its_header_says(tail, expected, record_property):
+    label = "endless zeros" if tail is None else f"{tail >> 20} MiB" if tail else "nothing"
+    family = f"cost: pipe, the LeNet-5 file then {label}"
+    assert _cost(family, fc.read_through_pipe(fz.lenet5_file(), tail), record_property) == expected
+
+
+# the tests of this file, parametrizations included
+EXPECTED_TESTS = 1 + 7 * len(FILES) + 2 + 1 + 1 + 1 + len(COST) + 1 + 3
 
 
 def test_at_least_10000_cases_ran(request):
