@@ -25,13 +25,14 @@ import torch
 from . import __version__, cli_bench, cli_usermodel, data, dist, environment, format, models, pipeline
 from .cli_common import Bar as _Bar
 from .cli_common import Parser as _Parser
+from .cli_common import add_force_flag, out_path
 from .cli_common import log as _log
 from .cli_common import on_rank0 as _on_rank0
 from .cli_common import table as _table
 from .compress import load_into, summary
 from .config import FISHER_SOURCES, CompressConfig, PipelineConfig
 from .errors import ConfigError, FisherpackError
-from .fileio import atomic_write_bytes, check_writable
+from .fileio import atomic_write_bytes, check_writable, shown
 from .prune import CRITERIA, SCOPES
 from .quant import ALLOCATIONS
 from .train import evaluate
@@ -111,12 +112,12 @@ def _evaluate_file(
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     cfg = _pipeline_config(args)
-    out = Path(args.out or f"{cfg.model}.fpk")
+    out = out_path(args.out, f"{cfg.model}.fpk")
     _on_rank0(
-        f"checking {out}",
-        lambda: check_writable(out),
-        lambda: check_writable(Path(f"{out}.json")),
-        lambda: check_writable(Path(f"{out}.ckpt")),
+        f"checking {shown(out)}",
+        lambda: check_writable(out, overwrite=args.force),
+        lambda: check_writable(Path(f"{out}.json"), overwrite=args.force),
+        lambda: check_writable(Path(f"{out}.ckpt"), overwrite=args.force),
     )
     started = time.perf_counter()
     x_train, y_train, x_test, y_test = data.load(args.data_dir, log=_log).tensors()
@@ -141,7 +142,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         atomic_write_bytes(Path(f"{out}.json"), (json.dumps(fig, indent=2, sort_keys=True) + "\n").encode())
         ckpt.unlink(missing_ok=True)
         print(_figures_table(fig))
-        print(f"wrote {out} and {out}.json")
+        print(f"wrote {shown(out)} and {shown(out)}.json")
 
     _on_rank0(f"evaluating {out}", finish)
     return 0
@@ -149,8 +150,12 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = _pipeline_config(args)
-    out = Path(args.out or f"{cfg.model}.pt")
-    _on_rank0(f"checking {out}", lambda: check_writable(out), lambda: check_writable(Path(f"{out}.ckpt")))
+    out = out_path(args.out, f"{cfg.model}.pt")
+    _on_rank0(
+        f"checking {shown(out)}",
+        lambda: check_writable(out, overwrite=args.force),
+        lambda: check_writable(Path(f"{out}.ckpt"), overwrite=args.force),
+    )
     x_train, y_train, x_test, y_test = data.load(args.data_dir, log=_log).tensors()
     bar = _Bar(not args.quiet and dist.rank() == 0)
     ckpt = Path(f"{out}.ckpt")
@@ -169,10 +174,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         },
         buf,
     )
-    _on_rank0(f"writing {out}", lambda: atomic_write_bytes(out, buf.getvalue()), lambda: ckpt.unlink(missing_ok=True))
+    _on_rank0(
+        f"writing {shown(out)}", lambda: atomic_write_bytes(out, buf.getvalue()), lambda: ckpt.unlink(missing_ok=True)
+    )
     print(
         _table(
-            [("model", cfg.model), ("test error", f"{outcome.figures['test_error_before']:.2%}"), ("wrote", str(out))]
+            [("model", cfg.model), ("test error", f"{outcome.figures['test_error_before']:.2%}"), ("wrote", shown(out))]
         )
     )
     return 0
@@ -186,16 +193,20 @@ def cmd_compress(args: argparse.Namespace) -> int:
         raise ConfigError("give a checkpoint: fisherpack compress CKPT (or --model PKG.MOD:FACTORY --checkpoint CKPT)")
     ckpt = pipeline.load_training_checkpoint(args.checkpoint)
     cfg = _pipeline_config(argparse.Namespace(**{**vars(args), "model": ckpt["model"]}))
-    out = Path(args.out or Path(args.checkpoint).with_suffix(".fpk"))
-    _on_rank0(f"checking {out}", lambda: check_writable(out), lambda: check_writable(Path(f"{out}.ckpt")))
+    out = out_path(args.out, Path(args.checkpoint).with_suffix(".fpk"))
+    _on_rank0(
+        f"checking {shown(out)}",
+        lambda: check_writable(out, overwrite=args.force, inputs=[args.checkpoint]),
+        lambda: check_writable(Path(f"{out}.ckpt"), overwrite=args.force, inputs=[args.checkpoint]),
+    )
     x_train, y_train, _, _ = data.load(args.data_dir, log=_log).tensors() if cfg.fisher != "adam" else (None,) * 4
     progress = Path(f"{out}.ckpt")  # a Fisher estimated from data survives a killed run
     compressed = pipeline.compress_checkpoint(ckpt, cfg, x_train, y_train, checkpoint=progress)
     size, _ = dist.save(compressed, out, entropy=cfg.compress.entropy)
-    _on_rank0(f"removing {progress}", lambda: progress.unlink(missing_ok=True))
+    _on_rank0(f"removing {shown(progress)}", lambda: progress.unlink(missing_ok=True))
     fig = {"model": cfg.model, **summary(compressed, size)}
     print(_figures_table(fig))
-    print(f"wrote {out}")
+    print(f"wrote {shown(out)}")
     return 0
 
 
@@ -204,7 +215,7 @@ def _compress_user(args: argparse.Namespace) -> int:
     compressed, out = cli_usermodel.compress_user(args, config, _log)
     size = format.save(compressed, out, entropy=config.entropy)
     print(_figures_table({"model": args.user_model, **summary(compressed, size)}))
-    print(f"wrote {out}")
+    print(f"wrote {shown(out)}")
     return 0
 
 
@@ -264,6 +275,7 @@ def _parser() -> argparse.ArgumentParser:
         q.add_argument("--seed", type=int, help="random seed (default 0)")
         q.add_argument("--epochs", type=int, help="training epochs")
         q.add_argument("--quiet", action="store_true", help="no progress bar")
+        add_force_flag(q)
         data_flag(q)
 
     q = sub.add_parser("reproduce", help="train, prune, quantize, write and check a file (the main job)")
@@ -284,6 +296,7 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("checkpoint", nargs="?", help="checkpoint written by fisherpack train")
     q.add_argument("--out", help="output file (default: CHECKPOINT with .fpk)")
     q.add_argument("--fisher", choices=FISHER_SOURCES, help="Fisher estimator (default: adam)")
+    add_force_flag(q)
     data_flag(q)
     _add_compress_flags(q)
     cli_usermodel.add_model_flags(q, checkpoint=True)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from . import dist
+from .errors import ConfigError
 
-__all__ = ["Parser", "Bar", "log", "on_rank0", "table"]
+__all__ = ["Parser", "Bar", "log", "on_rank0", "table", "out_path", "add_force_flag"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -62,3 +64,14 @@ def on_rank0(what: str, *actions: Callable[[], object]) -> None:
 def table(rows: list[tuple[str, str]]) -> str:
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def out_path(value: str | None, default: str | Path, flag: str = "--out") -> Path:
+    """The output named by ``flag``, or ``default`` when the flag was not given; an empty name is an error."""
+    if value == "":
+        raise ConfigError(f"{flag} is empty; give a file name")
+    return Path(default if value is None else value)
+
+
+def add_force_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--force", action="store_true", help="replace a read-only output file or a symlink named as output")

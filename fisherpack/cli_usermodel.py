@@ -24,10 +24,11 @@ import torch
 
 from . import data, export, format, header, models, usermodel
 from . import fisher as fisher_mod
+from .cli_common import add_force_flag, out_path
 from .compress import compress, load_into, summary
 from .config import CompressConfig
 from .errors import ConfigError
-from .fileio import atomic_write_bytes, check_writable
+from .fileio import atomic_write_bytes, check_writable, shown
 
 __all__ = ["add_layer_flags", "layer_changes", "add_model_flags", "add_export_command", "compress_user", "evaluate"]
 
@@ -111,8 +112,8 @@ def compress_user(args: argparse.Namespace, config: CompressConfig, log) -> tupl
     ckpt = Path(args.checkpoint_flag or args.checkpoint or "")
     if not args.checkpoint_flag and not args.checkpoint:
         raise ConfigError("give the checkpoint of your model: --checkpoint CKPT")
-    out = Path(args.out or ckpt.with_suffix(".fpk"))
-    check_writable(out)
+    out = out_path(args.out, ckpt.with_suffix(".fpk"))
+    check_writable(out, overwrite=args.force, inputs=[ckpt])
     model = _model(args.user_model)
     optimizer = usermodel.load_checkpoint(model, ckpt)
     prunes = config.rate > 0 or any("rate" in settings for _, settings in config.overrides)
@@ -169,15 +170,17 @@ def add_export_command(sub: Any) -> None:
     q.add_argument("--input-shape", metavar="N,C,H,W", help="example input shape for ONNX (default: a batch of --data)")
     q.add_argument("--max-elements", type=int, help="entries the file and the safetensors output may hold, aliases "
                    "written out counted (default: 4096 per byte of file, at least 2**20, at most 2**28)")  # fmt: skip
+    add_force_flag(q)
     add_model_flags(q)
     q.set_defaults(func=cmd_export)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    if not args.safetensors and not args.onnx:
+    if args.safetensors is None and args.onnx is None:
         raise ConfigError("nothing to export: give --safetensors OUT and/or --onnx OUT")
-    for out in filter(None, (args.safetensors, args.onnx)):
-        check_writable(out)
+    for flag, out in (("--safetensors", args.safetensors), ("--onnx", args.onnx)):
+        if out is not None:
+            check_writable(out_path(out, "", flag), overwrite=args.force, inputs=[args.file])
     data = format.read(args.file)
     compressed = format.decode(data, max_elements=args.max_elements)
     written = []
@@ -189,7 +192,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         model = _model_for(compressed, args, args.file)
         atomic_write_bytes(args.onnx, export.onnx_bytes(model, _example(args, compressed.meta.get("model"))))
         written.append(args.onnx)
-    print(f"wrote {' and '.join(written)}")
+    print(f"wrote {' and '.join(map(shown, written))}")
     return 0
 
 
