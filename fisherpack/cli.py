@@ -75,7 +75,7 @@ def _pipeline_config(args: argparse.Namespace) -> PipelineConfig:
 
 def _figures_table(fig: dict[str, Any]) -> str:
     rows = [
-        ("model", str(fig.get("model", "?"))),
+        ("model", shown(str(fig.get("model", "?")))),
         ("params", f"{fig['params']:,}"),
         ("kept (non-zero)", f"{fig['nonzero_params']:,} ({fig['kept_fraction']:.2%})"),
         ("average code bits", f"{fig['avg_bits']:.2f}"),
@@ -242,9 +242,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         kept = f"{t['kept'] / max(t['numel'], 1):.1%}" if "kept" in t else t["kind"]
         bits = ",".join(str(g["bits"]) for g in t.get("groups", [])) or t.get("dtype", "")
         encs = " ".join(f"{s['role']}:{s['encoding']}" for s in t.get("streams", []))
-        lines.append(f"{t['name']:<24} {shape:<16} {kept:>8} {bits:<12} {t['bytes']:>9,}  {encs}")
+        lines.append(f"{shown(t['name']):<24} {shape:<16} {kept:>8} {bits:<12} {t['bytes']:>9,}  {encs}")
     lines.append(f"file: {described['file_bytes']:,} bytes, header {described['header_bytes']:,} bytes")
-    lines.append(f"model: {described['meta'].get('model', '?')}")
+    lines.append(f"model: {shown(described['meta'].get('model', '?'))}")
     print("\n".join(lines))
     return 0
 

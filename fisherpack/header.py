@@ -182,9 +182,29 @@ def parse(header: bytes | bytearray) -> Any:
     if isinstance(header, bytearray):
         header.clear()
     try:
-        return json.loads(text, parse_constant=_no_constant, parse_float=_finite, object_pairs_hook=_no_duplicates)
+        doc = json.loads(text, parse_constant=_no_constant, parse_float=_finite, object_pairs_hook=_no_duplicates)
     except (ValueError, RecursionError):
         raise FormatError("header is not valid UTF-8 JSON") from None
+    _no_surrogates(doc)
+    return doc
+
+
+def _no_surrogates(doc: Any) -> None:
+    """FormatError if a string holds a lone UTF-16 surrogate (a JSON escape like \\ud800 alone): it is
+    not text, so printing or re-encoding it would fail. Walks the tree with a stack, not recursion."""
+    stack = [doc]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, dict):
+            stack.extend(v)
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+        elif isinstance(v, str) and not v.isascii():
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                raise FormatError("bad header: a string holds a lone UTF-16 surrogate escape (like \\ud800)") from None
 
 
 def _check(ok: bool, msg: str) -> None:
@@ -251,6 +271,9 @@ def validate(header: bytes | bytearray, plen: int, file_bytes: int, max_elements
     doc = parse(header)
     _keys(doc, "header", {"meta", "tensors"})
     _check(isinstance(doc["meta"], dict) and isinstance(doc["tensors"], list), "meta/tensors have the wrong type")
+    model = doc["meta"].get("model")
+    ok = model is None or (isinstance(model, str) and 1 <= len(model) <= MAX_NAME)
+    _check(ok, f"meta.model must be a string of 1..{MAX_NAME} characters")
     names: dict[str, str] = {}
     total_elements = total_length = 0
     for i, e in enumerate(doc["tensors"]):

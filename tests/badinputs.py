@@ -107,7 +107,33 @@ def _fpk_files(root: Path) -> None:
     (root / "no-header.fpk").write_bytes(body + struct.pack("<I", zlib.crc32(body)))
 
 
+def _hostile_fpk_files(root: Path) -> None:
+    """Valid files (correct CRC) with odd header values, for issue 16's cases below."""
+    fixed = format.encode(Compressed({"b": RawTensor(torch.arange(4.0))}, {"model": "lenet300"}))
+    text, payload = json.dumps(fz.header_of(fixed)), fz.parts(fixed)[1]
+    edits = {"model-list": ('"model": "lenet300"', '"model": ["lenet300"]'),
+             "model-object": ('"model": "lenet300"', '"model": {"a": 1}'),
+             "surrogate-model": ('"model": "lenet300"', '"model": "\\ud800"'),
+             "surrogate-name": ('"name": "b"', '"name": "\\ud800"')}  # fmt: skip
+    for name, (old, new) in edits.items():
+        assert old in text
+        (root / f"{name}.fpk").write_bytes(fz.frame_json(text.replace(old, new).encode(), payload))
+
+
+# Issue 16's cases, appended to test_errors.py's tables (same columns).
+CLI_MORE = [
+    ("eval", "meta.model is a list (valid CRC)", ["eval", "DIR/model-list.fpk"]),
+    ("eval", "meta.model is an object, --json", ["eval", "DIR/model-object.fpk", "--json"]),
+    ("export", "meta.model is a list, --onnx", ["export", "DIR/model-list.fpk", "--onnx", "DIR/out/m.onnx"]),
+    ("inspect", "a lone surrogate \\ud800 as tensor name", ["inspect", "DIR/surrogate-name.fpk"]),
+    ("inspect", "a lone surrogate \\ud800 as model name", ["inspect", "DIR/surrogate-model.fpk"]),
+    ("export", "a lone surrogate as tensor name", ["export", "DIR/surrogate-name.fpk", "--safetensors", "DIR/o.st"]),
+]
+API_MORE: list = []
+
+
 def make(root: Path) -> None:
     _data_folders(root)
     _checkpoints(root)
     _fpk_files(root)
+    _hostile_fpk_files(root)

@@ -78,8 +78,11 @@ def files() -> dict[str, bytes]:
         "many keys: 90k in meta, the first one again at the end": fz.frame_json(_keys(90_000, ',"k0":1'), b""),
         "many keys: 90k distinct in meta": fz.frame_json(_keys(90_000, ""), b""),
         "many keys: 60k unknown keys in one tensor entry": fz.frame_json(
-            ('{"meta":{},"tensors":[{"kind":"raw","name":"t",' + ",".join(f'"x{i}":0' for i in range(60_000))
-             + "}]}").encode(), b""),  # fmt: skip
+            (
+                '{"meta":{},"tensors":[{"kind":"raw","name":"t",' + ",".join(f'"x{i}":0' for i in range(60_000)) + "}]}"
+            ).encode(),
+            b"",
+        ),  # fmt: skip
         "aliases: 2**20 entries under 100 names": _alias_file(100),
         "aliases: 2**20 entries under 2000 names": _alias_file(2000),
     }
