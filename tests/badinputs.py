@@ -14,6 +14,7 @@ import zlib
 from pathlib import Path
 
 import fuzzcases as fz
+import fuzzcost as fc
 import fuzzgen as fg
 import numpy as np
 import torch
@@ -118,6 +119,7 @@ def _hostile_fpk_files(root: Path) -> None:
     for name, (old, new) in edits.items():
         assert old in text
         (root / f"{name}.fpk").write_bytes(fz.frame_json(text.replace(old, new).encode(), payload))
+    (root / "aliases.fpk").write_bytes(fc.files()["aliases: 2**20 entries under 100 names"])
 
 
 # Issue 16's cases, appended to test_errors.py's tables (same columns).
@@ -128,6 +130,9 @@ CLI_MORE = [
     ("inspect", "a lone surrogate \\ud800 as tensor name", ["inspect", "DIR/surrogate-name.fpk"]),
     ("inspect", "a lone surrogate \\ud800 as model name", ["inspect", "DIR/surrogate-model.fpk"]),
     ("export", "a lone surrogate as tensor name", ["export", "DIR/surrogate-name.fpk", "--safetensors", "DIR/o.st"]),
+]
+CLI_MORE += [
+    ("export", "one 2**20-entry tensor under 100 names", ["export", "DIR/aliases.fpk", "--safetensors", "DIR/o.st"]),
 ]
 API_MORE: list = []
 
