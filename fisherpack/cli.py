@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import io
 import json
+import math
 import os
 import sys
 import time
@@ -104,7 +105,7 @@ def _evaluate_file(
             "evaluate it with --model package.module:factory and --data or --data-dir"
         )
     model = load_into(models.build(name), compressed)
-    x_test, y_test = test if test is not None else data.load(data_dir, log=_log).tensors()[2:]
+    x_test, y_test = test if test is not None else data.load_test(data_dir, log=_log)
     fig = {"model": name, **summary(compressed, path.stat().st_size)}
     fig["test_error"], fig["test_loss"] = evaluate(model, x_test, y_test)
     return fig
@@ -225,6 +226,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         fig = cli_usermodel.evaluate(path, args, _log)
     else:
         fig = _evaluate_file(path, args.data_dir, max_elements=args.max_elements)
+    if not math.isfinite(fig["test_loss"]):  # NaN or inf logits: the argmax, and so the error, means little
+        _log(f"fisherpack: warning: the model's outputs on the test set are not all finite (mean loss "
+             f"{fig['test_loss']}); the file holds NaN or inf values, or its weights overflow float32")  # fmt: skip
     print(json.dumps(fig, sort_keys=True) if args.json else _figures_table(fig))
     return 0
 

@@ -100,10 +100,11 @@ def _batches(args: argparse.Namespace, split: str, log) -> Any:
     if args.data:
         _import_path()
         return usermodel.batches_from(args.data)
+    if args.data_dir and split == "test":  # eval and export need no training images
+        return data.batches(*data.load_test(args.data_dir, log=log), 256, shuffle=False)
     if args.data_dir:
-        x_train, y_train, x_test, y_test = data.load(args.data_dir, log=log).tensors()
-        x, y = (x_train, y_train) if split == "train" else (x_test, y_test)
-        return data.batches(x, y, 256, shuffle=split == "train", seed=0)
+        x_train, y_train, _, _ = data.load(args.data_dir, log=log).tensors()
+        return data.batches(x_train, y_train, 256, shuffle=True, seed=0)
     return None
 
 

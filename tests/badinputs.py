@@ -55,11 +55,31 @@ def _data_folders(root: Path) -> None:
     labels = good.train_labels.copy()
     labels[7] = 12
     data.write_idx(folders["labels-12"] / data.FILES["train_labels"], labels)
+    data.write_idx(folders["labels-12"] / data.FILES["test_labels"], labels[:50])  # eval reads only these
     data.write_idx(folders["images-32px"] / data.FILES["train_images"], np.zeros((200, 32, 32), np.uint8))
     data.write_idx(folders["count-mismatch"] / data.FILES["train_labels"], good.train_labels[:199])
     (folders["text-idx"] / data.FILES["train_images"]).write_text("these are not images\n")
     (folders["float-idx"] / data.FILES["train_images"]).write_bytes(bytes([0, 0, 0x0D, 1, 0, 0, 0, 1]) + bytes(4))
     (root / "afile").write_text("a file where a folder should be\n")
+    _more_data_folders(root, good)
+
+
+def _more_data_folders(root: Path, good) -> None:
+    """Issue 16's broken data folders."""
+    import gzip
+
+    broken = ("idx-65-dims", "no-training-images", "empty-test", "gz-two-members", "gz-trailing-garbage")
+    folders = {name: data.write_dataset(root / name, good) for name in broken}
+    dims = bytes([0, 0, 8, 65]) + struct.pack(">65I", *[1] * 65) + b"\x00"
+    (folders["idx-65-dims"] / data.FILES["train_images"]).write_bytes(dims)
+    data.write_idx(folders["no-training-images"] / data.FILES["train_images"], np.zeros((0, 28, 28), np.uint8))
+    data.write_idx(folders["no-training-images"] / data.FILES["train_labels"], np.zeros(0, np.uint8))
+    data.write_idx(folders["empty-test"] / data.FILES["test_images"], np.zeros((0, 28, 28), np.uint8))
+    data.write_idx(folders["empty-test"] / data.FILES["test_labels"], np.zeros(0, np.uint8))
+    for name, tail in (("gz-two-members", gzip.compress(b"more")), ("gz-trailing-garbage", b"garbage")):
+        plain = folders[name] / data.FILES["train_labels"]
+        (folders[name] / (data.FILES["train_labels"] + ".gz")).write_bytes(gzip.compress(plain.read_bytes()) + tail)
+        plain.unlink()
 
 
 def _checkpoints(root: Path) -> None:
@@ -123,6 +143,8 @@ def _hostile_fpk_files(root: Path) -> None:
 
 
 # Issue 16's cases, appended to test_errors.py's tables (same columns).
+R = ["reproduce", "--model", "lenet300", "--epochs", "1", "--rounds", "1", "--quiet", "--out", "DIR/out/x.fpk"]
+C = ["compress", "DIR/m.pt", "--out", "DIR/out/c.fpk"]
 CLI_MORE = [
     ("eval", "meta.model is a list (valid CRC)", ["eval", "DIR/model-list.fpk"]),
     ("eval", "meta.model is an object, --json", ["eval", "DIR/model-object.fpk", "--json"]),
@@ -133,6 +155,15 @@ CLI_MORE = [
 ]
 CLI_MORE += [
     ("export", "one 2**20-entry tensor under 100 names", ["export", "DIR/aliases.fpk", "--safetensors", "DIR/o.st"]),
+]
+E, NO_TRAIN = ["eval", "DIR/m.fpk", "--data-dir"], "DIR/no-training-images"
+CLI_MORE += [
+    ("reproduce", "an idx header declaring 65 dimensions", [*R, "--data-dir", "DIR/idx-65-dims"]),
+    ("reproduce", "zero training images", [*R, "--data-dir", "DIR/no-training-images"]),
+    ("compress", "empirical Fisher, no training images", [*C, "--fisher", "empirical", "--data-dir", NO_TRAIN]),
+    ("reproduce", "a gzip idx file with a second member", [*R, "--data-dir", "DIR/gz-two-members"]),
+    ("reproduce", "a gzip idx file with trailing garbage", [*R, "--data-dir", "DIR/gz-trailing-garbage"]),
+    ("eval", "zero test images", [*E, "DIR/empty-test"]),
 ]
 API_MORE: list = []
 

@@ -47,3 +47,27 @@ def test_a_lone_surrogate_is_refused_by_every_reader():
                 raise AssertionError(f"{old} -> surrogate accepted by {reader.__name__}")
     pair = fz.frame_json(text.replace('"m"', '"\\ud83d\\ude00"').encode(), payload)  # a valid pair: an emoji
     assert format.decode(pair).meta["model"] == "\U0001f600"
+
+
+def test_eval_reads_only_the_test_files_and_warns_on_non_finite_outputs(tmp_path, capsys):
+    from fisherpack import data, models
+    from fisherpack.compress import compress
+    from fisherpack.config import CompressConfig
+
+    folder = data.write_dataset(tmp_path / "d", data.synthetic(0, 30, seed=0))
+    for role in ("train_images", "train_labels"):
+        (folder / data.FILES[role]).unlink()  # eval never needs them
+    model = models.build("lenet300")
+    cfg = CompressConfig(criterion="magnitude", allocation="uniform", bits=4)
+    good, bad = tmp_path / "good.fpk", tmp_path / "nan.fpk"
+    format.save(compress(model, None, cfg, meta={"model": "lenet300"}), good)
+    with torch.no_grad():
+        model.fc3.bias[3] = float("nan")
+    format.save(compress(model, None, cfg, meta={"model": "lenet300"}), bad)
+    assert main(["eval", str(good), "--data-dir", str(folder)]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert main(["eval", str(bad), "--data-dir", str(folder), "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["test_loss"] != json.loads(out)["test_loss"]  # NaN
+    warnings = [line for line in err.splitlines() if "warning" in line]
+    assert warnings == [warnings[0]] and warnings[0].startswith("fisherpack: warning: the model's outputs")
