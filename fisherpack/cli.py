@@ -68,7 +68,7 @@ def _compress_config(args: argparse.Namespace, base: CompressConfig) -> Compress
 def _pipeline_config(args: argparse.Namespace) -> PipelineConfig:
     cfg = pipeline.default_config(args.model)
     changes: dict[str, Any] = {"compress": _compress_config(args, cfg.compress)}
-    for key in ("seed", "epochs", "rounds", "finetune_epochs", "fisher", "augment", "distill"):
+    for key in ("seed", "epochs", "rounds", "finetune_epochs", "fisher", "augment", "distill", "fisher_samples"):
         if getattr(args, key, None) is not None:
             changes[key] = getattr(args, key)
     return cfg.replace(**changes)
@@ -329,10 +329,27 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+# Numeric flags: (smallest, largest) allowed, checked before any work. Bounds far beyond any sensible
+# run keep absurd values from reaching torch, numpy or a plan built in memory as tracebacks.
+RANGES: dict[str, tuple[float, float]] = {
+    "threads": (1, 1024), "timeout": (0.001, 1e7), "seed": (0, 2**32 - 1), "epochs": (0, 10_000),
+    "rounds": (1, 1000), "finetune_epochs": (0, 10_000), "augment": (0, 8), "distill": (0, 1),
+    "max_elements": (1, 2**34), "fisher_samples": (1, 10**7), "val": (1, 10**7),
+}  # fmt: skip
+
+
+def _check_ranges(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    for key, (lo, hi) in RANGES.items():
+        value = getattr(args, key, None)
+        if value is not None and not (math.isfinite(value) and lo <= value <= hi):
+            lo_, hi_ = (int(b) if float(b).is_integer() else b for b in (lo, hi))
+            parser.error(f"--{key.replace('_', '-')} must be in {lo_}..{hi_}, got {value}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.threads < 1:
-        _parser().error(f"--threads must be >= 1, got {args.threads}")
+    parser = _parser()
+    args = parser.parse_args(argv)
+    _check_ranges(args, parser)
     torch.set_num_threads(args.threads)
     owned = not dist.active()  # a group the caller set up is theirs to close
     try:
@@ -348,6 +365,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # output piped into `head` and the like
         os._exit(1)
+    except MemoryError:
+        print("fisherpack: error: out of memory; use smaller settings or a machine with more memory", file=sys.stderr)
+        return 1
     except OSError as exc:
         where = f": {exc.filename}" if exc.filename else ""
         print(f"fisherpack: error: {exc.strerror or exc}{where}", file=sys.stderr)

@@ -15,6 +15,7 @@ metadata). The current folder is put first on ``sys.path`` for that, as ``python
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -79,7 +80,7 @@ def add_model_flags(p: argparse.ArgumentParser, *, checkpoint: bool = False) -> 
     g.add_argument("--data", metavar="PKG.MOD:FN", help="function returning an iterable of (x, y) batches")
     if checkpoint:
         g.add_argument("--checkpoint", dest="checkpoint_flag", metavar="CKPT", help="state_dict file of your model")
-        g.add_argument("--fisher-samples", type=int, default=1000, help="samples for a data Fisher (default 1000)")
+        g.add_argument("--fisher-samples", type=int, help="samples for a data Fisher (default 1000)")
 
 
 def _import_path() -> None:
@@ -135,7 +136,7 @@ def compress_user(args: argparse.Namespace, config: CompressConfig, log) -> tupl
                 "or use --criterion magnitude --allocation uniform"
             )
         estimate = fisher_mod.empirical if source == "empirical" else fisher_mod.sampled
-        fisher = estimate(model, batches, n_samples=args.fisher_samples)
+        fisher = estimate(model, batches, n_samples=args.fisher_samples or 1000)
     meta = {"model": args.user_model, "checkpoint": ckpt.name, "fisher": source if needs else None}
     return compress(model, fisher, config, meta=meta), out
 
@@ -203,6 +204,10 @@ def _example(args: argparse.Namespace, name: str | None) -> Any:
             shape = tuple(int(d) for d in args.input_shape.split(","))
         except ValueError:
             raise ConfigError(f"--input-shape wants integers like 1,1,28,28, got {args.input_shape!r}") from None
+        if not 1 <= len(shape) <= 8 or min(shape) < 1 or math.prod(shape) > 1 << 26:
+            raise ConfigError(
+                f"--input-shape wants 1 to 8 sizes >= 1 with at most 2**26 entries, got {args.input_shape!r}"
+            )
         return torch.zeros(shape)
     if args.data:
         batch = next(iter(_batches(args, "test", None)), None)

@@ -165,6 +165,19 @@ CLI_MORE += [
     ("reproduce", "a gzip idx file with trailing garbage", [*R, "--data-dir", "DIR/gz-trailing-garbage"]),
     ("eval", "zero test images", [*E, "DIR/empty-test"]),
 ]
+X = ["export", "DIR/m.fpk", "--onnx", "DIR/out/m.onnx"]
+CLI_MORE += [
+    ("reproduce", "--threads 2**31", ["--threads", str(2**31), *R]),
+    ("reproduce", "--timeout nan", ["--timeout", "nan", *R]),
+    ("reproduce", "--seed 2**64", [*R, "--seed", str(2**64)]),
+    ("reproduce", "--finetune-epochs inf", [*R, "--finetune-epochs", "inf"]),
+    ("reproduce", "--rounds 10**8", [*R, "--rounds", str(10**8)]),
+    ("train", "--epochs 10**8", ["train", "--model", "lenet300", "--epochs", str(10**8), "--out", "DIR/out/m.pt"]),
+    ("eval", "--max-elements 2**40", ["eval", "DIR/m.fpk", "--max-elements", str(2**40)]),
+    ("compress", "--fisher-samples -5", [*C, "--fisher", "empirical", "--fisher-samples", "-5"]),
+    ("export", "a negative --input-shape", [*X, "--input-shape=-1,1,28,28"]),
+    ("export", "a huge --input-shape", [*X, "--input-shape", "100000,100000,28,28"]),
+]
 API_MORE: list = []
 
 

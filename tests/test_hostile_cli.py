@@ -71,3 +71,25 @@ def test_eval_reads_only_the_test_files_and_warns_on_non_finite_outputs(tmp_path
     assert json.loads(out)["test_loss"] != json.loads(out)["test_loss"]  # NaN
     warnings = [line for line in err.splitlines() if "warning" in line]
     assert warnings == [warnings[0]] and warnings[0].startswith("fisherpack: warning: the model's outputs")
+
+
+def test_compress_honours_fisher_samples_and_records_them(tmp_path):
+    import io
+
+    from badinputs import training_checkpoint
+
+    from fisherpack import data
+
+    folder = data.write_dataset(tmp_path / "d", data.synthetic(300, 10, seed=0))
+    ckpt = tmp_path / "m.pt"
+    buf = io.BytesIO()
+    torch.save(training_checkpoint(), buf)
+    ckpt.write_bytes(buf.getvalue())
+    outs = {}
+    for n in (10, 300):
+        out = tmp_path / f"n{n}.fpk"
+        argv = ["compress", str(ckpt), "--fisher", "empirical", "--fisher-samples", str(n), "--rate", "0.5"]
+        assert main([*argv, "--data-dir", str(folder), "--out", str(out)]) == 0
+        outs[n] = out.read_bytes()
+        assert format.load(out).meta["pipeline"]["fisher_samples"] == n
+    assert outs[10] != outs[300]
