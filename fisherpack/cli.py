@@ -235,7 +235,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     path = Path(args.file)
-    described = format.describe(format.read(path), max_elements=args.max_elements)
+    data = format.read(path)
+    format.decode(data, max_elements=args.max_elements)  # every stream checked as load checks it
+    described = format.describe(data, max_elements=args.max_elements)
     if args.json:
         print(json.dumps(described, sort_keys=True))
         return 0
@@ -317,7 +319,7 @@ def _parser() -> argparse.ArgumentParser:
     cli_usermodel.add_model_flags(q)
     q.set_defaults(func=cmd_eval)
 
-    q = sub.add_parser("inspect", help="per-tensor layout of a file")
+    q = sub.add_parser("inspect", help="per-tensor layout of a file (checked as load checks it)")
     q.add_argument("file")
     q.add_argument("--json", action="store_true", help="print one JSON object")
     q.add_argument("--max-elements", type=int, help="entries a file may declare (default: 4096 per byte of file, "

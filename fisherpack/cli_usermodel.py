@@ -8,8 +8,8 @@
 - ``--include`` / ``--exclude`` / ``--override`` flags for every command that compresses.
 
 Model code is imported only when its spec is given on the command line (never from a file's
-metadata). The current folder is put first on ``sys.path`` for that, as ``python -m`` does, so
-``--model examples.tinyres:build`` works from the repository root.
+metadata). The current folder is put last on ``sys.path`` for that, so ``--model
+examples.tinyres:build`` works from the repository root while installed packages keep precedence.
 """
 
 from __future__ import annotations
@@ -84,9 +84,11 @@ def add_model_flags(p: argparse.ArgumentParser, *, checkpoint: bool = False) -> 
 
 
 def _import_path() -> None:
+    """The current folder goes last on sys.path: a local file named like an installed package (an
+    ``onnxscript.py``) must not replace it in fisherpack's own later imports."""
     cwd = os.getcwd()
     if cwd not in sys.path:
-        sys.path.insert(0, cwd)
+        sys.path.append(cwd)
 
 
 def _model(spec: str) -> torch.nn.Module:

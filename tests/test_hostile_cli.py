@@ -93,3 +93,36 @@ def test_compress_honours_fisher_samples_and_records_them(tmp_path):
         outs[n] = out.read_bytes()
         assert format.load(out).meta["pipeline"]["fisher_samples"] == n
     assert outs[10] != outs[300]
+
+
+def test_inspect_refuses_every_file_load_refuses(tmp_path, capsys):
+    import fuzzgen as fg
+    import numpy as np
+
+    refused = 0
+    for i, data in enumerate(fg.stream_swaps(fz.mixed_file(), np.random.default_rng(16), 300)):
+        try:
+            format.decode(data)
+        except format.FormatError:
+            path = tmp_path / f"{i}.fpk"
+            path.write_bytes(data)
+            assert main(["inspect", str(path)]) == 1, i
+            err = capsys.readouterr().err
+            assert len(err.splitlines()) == 1 and err.startswith("fisherpack: error: "), err
+            refused += 1
+    assert refused >= 19
+
+
+def test_naming_a_model_does_not_let_local_files_shadow_installed_packages(tmp_path, monkeypatch):
+    import importlib.machinery
+    import sys
+
+    from fisherpack import cli_usermodel
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    (tmp_path / "tqdm.py").write_text("raise SystemExit('a local file was imported')\n")
+    (tmp_path / "mymodels.py").write_text("import torch\n\ndef build():\n    return torch.nn.Linear(2, 2)\n")
+    assert isinstance(cli_usermodel._model("mymodels:build"), torch.nn.Linear)  # the local module is found
+    spec = importlib.machinery.PathFinder.find_spec("tqdm")
+    assert spec is not None and not spec.origin.startswith(str(tmp_path))
