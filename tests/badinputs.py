@@ -19,7 +19,7 @@ import fuzzgen as fg
 import numpy as np
 import torch
 
-from fisherpack import data, format, models
+from fisherpack import checkpoint, data, format, models
 from fisherpack.compress import compress
 from fisherpack.config import CompressConfig
 from fisherpack.tensors import Compressed, RawTensor
@@ -93,7 +93,11 @@ def _checkpoints(root: Path) -> None:
     (root / "garbage.pt").write_bytes(bytes(range(256)) * 4)
     (root / "tensor.pt").write_bytes(_torch_bytes(torch.ones(3)))
     (root / "run.fpk.ckpt").write_bytes(b"not a checkpoint")
-    (root / "other.fpk.ckpt").write_bytes(_torch_bytes({"config": "{}", "index": 1}))
+    checkpoint.save_state(root / "other.fpk.ckpt", {"config": "{}", "index": 1})
+    checkpoint.save_state(root / "flipped.fpk.ckpt", {"config": "{}", "fisher": torch.ones(1000)})
+    blob = bytearray((root / "flipped.fpk.ckpt").read_bytes())
+    blob[len(blob) // 2] ^= 4  # inside the tensor's bytes
+    (root / "flipped.fpk.ckpt").write_bytes(bytes(blob))
 
 
 def _fpk_files(root: Path) -> None:
@@ -165,6 +169,7 @@ CLI_MORE += [
     ("reproduce", "a gzip idx file with trailing garbage", [*R, "--data-dir", "DIR/gz-trailing-garbage"]),
     ("eval", "zero test images", [*E, "DIR/empty-test"]),
 ]
+CLI_MORE += [("reproduce", "OUT.ckpt with one bit flipped", [*R, "--data-dir", "DIR/data", "--out", "DIR/flipped.fpk"])]
 X = ["export", "DIR/m.fpk", "--onnx", "DIR/out/m.onnx"]
 CLI_MORE += [
     ("reproduce", "--threads 2**31", ["--threads", str(2**31), *R]),

@@ -126,3 +126,28 @@ def test_naming_a_model_does_not_let_local_files_shadow_installed_packages(tmp_p
     assert isinstance(cli_usermodel._model("mymodels:build"), torch.nn.Linear)  # the local module is found
     spec = importlib.machinery.PathFinder.find_spec("tqdm")
     assert spec is not None and not spec.origin.startswith(str(tmp_path))
+
+
+def test_a_resume_checkpoint_with_a_flipped_bit_or_an_edit_is_refused(tmp_path):
+    from fisherpack import checkpoint
+    from fisherpack.config import PipelineConfig
+    from fisherpack.errors import FisherpackError
+
+    cfg = PipelineConfig()
+    state = {"config": json.dumps(cfg.to_dict(), sort_keys=True), "data": "d", "fisher": torch.ones(1000)}
+    path = tmp_path / "run.ckpt"
+    checkpoint.save_state(path, state)
+    assert torch.equal(checkpoint.load_state(path, cfg, "d")["fisher"], torch.ones(1000))
+    good = path.read_bytes()
+    at = good.index(torch.ones(1000).numpy().tobytes()) + 2000  # a byte of the Fisher's data
+    for bad in (
+        good[:at] + bytes([good[at] ^ 1]) + good[at + 1 :],
+        good.replace(b"\x00\x00\x80?", b"\x00\x00\x00@", 1),
+    ):
+        path.write_bytes(bad)
+        try:
+            checkpoint.load_state(path, cfg, "d")
+        except FisherpackError as exc:
+            assert "checksum mismatch" in str(exc)
+        else:
+            raise AssertionError("a damaged checkpoint was resumed from")
