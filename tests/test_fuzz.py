@@ -195,7 +195,7 @@ def test_generated_headers(header, data):
 # Each bomb: the expected outcome, and a bound on what decoding it may allocate (tracemalloc peak, in
 # MiB), or None where the bomb is about time (many small objects: tracemalloc would slow it tenfold).
 BOMBS = {
-    "header: 2**20 empty lists": ("decoded", 96),
+    "header: empty lists up to the separator cap": ("decoded", 96),
     "header: 64 MiB of empty lists": ("error", (HEADER_CAP >> 20) + 16),
     "header: 64 MiB string": ("decoded", (2 * HEADER_CAP >> 20) + 16),
     "header: 65 MiB (over the cap)": ("error", (HEADER_CAP >> 20) + 16),
@@ -203,23 +203,28 @@ BOMBS = {
     "quant: one entry over the default": ("error", 1),
     "rans: 64 symbols per byte, 1 symbol": ("error", None),
     "raw: zlib of 256 MiB": ("decoded", 320),
-    "header: 100k empty raw tensors": ("decoded", None),
-    "header: 150k aliases": ("decoded", None),
+    "header: empty raw tensors up to the cap": ("decoded", None),
+    "header: aliases up to the cap": ("decoded", None),
     "quant: 0 of 2**28 kept, 64 KiB file": ("decoded", 1300),
 }
 
 
 def test_bombs_are_refused_or_cost_what_their_size_allows(record_property):
-    """Each bomb decodes or is refused within 30 s (a few seconds unloaded) and within its budget.
+    """Each bomb (all are files under 1 MB) decodes or is refused within a second of CPU time and
+    512 MiB of resident memory, and within its tracemalloc budget (what it asks for, touched or not).
     benchmarks/fuzz.py --memory measures the resident memory of each in a fresh process."""
     bombs = fg.bombs()
     assert set(bombs) == set(BOMBS)
     for name, data in bombs.items():
         expected, budget = BOMBS[name]
-        outcome, peak, seconds = fz.measure(data, limit=30, traced=budget is not None)
-        record_property(name, f"{len(data)} bytes, peak {peak:.1f} MiB, {seconds:.2f} s")
+        before = fz.peak_reset()
+        outcome, _, seconds = fz.measure(data, limit=30, traced=False)
+        fz.within_limits(name, len(data), seconds, fz.peak_growth(before))
+        if budget is not None:  # tracemalloc slows the decoder: a second, traced run for memory only
+            _, peak, _ = fz.measure(data, limit=30, count=False)
+            assert peak < budget, f"{name}: {peak:.0f} MiB allocated, budget {budget} MiB"
+        record_property(name, f"{len(data)} bytes, {seconds:.2f} s CPU")
         assert outcome == expected, name
-        assert budget is None or peak < budget, f"{name}: {peak:.0f} MiB allocated, budget {budget} MiB"
 
 
 # ---------------------------------------------------------------- cost attacks (issue 16)
@@ -230,9 +235,8 @@ COST = fc.files()
 def _cost(family: str, fn, record_property) -> str:
     outcome, seconds, mib = fc.measure(fn)
     fz.note(family, outcome, seconds)
-    record_property(family, f"{outcome}, {seconds:.3f} s, {mib} MiB")
-    assert seconds <= fc.LIMIT_SECONDS, f"{family}: {seconds:.2f} s, limit {fc.LIMIT_SECONDS} s"
-    assert mib is None or mib <= fc.LIMIT_MIB, f"{family}: {mib:.0f} MiB, limit {fc.LIMIT_MIB} MiB"
+    record_property(family, f"{outcome}, {seconds:.3f} s CPU, {mib} MiB")
+    fz.within_limits(family, 0, seconds, mib)  # every cost-attack file is at most 1 MB
     return outcome
 
 
@@ -246,7 +250,8 @@ def test_cost_attacks_take_at_most_a_second_and_512_mib(name, record_property):
 def test_many_tiny_rans_streams_take_at_most_a_second(record_property):
     data = fc.tiny_rans_streams()
     assert len(data) <= fc.MAX_FILE
-    _cost("cost: 20k tiny rANS streams", lambda: fc.every_reader(data), record_property)
+    assert len(fpk.describe(data)["tensors"]) == 15_000  # within the separator cap: the streams are reached
+    _cost("cost: 15k tiny rANS streams", lambda: fc.every_reader(data), record_property)
 
 
 @pytest.mark.parametrize(("tail", "expected"), [(0, "decoded"), (300 << 20, "error"), (None, "error")])
