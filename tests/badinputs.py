@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -144,6 +145,13 @@ def _hostile_fpk_files(root: Path) -> None:
         assert old in text
         (root / f"{name}.fpk").write_bytes(fz.frame_json(text.replace(old, new).encode(), payload))
     (root / "aliases.fpk").write_bytes(fc.files()["aliases: 2**20 entries under 100 names"])
+    short = {"kind": "raw", "name": "b", "dtype": "float32", "shape": [4], "data": {"encoding": "plain", "length": 8}}
+    (root / "short-stream.fpk").write_bytes(fz.frame_json({"meta": {}, "tensors": [short]}, bytes(8)))
+    (root / "target.fpk").write_bytes(b"keep")
+    (root / "link.fpk").symlink_to(root / "target.fpk")
+    (root / "readonly.fpk").write_bytes(b"keep")
+    (root / "readonly.fpk").chmod(0o444)
+    os.mkfifo(root / "fifo")
 
 
 # Issue 16's cases, appended to test_errors.py's tables (same columns).
@@ -170,6 +178,15 @@ CLI_MORE += [
     ("eval", "zero test images", [*E, "DIR/empty-test"]),
 ]
 CLI_MORE += [("reproduce", "OUT.ckpt with one bit flipped", [*R, "--data-dir", "DIR/data", "--out", "DIR/flipped.fpk"])]
+CLI_MORE += [
+    ("inspect", "a stream shorter than its tensor (valid CRC)", ["inspect", "DIR/short-stream.fpk"]),
+    ("compress", "--out is the input checkpoint", [*C[:2], "--out", "DIR/m.pt"]),
+    ("compress", "--out is a symlink", [*C[:2], "--out", "DIR/link.fpk"]),
+    ("compress", "--out is a read-only file", [*C[:2], "--out", "DIR/readonly.fpk"]),
+    ("compress", "--out is a FIFO", [*C[:2], "--out", "DIR/fifo"]),
+    ("compress", "--out is empty", [*C[:2], "--out", ""]),
+    ("export", "--safetensors is the input file", ["export", "DIR/m.fpk", "--safetensors", "DIR/m.fpk"]),
+]
 X = ["export", "DIR/m.fpk", "--onnx", "DIR/out/m.onnx"]
 CLI_MORE += [
     ("reproduce", "--threads 2**31", ["--threads", str(2**31), *R]),

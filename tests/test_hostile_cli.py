@@ -151,3 +151,32 @@ def test_a_resume_checkpoint_with_a_flipped_bit_or_an_edit_is_refused(tmp_path):
             assert "checksum mismatch" in str(exc)
         else:
             raise AssertionError("a damaged checkpoint was resumed from")
+
+
+def test_a_permission_problem_is_reported_as_such(tmp_path, monkeypatch, capsys):
+    """Not as "truncated or corrupt" (root reads any file, so open() is made to refuse)."""
+    import builtins
+
+    from fisherpack import data, idx
+
+    folder = data.write_dataset(tmp_path / "d", data.synthetic(5, 5, seed=0))
+    fpk = tmp_path / "m.fpk"
+    fpk.write_bytes(format.encode(Compressed({"b": RawTensor(torch.zeros(2))}, {"model": "lenet300"})))
+
+    def denied(path, *args, **kwargs):
+        if str(path).startswith(str(tmp_path)):
+            raise PermissionError(13, "Permission denied", str(path))
+        return builtins.open(path, *args, **kwargs)
+
+    monkeypatch.setattr(idx, "open", denied, raising=False)
+    try:
+        data.load(folder)
+    except data.DataError as exc:
+        assert str(exc) == f"cannot read {folder / data.FILES['train_images']}: permission denied"
+    else:
+        raise AssertionError("read an unreadable file")
+    from fisherpack import header
+
+    monkeypatch.setattr(header, "open", denied, raising=False)
+    assert main(["inspect", str(fpk)]) == 1
+    assert capsys.readouterr().err == f"fisherpack: error: cannot read {fpk}: permission denied\n"
