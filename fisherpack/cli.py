@@ -26,7 +26,7 @@ import torch
 from . import __version__, cli_bench, cli_usermodel, data, dist, environment, format, models, pipeline
 from .cli_common import Bar as _Bar
 from .cli_common import Parser as _Parser
-from .cli_common import add_force_flag, out_path
+from .cli_common import add_force_flag, check_ranges, out_path
 from .cli_common import log as _log
 from .cli_common import on_rank0 as _on_rank0
 from .cli_common import table as _table
@@ -331,27 +331,10 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-# Numeric flags: (smallest, largest) allowed, checked before any work. Bounds far beyond any sensible
-# run keep absurd values from reaching torch, numpy or a plan built in memory as tracebacks.
-RANGES: dict[str, tuple[float, float]] = {
-    "threads": (1, 1024), "timeout": (0.001, 1e7), "seed": (0, 2**32 - 1), "epochs": (0, 10_000),
-    "rounds": (1, 1000), "finetune_epochs": (0, 10_000), "augment": (0, 8), "distill": (0, 1),
-    "max_elements": (1, 2**34), "fisher_samples": (1, 10**7), "val": (1, 10**7),
-}  # fmt: skip
-
-
-def _check_ranges(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    for key, (lo, hi) in RANGES.items():
-        value = getattr(args, key, None)
-        if value is not None and not (math.isfinite(value) and lo <= value <= hi):
-            lo_, hi_ = (int(b) if float(b).is_integer() else b for b in (lo, hi))
-            parser.error(f"--{key.replace('_', '-')} must be in {lo_}..{hi_}, got {value}")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    _check_ranges(args, parser)
+    check_ranges(args, parser)
     torch.set_num_threads(args.threads)
     owned = not dist.active()  # a group the caller set up is theirs to close
     try:
