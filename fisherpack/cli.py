@@ -97,7 +97,8 @@ def _evaluate_file(
     test: tuple[torch.Tensor, torch.Tensor] | None = None,
     max_elements: int | None = None,
 ) -> dict[str, Any]:
-    compressed = format.load(path, max_elements=max_elements)
+    raw = format.read(path)  # its length, not the path's size: a pipe has none
+    compressed = format.decode(raw, max_elements=max_elements)
     name = compressed.meta.get("model")
     if name not in models.MODELS:
         raise ConfigError(
@@ -106,7 +107,7 @@ def _evaluate_file(
         )
     model = load_into(models.build(name), compressed)
     x_test, y_test = test if test is not None else data.load_test(data_dir, log=_log)
-    fig = {"model": name, **summary(compressed, path.stat().st_size)}
+    fig = {"model": name, **summary(compressed, len(raw))}
     fig["test_error"], fig["test_loss"] = evaluate(model, x_test, y_test)
     return fig
 

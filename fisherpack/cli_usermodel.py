@@ -145,13 +145,14 @@ def compress_user(args: argparse.Namespace, config: CompressConfig, log) -> tupl
 
 def evaluate(path: Path, args: argparse.Namespace, log) -> dict[str, Any]:
     """``fisherpack eval FILE --model ... --data ...``: figures of the file and its test error."""
-    compressed = format.load(path, max_elements=getattr(args, "max_elements", None))
+    raw = format.read(path)  # its length, not the path's size: a pipe has none
+    compressed = format.decode(raw, max_elements=getattr(args, "max_elements", None))
     model = _model_for(compressed, args, path)
     batches = _batches(args, "test", log)
     if batches is None:
         raise ConfigError("give test data for your model: --data package.module:function or --data-dir D")
     figures = {"model": args.user_model or compressed.meta.get("model")}
-    return {**figures, **summary(compressed, path.stat().st_size), **usermodel.evaluate(model, batches)}
+    return {**figures, **summary(compressed, len(raw)), **usermodel.evaluate(model, batches)}
 
 
 def _model_for(compressed: Any, args: argparse.Namespace, path: Any) -> torch.nn.Module:

@@ -180,3 +180,28 @@ def test_a_permission_problem_is_reported_as_such(tmp_path, monkeypatch, capsys)
     monkeypatch.setattr(header, "open", denied, raising=False)
     assert main(["inspect", str(fpk)]) == 1
     assert capsys.readouterr().err == f"fisherpack: error: cannot read {fpk}: permission denied\n"
+
+
+def test_eval_and_inspect_read_a_file_from_a_pipe(tmp_path):
+    import subprocess
+    import sys
+
+    from fisherpack import data
+
+    folder = data.write_dataset(tmp_path / "d", data.synthetic(0, 20, seed=0))
+    path = tmp_path / "m.fpk"
+    path.write_bytes(format.encode(Compressed({"b": RawTensor(torch.zeros(2))}, {"model": "lenet300"})))
+    argv = [sys.executable, "-m", "fisherpack", "inspect", "/dev/stdin"]
+    done = subprocess.run(argv, input=path.read_bytes(), capture_output=True, timeout=120)  # a real pipe
+    assert done.returncode == 0 and f"file: {path.stat().st_size:,} bytes".encode() in done.stdout, done.stderr
+    good = tmp_path / "good.fpk"
+    from fisherpack import models
+    from fisherpack.compress import compress
+    from fisherpack.config import CompressConfig
+
+    cfg = CompressConfig(criterion="magnitude", allocation="uniform", bits=4)
+    format.save(compress(models.build("lenet300"), None, cfg, meta={"model": "lenet300"}), good)
+    argv = [sys.executable, "-m", "fisherpack", "eval", "/dev/stdin", "--data-dir", str(folder), "--json"]
+    done = subprocess.run(argv, input=good.read_bytes(), capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["file_bytes"] == good.stat().st_size
