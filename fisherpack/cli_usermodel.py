@@ -186,11 +186,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     for flag, out in (("--safetensors", args.safetensors), ("--onnx", args.onnx)):
         if out is not None:
             check_writable(out_path(out, "", flag), overwrite=args.force, inputs=[args.file])
-    data = format.read(args.file)
-    compressed = format.decode(data, max_elements=args.max_elements)
+    raw = format.read(args.file)
+    compressed = format.decode(raw, max_elements=args.max_elements)
     written = []
     if args.safetensors:  # aliases are written out as copies: they count against the same cap
-        cap = args.max_elements or header.default_max_elements(len(data))
+        cap = args.max_elements or header.default_max_elements(len(raw))
         atomic_write_bytes(args.safetensors, export.safetensors_bytes(compressed, max_elements=cap))
         written.append(args.safetensors)
     if args.onnx:
