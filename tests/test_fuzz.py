@@ -251,7 +251,7 @@ def test_many_tiny_rans_streams_take_at_most_a_second(record_property):
     data = fc.tiny_rans_streams()
     assert len(data) <= fc.MAX_FILE
     assert len(fpk.describe(data)["tensors"]) == 15_000  # within the separator cap: the streams are reached
-    _cost("cost: 15k tiny rANS streams", lambda: fc.every_reader(data), record_property)
+    _cost("cost: 15k tiny rANS streams (xfail: issue 12)", lambda: fc.every_reader(data), record_property)
 
 
 @pytest.mark.parametrize(("tail", "expected"), [(0, "decoded"), (300 << 20, "error"), (None, "error")])
