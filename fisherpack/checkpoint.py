@@ -58,7 +58,7 @@ def _unseal(path: Path, blob: bytes) -> bytes:
     body, seal, digest = blob[: -len(_SEAL) - 32], blob[-len(_SEAL) - 32 : -32], blob[-32:]
     if seal != _SEAL or hashlib.sha256(body).digest() != digest:  # a flipped bit or an edit of the file
         raise FisherpackError(
-            f"checkpoint {path} is damaged or was edited (checksum mismatch); delete it to start over"
+            f"checkpoint {path} is unreadable: damaged or edited (checksum mismatch); delete it to start over"
         )
     return body
 
