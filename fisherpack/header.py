@@ -34,6 +34,7 @@ PRE = struct.Struct("<8sHIQ")  # magic, version, header length, payload length
 MAX_NAME, MAX_NDIM, MAX_ANS_BITS = 1024, 8, 12
 # Caps that bound a reader's memory whatever the file says (docs/FORMAT.md section 9).
 HEADER_CAP = 64 << 20  # bytes of decompressed header text
+MAX_STREAM = 4 << 30  # bytes a reader takes from a pipe or device (a regular file's size is checked instead)
 # The JSON parser builds an object of up to ~70 bytes per value, and a value costs as little as one
 # byte of text ("[]," or "{},"): capping the separators "[ { , :" caps the values, so a 64 MiB header
 # of empty lists (a 65 KB file) parses into ~35 MB instead of 1.6 GB. It also caps the entries a
@@ -122,6 +123,10 @@ def read(path: str | os.PathLike) -> bytes:
                 return data + fh.read()
             _, _, hlen, plen = PRE.unpack_from(data)
             want, out = PRE.size + hlen + plen + 4, bytearray(data)
+            if want > MAX_STREAM:  # an endless stream could otherwise claim 2**64 bytes and be read on
+                raise FormatError(
+                    f"{path} declares {want} bytes, more than {MAX_STREAM} read from a pipe; save it to a file"
+                )
             while len(out) <= want:
                 chunk = fh.read(min(1 << 20, want + 1 - len(out)))
                 if not chunk:

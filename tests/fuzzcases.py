@@ -166,11 +166,13 @@ def check(data: bytes, limit: float = HANG) -> str:
         signal.setitimer(signal.ITIMER_REAL, 0)
 
 
-def within_limits(what: str, size: int, cpu: float, grown: float | None) -> None:
-    """AssertionError if a case of ``size`` bytes (at most MAX_FILE) cost more than LIMIT or MEMORY_MIB."""
-    if size <= MAX_FILE:
-        assert cpu <= LIMIT, f"{what} ({size} bytes): {cpu:.2f} s of CPU, limit {LIMIT} s"
-        assert grown is None or grown <= MEMORY_MIB, f"{what} ({size} bytes): {grown:.0f} MiB, limit {MEMORY_MIB}"
+def within_limits(what: str, size: int | None, cpu: float, grown: float | None) -> None:
+    """AssertionError if a case of ``size`` bytes (at most MAX_FILE; None: known to be) cost more than
+    LIMIT or MEMORY_MIB."""
+    if size is None or size <= MAX_FILE:
+        what = what if size is None else f"{what} ({size} bytes)"
+        assert cpu <= LIMIT, f"{what}: {cpu:.2f} s of CPU, limit {LIMIT} s"
+        assert grown is None or grown <= MEMORY_MIB, f"{what}: {grown:.0f} MiB, limit {MEMORY_MIB}"
 
 
 def run(family: str, cases: Iterable[bytes], expect: str | None = None, limit: float = HANG) -> Counter:
