@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -90,6 +89,7 @@ RANGES: dict[str, tuple[float, float]] = {
 def check_ranges(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     for key, (lo, hi) in RANGES.items():
         value = getattr(args, key, None)
-        if value is not None and not (math.isfinite(value) and lo <= value <= hi):
+        if value is not None and not lo <= value <= hi:  # NaN compares False: refused too
             lo_, hi_ = (int(b) if float(b).is_integer() else b for b in (lo, hi))
-            parser.error(f"--{key.replace('_', '-')} must be in {lo_}..{hi_}, got {value}")
+            got = str(value) if len(str(value)) <= 24 else f"{str(value)[:20]}... ({len(str(value))} digits)"
+            parser.error(f"--{key.replace('_', '-')} must be in {lo_}..{hi_}, got {got}")

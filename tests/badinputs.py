@@ -192,6 +192,7 @@ CLI_MORE += [
     ("reproduce", "--threads 2**31", ["--threads", str(2**31), *R]),
     ("reproduce", "--timeout nan", ["--timeout", "nan", *R]),
     ("reproduce", "--seed 2**64", [*R, "--seed", str(2**64)]),
+    ("reproduce", "--seed of 401 digits", [*R, "--seed", "1" + "0" * 400]),
     ("reproduce", "--finetune-epochs inf", [*R, "--finetune-epochs", "inf"]),
     ("reproduce", "--rounds 10**8", [*R, "--rounds", str(10**8)]),
     ("train", "--epochs 10**8", ["train", "--model", "lenet300", "--epochs", str(10**8), "--out", "DIR/out/m.pt"]),
