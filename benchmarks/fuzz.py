@@ -2,7 +2,8 @@
 
     python benchmarks/fuzz.py --seconds 600            # random families with fresh seeds until time is up
     python benchmarks/fuzz.py --atheris --seconds 600  # coverage-guided, if atheris is installed
-    python benchmarks/fuzz.py --memory                 # peak RSS of every bomb, each in a fresh process
+    python benchmarks/fuzz.py --memory                 # peak RSS and CPU time of every bomb and cost attack,
+                                                       # each in a fresh process
 
 The cases, the checker and the bombs are those of the test suite (tests/fuzzcases.py); the CI runs a
 fixed slice of them, this script runs as many as it is given time for and reports how many. A failing
@@ -33,6 +34,7 @@ if "--atheris" in sys.argv:  # coverage instrumentation of fisherpack only: it m
         import fisherpack.fpk.container  # noqa: F401
 
 import fuzzcases as fz  # noqa: E402
+import fuzzcost as fc  # noqa: E402
 import fuzzgen as fg  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -130,28 +132,31 @@ def _kib(field: str) -> int | None:
 
 
 def _one_bomb(path: str) -> dict:
-    """Run in a fresh process that holds nothing but the file: peak RSS growth and time of decoding."""
+    """Run in a fresh process that holds nothing but the file: peak RSS growth and CPU time of what
+    every reader does with it (describe, decode, the state dict, the safetensors export)."""
     data = Path(path).read_bytes()
     # Peak RSS is a high-water mark that imports have already raised: reset it to the current RSS
     # (Linux >= 4.0), so the growth below is the decoder's alone.
     with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")
     before = _kib("VmRSS") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    start = time.perf_counter()
+    start, wall = time.process_time(), time.perf_counter()
     try:
-        fisherpack.fpk.container.decode(data).state_dict()
+        fc.every_reader(data)
         outcome = "decoded"
     except fisherpack.FormatError as exc:
         outcome = f"FormatError: {exc}"
-    seconds = time.perf_counter() - start
+    seconds, wall = time.process_time() - start, time.perf_counter() - wall
     grown = ((_kib("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) - before) / 1024
-    return {"file_bytes": len(data), "peak_rss_growth_mib": round(grown, 1), "seconds": round(seconds, 3),
-            "outcome": outcome}  # fmt: skip
+    return {"file_bytes": len(data), "peak_rss_growth_mib": round(grown, 1), "cpu_seconds": round(seconds, 3),
+            "wall_seconds": round(wall, 3), "outcome": outcome}  # fmt: skip
 
 
 def memory_run() -> dict:
     rows, folder = [], Path(tempfile.mkdtemp(prefix="fisherpack-bombs-"))
-    for i, (name, data) in enumerate(fg.bombs().items()):
+    cases = {**fg.bombs(), **{f"cost: {k}": v for k, v in fc.files().items()}}
+    cases["cost: 15k tiny rANS streams (issue 12)"] = fc.tiny_rans_streams()
+    for i, (name, data) in enumerate(cases.items()):
         path = folder / f"{i}.fpk"
         path.write_bytes(data)
         argv = [sys.executable, __file__, "--one-bomb", str(path)]
@@ -161,10 +166,16 @@ def memory_run() -> dict:
         _, traced, _ = fz.measure(data)
         r = rows[-1]
         r["tracemalloc_peak_mib"] = round(traced, 1)
-        print(f"{name:<40} {r['file_bytes']:>9} B  RSS +{r['peak_rss_growth_mib']:7.1f} MiB  "
-              f"traced {traced:7.1f} MiB  {r['seconds']:6.2f} s  {r['outcome'][:60]}")  # fmt: skip
+        print(f"{name[:56]:<56} {r['file_bytes']:>9} B  RSS +{r['peak_rss_growth_mib']:7.1f} MiB  "
+              f"traced {traced:7.1f} MiB  {r['cpu_seconds']:6.2f} s CPU  {r['outcome'][:40]}")  # fmt: skip
         path.unlink()
-    return {"mode": "memory", "bombs": rows}
+    slowest = max(rows, key=lambda r: r["cpu_seconds"])
+    print(f"slowest case: {slowest['bomb']}, {slowest['cpu_seconds']:.3f} s of CPU time")
+    return {
+        "mode": "memory",
+        "bombs": rows,
+        "slowest": {"case": slowest["bomb"], "cpu_seconds": slowest["cpu_seconds"]},
+    }
 
 
 def main() -> int:

@@ -43,10 +43,24 @@ def fingerprint(*tensors: torch.Tensor) -> str:
     return h.hexdigest()
 
 
+_SEAL = b"FPKSHA256"  # the torch.save bytes are followed by this and their SHA-256
+
+
 def save_state(path: Path, state: dict[str, Any]) -> None:
+    """Write ``state`` atomically, sealed with the SHA-256 of its bytes (checked by :func:`load_state`)."""
     buf = io.BytesIO()
     torch.save(state, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    blob = buf.getvalue()
+    atomic_write_bytes(path, blob + _SEAL + hashlib.sha256(blob).digest())
+
+
+def _unseal(path: Path, blob: bytes) -> bytes:
+    body, seal, digest = blob[: -len(_SEAL) - 32], blob[-len(_SEAL) - 32 : -32], blob[-32:]
+    if seal != _SEAL or hashlib.sha256(body).digest() != digest:  # a flipped bit or an edit of the file
+        raise FisherpackError(
+            f"checkpoint {path} is unreadable: damaged or edited (checksum mismatch); delete it to start over"
+        )
+    return body
 
 
 def _read_bytes(path: Path) -> bytes | None:
@@ -61,6 +75,7 @@ def load_state(path: Path, cfg: PipelineConfig, data: str, what: str = "data") -
     blob = dist.from_rank0(lambda: _read_bytes(path), f"reading {path}")
     if blob is None:
         return None
+    blob = _unseal(path, blob)
     try:
         state = torch.load(io.BytesIO(blob), weights_only=True)
     except Exception as exc:  # a damaged checkpoint is not worth a traceback

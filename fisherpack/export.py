@@ -19,6 +19,7 @@ import contextlib
 import io
 import json
 import logging
+import math
 import re
 import warnings
 from collections.abc import Iterator
@@ -26,8 +27,8 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from .errors import ConfigError, FisherpackError
-from .fpk.tensors import Compressed
+from .errors import ConfigError, FisherpackError, FormatError
+from .fpk.tensors import Alias, Compressed
 
 __all__ = ["safetensors_bytes", "onnx_bytes"]
 
@@ -41,11 +42,25 @@ def _need(module: str) -> None:
         raise ConfigError(f"this export needs the {module!r} package: pip install 'fisherpack[export]'") from None
 
 
-def safetensors_bytes(compressed: Compressed) -> bytes:
-    """The decoded state dict of ``compressed`` as a safetensors file."""
+def safetensors_bytes(compressed: Compressed, max_elements: int | None = None) -> bytes:
+    """The decoded state dict of ``compressed`` as a safetensors file.
+
+    Each alias is written as a full copy, so a tiny file that ties one large tensor under many names
+    could ask for gigabytes: with ``max_elements`` (the reader's cap for the file, header.py) the
+    entries written, copies included, are counted first and FormatError is raised above the cap.
+    """
     _need("safetensors")
     from safetensors.torch import save
 
+    if max_elements is not None:
+        total = sum(math.prod(t.shape) for t in compressed.tensors.values() if not isinstance(t, Alias))
+        total += sum(math.prod(compressed.tensors[t.target].shape) for t in compressed.tensors.values()
+                     if isinstance(t, Alias))  # fmt: skip
+        if total > max_elements:
+            raise FormatError(
+                f"the safetensors file would hold {total} entries (aliases written out as copies), more than "
+                f"{max_elements}; pass a larger max_elements (--max-elements) if you trust this file"
+            )
     seen: set[int] = set()
     tensors = {}
     for name, t in compressed.state_dict().items():

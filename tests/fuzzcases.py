@@ -3,8 +3,10 @@
 Used by tests/test_fuzz.py (a bounded slice in every CI run) and benchmarks/fuzz.py (long runs).
 A case passes when ``decode`` raises FormatError with a one-line message, or when the file decodes,
 describes and re-encodes, with every decoded tensor of exactly the shape the header declares.
-Anything else fails: another exception, a multi-line message, or a case slower than ``LIMIT``
-seconds (a SIGALRM timer turns a hang into a failure).
+Anything else fails: another exception, a multi-line message, a case of at most 1 MB that takes
+more than ``LIMIT`` seconds of CPU time (the better of two runs when the first is over; a SIGALRM
+timer turns a hang into a failure) or whose peak
+resident memory grows by more than ``MEMORY_MIB`` (from /proc/self/status, the peak reset per case).
 
 The hostile files themselves come from fuzzgen.py.
 """
@@ -22,6 +24,7 @@ import tracemalloc
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,10 +37,15 @@ from fisherpack.fpk import container as fpk
 from fisherpack.fpk.tensors import Alias, Compressed, QuantTensor, RawTensor
 
 PRE = struct.Struct("<8sHIQ")
-LIMIT = 2.0  # seconds per case; the sample files decode in milliseconds
+# Issue 16: no file up to 1 MB may cost more than LIMIT seconds or MEMORY_MIB to decode or refuse.
+# Time is the process's CPU time (time.process_time), so that other jobs on a shared machine do not
+# count; the SIGALRM timer only turns a hang into a failure after HANG seconds of wall time.
+LIMIT, HANG, MAX_FILE = 1.0, 10.0, 1 << 20
+MEMORY_MIB = 512  # peak resident growth per case, read from /proc (no check where there is none)
 COUNTS: Counter = Counter()  # family -> cases checked, reported at the end of the pytest session
 OUTCOMES: Counter = Counter()  # "error" / "decoded"
 SLOWEST: dict[str, float] = {}  # family -> slowest case, seconds
+SLOWEST_CASE: tuple[str, float] = ("none", 0.0)  # the family and time of the slowest case of all
 
 
 # ---------------------------------------------------------------- sample files
@@ -134,7 +142,7 @@ def _one_line(exc: FormatError) -> None:
     assert msg and "\n" not in msg, f"FormatError message is not one line: {msg!r}"
 
 
-def check(data: bytes, limit: float = LIMIT) -> str:
+def check(data: bytes, limit: float = HANG) -> str:
     """'error' or 'decoded' (see the module docstring); AssertionError or the stray exception otherwise."""
     # The timer repeats every 0.1 s after the limit: an alarm that lands where Python ignores
     # exceptions (a gc callback, a __del__) is followed by another one.
@@ -159,27 +167,77 @@ def check(data: bytes, limit: float = LIMIT) -> str:
         signal.setitimer(signal.ITIMER_REAL, 0)
 
 
-def run(family: str, cases: Iterable[bytes], expect: str | None = None, limit: float = LIMIT) -> Counter:
+def within_limits(what: str, size: int | None, cpu: float, grown: float | None) -> None:
+    """AssertionError if a case of ``size`` bytes (at most MAX_FILE; None: known to be) cost more than
+    LIMIT or MEMORY_MIB."""
+    if size is None or size <= MAX_FILE:
+        what = what if size is None else f"{what} ({size} bytes)"
+        assert cpu <= LIMIT, f"{what}: {cpu:.2f} s of CPU, limit {LIMIT} s"
+        assert grown is None or grown <= MEMORY_MIB, f"{what}: {grown:.0f} MiB, limit {MEMORY_MIB}"
+
+
+def run(family: str, cases: Iterable[bytes], expect: str | None = None, limit: float = HANG) -> Counter:
     """Check every case, count it under ``family``; ``expect`` requires one outcome for all."""
     seen: Counter = Counter()
     with bounded():
         for i, data in enumerate(cases):
-            start = time.perf_counter()
+            before = peak_reset()
+            start = time.process_time()
             try:
                 outcome = check(data, limit)
             except BaseException as exc:
                 raise AssertionError(f"{family} case {i} ({len(data)} bytes): {exc!r}") from exc
+            cpu = time.process_time() - start
+            if cpu > LIMIT:  # a loaded machine only adds time: the better of two runs is the case's cost
+                start = time.process_time()
+                check(data, limit)
+                cpu = min(cpu, time.process_time() - start)
+            within_limits(f"{family} case {i}", len(data), cpu, peak_growth(before))
             if expect is not None:
                 assert outcome == expect, f"{family} case {i}: {outcome}, expected {expect}"
-            SLOWEST[family] = max(SLOWEST.get(family, 0.0), time.perf_counter() - start)
+            note(family, outcome, cpu, count=False)
             seen[outcome] += 1
     COUNTS[family] += sum(seen.values())
     OUTCOMES.update(seen)
     return seen
 
 
-def measure(data: bytes, limit: float = 60.0, traced: bool = True) -> tuple[str, float, float]:
-    """(outcome, peak MiB traced by tracemalloc, seconds) of decoding ``data`` and dequantizing it.
+def note(family: str, outcome: str, seconds: float, count: bool = True) -> None:
+    """Record one case's time (and, with ``count``, its outcome) for the report."""
+    global SLOWEST_CASE
+    SLOWEST[family] = max(SLOWEST.get(family, 0.0), seconds)
+    if seconds > SLOWEST_CASE[1] and "xfail" not in family:  # a known failure is listed, not the headline
+        SLOWEST_CASE = (family, seconds)
+    if count:
+        COUNTS[family] += 1
+        OUTCOMES[outcome] += 1
+
+
+def _kib(field: str) -> int | None:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return None
+
+
+def peak_reset() -> int | None:
+    """Reset the process's peak resident memory to its current size (KiB); None where unsupported."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return None
+    return _kib("VmRSS")
+
+
+def peak_growth(before: int | None) -> float | None:
+    """MiB the peak resident memory grew since :func:`peak_reset` returned ``before``."""
+    peak = _kib("VmHWM") if before is not None else None
+    return None if peak is None else (peak - before) / 1024
+
+
+def measure(data: bytes, limit: float = 60.0, traced: bool = True, count: bool = True) -> tuple[str, float, float]:
+    """(outcome, peak MiB traced by tracemalloc, CPU seconds) of decoding ``data`` and dequantizing it.
 
     tracemalloc sees Python objects and numpy buffers: what the decoder asks for, whether or not
     the pages are ever touched (so it is an upper bound on the resident memory it costs). It slows
@@ -188,7 +246,7 @@ def measure(data: bytes, limit: float = 60.0, traced: bool = True) -> tuple[str,
     gc.collect()
     if traced:
         tracemalloc.start()
-    start = time.perf_counter()
+    start = time.process_time()
     with bounded():
         signal.setitimer(signal.ITIMER_REAL, limit, 0.1)
         try:
@@ -203,20 +261,20 @@ def measure(data: bytes, limit: float = 60.0, traced: bool = True) -> tuple[str,
             signal.setitimer(signal.ITIMER_REAL, 0)
             peak = tracemalloc.get_traced_memory()[1] / 2**20 if traced else 0.0
             tracemalloc.stop()
-    seconds = time.perf_counter() - start
-    COUNTS["bombs"] += 1
-    OUTCOMES[outcome] += 1
-    SLOWEST["bombs"] = max(SLOWEST.get("bombs", 0.0), seconds)
+    seconds = time.process_time() - start
+    if count:
+        note("bombs", outcome, seconds)
     return outcome, peak, seconds
 
 
 def report() -> str:
     """One line per family plus a total, for the terminal summary."""
     lines = [
-        f"  {family:<38} {n:>7} cases  slowest {SLOWEST.get(family, 0) * 1000:7.1f} ms"
+        f"  {family:<38} {n:>7} cases  slowest {SLOWEST.get(family, 0) * 1000:7.1f} ms CPU"
         for family, n in sorted(COUNTS.items())
     ]
     total = sum(COUNTS.values())
     lines.append(f"  {'total':<38} {total:>7} cases  ({OUTCOMES['error']} FormatError, "
                  f"{OUTCOMES['decoded']} decoded to the declared shapes, 0 other outcomes)")  # fmt: skip
+    lines.append(f"  slowest case: {SLOWEST_CASE[0]}, {SLOWEST_CASE[1] * 1000:.1f} ms of CPU time")
     return "\n".join(lines)

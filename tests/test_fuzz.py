@@ -16,6 +16,7 @@ import json
 import os
 
 import fuzzcases as fz
+import fuzzcost as fc
 import fuzzgen as fg
 import numpy as np
 import pytest
@@ -194,7 +195,7 @@ def test_generated_headers(header, data):
 # Each bomb: the expected outcome, and a bound on what decoding it may allocate (tracemalloc peak, in
 # MiB), or None where the bomb is about time (many small objects: tracemalloc would slow it tenfold).
 BOMBS = {
-    "header: 2**20 empty lists": ("decoded", 96),
+    "header: empty lists up to the separator cap": ("decoded", 96),
     "header: 64 MiB of empty lists": ("error", (HEADER_CAP >> 20) + 16),
     "header: 64 MiB string": ("decoded", (2 * HEADER_CAP >> 20) + 16),
     "header: 65 MiB (over the cap)": ("error", (HEADER_CAP >> 20) + 16),
@@ -202,26 +203,78 @@ BOMBS = {
     "quant: one entry over the default": ("error", 1),
     "rans: 64 symbols per byte, 1 symbol": ("error", None),
     "raw: zlib of 256 MiB": ("decoded", 320),
-    "header: 100k empty raw tensors": ("decoded", None),
-    "header: 150k aliases": ("decoded", None),
+    "header: empty raw tensors up to the cap": ("decoded", None),
+    "header: aliases up to the cap": ("decoded", None),
     "quant: 0 of 2**28 kept, 64 KiB file": ("decoded", 1300),
 }
 
 
 def test_bombs_are_refused_or_cost_what_their_size_allows(record_property):
-    """Each bomb decodes or is refused within 30 s (a few seconds unloaded) and within its budget.
+    """Each bomb (all are files under 1 MB) decodes or is refused within a second of CPU time and
+    512 MiB of resident memory, and within its tracemalloc budget (what it asks for, touched or not).
     benchmarks/fuzz.py --memory measures the resident memory of each in a fresh process."""
     bombs = fg.bombs()
     assert set(bombs) == set(BOMBS)
     for name, data in bombs.items():
         expected, budget = BOMBS[name]
-        outcome, peak, seconds = fz.measure(data, limit=30, traced=budget is not None)
-        record_property(name, f"{len(data)} bytes, peak {peak:.1f} MiB, {seconds:.2f} s")
+        before = fz.peak_reset()
+        outcome, _, seconds = fz.measure(data, limit=30, traced=False)
+        grown = fz.peak_growth(before)
+        if seconds > fz.LIMIT:  # a loaded machine only adds time: the better of two runs is the cost
+            seconds = min(seconds, fz.measure(data, limit=30, traced=False, count=False)[2])
+        fz.within_limits(name, len(data), seconds, grown)
+        if budget is not None:  # tracemalloc slows the decoder: a second, traced run for memory only
+            _, peak, _ = fz.measure(data, limit=30, count=False)
+            assert peak < budget, f"{name}: {peak:.0f} MiB allocated, budget {budget} MiB"
+        record_property(name, f"{len(data)} bytes, {seconds:.2f} s CPU")
         assert outcome == expected, name
-        assert budget is None or peak < budget, f"{name}: {peak:.0f} MiB allocated, budget {budget} MiB"
 
 
-EXPECTED_TESTS = 1 + 7 * len(FILES) + 2 + 1 + 1 + 1  # the tests of this file, parametrizations included
+# ---------------------------------------------------------------- cost attacks (issue 16)
+
+COST = fc.files()
+
+
+def _cost(family: str, fn, record_property) -> str:
+    outcome, seconds, mib = fc.measure(fn)
+    if seconds > fc.LIMIT_SECONDS:  # a loaded machine only adds time: the better of two runs is the cost
+        seconds = min(seconds, fc.measure(fn)[1])
+    fz.note(family, outcome, seconds)
+    record_property(family, f"{outcome}, {seconds:.3f} s CPU, {mib} MiB")
+    fz.within_limits(family, None, seconds, mib)  # every cost-attack file is at most 1 MB
+    return outcome
+
+
+@pytest.mark.parametrize("name", sorted(COST))
+def test_cost_attacks_take_at_most_a_second_and_512_mib(name, record_property):
+    data = COST[name]
+    _cost(f"cost: {name}", lambda: fc.every_reader(data), record_property)
+
+
+@pytest.mark.xfail(reason="issue 12 replaces the entropy coder", strict=False)
+def test_many_tiny_rans_streams_take_at_most_a_second(record_property):
+    data = fc.tiny_rans_streams()
+    assert len(data) <= fc.MAX_FILE
+    assert len(fpk.describe(data)["tensors"]) == 15_000  # within the separator cap: the streams are reached
+    _cost("cost: 15k tiny rANS streams (xfail: issue 12)", lambda: fc.every_reader(data), record_property)
+
+
+@pytest.mark.parametrize(("tail", "expected"), [(0, "decoded"), (300 << 20, "error"), (None, "error")])
+def test_a_pipe_is_read_no_further_than_its_header_says(tail, expected, record_property):
+    label = "endless zeros" if tail is None else f"{tail >> 20} MiB" if tail else "nothing"
+    family = f"cost: pipe, the LeNet-5 file then {label}"
+    assert _cost(family, fc.read_through_pipe(fz.lenet5_file(), tail), record_property) == expected
+
+
+def test_a_pipe_that_claims_2_64_bytes_is_refused_before_reading(record_property):
+    data = bytearray(fz.lenet5_file()[: fz.PRE.size])
+    data[14:22] = (2**64 - 1).to_bytes(8, "little")  # the payload length
+    family = "cost: pipe, a preamble claiming 2**64 bytes, then 1 GiB"  # not endless: a regression stays bounded
+    assert _cost(family, fc.read_through_pipe(bytes(data), 1 << 30), record_property) == "error"
+
+
+# the tests of this file, parametrizations included
+EXPECTED_TESTS = 1 + 7 * len(FILES) + 2 + 1 + 1 + 1 + len(COST) + 1 + 3 + 1
 
 
 def test_at_least_10000_cases_ran(request):

@@ -10,12 +10,13 @@ from typing import Any
 
 from .. import data, dist, models, pipeline
 from ..bench import environment, sensitivity, sweep
+from ..config import CRITERIA
 from ..errors import ConfigError, FisherpackError
 from ..fpk.fileio import atomic_write_bytes, check_writable
-from ..prune import CRITERIA
 from ..train import evaluate
 from . import anymodel as cli_anymodel
 from .common import Bar as _Bar
+from .common import add_force_flag, out_path
 from .common import log as _log
 
 __all__ = ["add_sensitivity_parser", "add_sweep_parser"]
@@ -38,8 +39,8 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
         seed=seed,
         rank_by=args.rank_by,
     )
-    if args.plot:
-        check_writable(Path(args.plot))
+    if args.plot is not None:
+        check_writable(out_path(args.plot, "", "--plot"), overwrite=args.force, inputs=filter(None, [args.checkpoint]))
     ckpt = pipeline.load_training_checkpoint(args.checkpoint) if args.checkpoint else None
     x_train, y_train, _, _ = data.load(args.data_dir, log=_log).tensors()
     x_fit, y_fit, x_val, y_val = data.split_validation(x_train, y_train, args.val, seed)
@@ -116,6 +117,7 @@ def add_sensitivity_parser(sub: argparse._SubParsersAction) -> None:
     )
     q.add_argument("--json", action="store_true", help="print one JSON object")
     q.add_argument("--plot", help="write a PNG scatter plot (predicted vs measured, log-log) to this file")
+    add_force_flag(q)
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.add_argument("--data-dir", help="folder with MNIST-format idx files (default: fetch MNIST into a cache)")
     q.add_argument("--data", metavar="PKG.MOD:FN", help="your model's train/val splits (with --model PKG.MOD:FACTORY)")
@@ -135,7 +137,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     suffix = "_quick" if args.quick else ""
     paths = {name: out_dir / f"sweep_{name}{suffix}.json" for name in names}
     for path in paths.values():
-        check_writable(path)
+        check_writable(path, overwrite=args.force)
     parts = [_read_part(Path(other)) for other in args.merge]  # bad parts fail before any work
     runner = sweep.Sweep(data.load(args.data_dir, log=_log), Path(args.workdir))
     for name in names:
@@ -242,6 +244,7 @@ def add_sweep_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--out", default="benchmarks/results", help="folder for the JSON results and PNG plots")
     q.add_argument("--workdir", default="benchmarks/work", help="folder for cached base models")
     q.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    add_force_flag(q)
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.add_argument("--data-dir", help="folder with MNIST-format idx files (default: fetch MNIST into a cache)")
     q.add_argument(

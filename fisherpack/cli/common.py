@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from .. import dist
+from ..errors import ConfigError
 
-__all__ = ["Parser", "Bar", "log", "on_rank0", "table"]
+__all__ = ["Parser", "Bar", "log", "on_rank0", "table", "out_path", "add_force_flag", "RANGES", "check_ranges"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -62,3 +64,32 @@ def on_rank0(what: str, *actions: Callable[[], object]) -> None:
 def table(rows: list[tuple[str, str]]) -> str:
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def out_path(value: str | None, default: str | Path, flag: str = "--out") -> Path:
+    """The output named by ``flag``, or ``default`` when the flag was not given; an empty name is an error."""
+    if value == "":
+        raise ConfigError(f"{flag} is empty; give a file name")
+    return Path(default if value is None else value)
+
+
+def add_force_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--force", action="store_true", help="replace a read-only output file or a symlink named as output")
+
+
+# Numeric flags: (smallest, largest) allowed, checked before any work. Bounds far beyond any sensible
+# run keep absurd values from reaching torch, numpy or a plan built in memory as tracebacks.
+RANGES: dict[str, tuple[float, float]] = {
+    "threads": (1, 1024), "timeout": (0.001, 1e7), "seed": (0, 2**32 - 1), "epochs": (0, 10_000),
+    "rounds": (1, 1000), "finetune_epochs": (0, 10_000), "augment": (0, 8), "distill": (0, 1),
+    "max_elements": (1, 2**34), "fisher_samples": (1, 10**7), "val": (1, 10**7),
+}  # fmt: skip
+
+
+def check_ranges(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    for key, (lo, hi) in RANGES.items():
+        value = getattr(args, key, None)
+        if value is not None and not lo <= value <= hi:  # NaN compares False: refused too
+            lo_, hi_ = (int(b) if float(b).is_integer() else b for b in (lo, hi))
+            got = str(value) if len(str(value)) <= 24 else f"{str(value)[:20]}... ({len(str(value))} digits)"
+            parser.error(f"--{key.replace('_', '-')} must be in {lo_}..{hi_}, got {got}")

@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import io
 import json
+import math
 import os
 import sys
 import time
@@ -28,7 +29,7 @@ from ..compression import load_into, summary
 from ..config import ALLOCATIONS, CRITERIA, FISHER_SOURCES, SCOPES, CompressConfig, PipelineConfig
 from ..errors import ConfigError, FisherpackError
 from ..fpk import container as format
-from ..fpk.fileio import atomic_write_bytes, check_writable
+from ..fpk.fileio import atomic_write_bytes, check_writable, shown
 from ..train import evaluate
 from ..version import __version__
 from . import anymodel as cli_anymodel
@@ -37,6 +38,7 @@ from . import naming as usermodel
 from . import usermodel as cli_usermodel
 from .common import Bar as _Bar
 from .common import Parser as _Parser
+from .common import add_force_flag, check_ranges, out_path
 from .common import log as _log
 from .common import on_rank0 as _on_rank0
 from .common import table as _table
@@ -71,7 +73,7 @@ def _compress_config(args: argparse.Namespace, base: CompressConfig) -> Compress
 def _pipeline_config(args: argparse.Namespace) -> PipelineConfig:
     cfg = pipeline.default_config(args.model)
     changes: dict[str, Any] = {"compress": _compress_config(args, cfg.compress)}
-    for key in ("seed", "epochs", "rounds", "finetune_epochs", "fisher", "augment", "distill"):
+    for key in ("seed", "epochs", "rounds", "finetune_epochs", "fisher", "augment", "distill", "fisher_samples"):
         if getattr(args, key, None) is not None:
             changes[key] = getattr(args, key)
     return cfg.replace(**changes)
@@ -79,7 +81,7 @@ def _pipeline_config(args: argparse.Namespace) -> PipelineConfig:
 
 def _figures_table(fig: dict[str, Any]) -> str:
     rows = [
-        ("model", str(fig.get("model", "?"))),
+        ("model", shown(str(fig.get("model", "?")))),
         ("params", f"{fig['params']:,}"),
         ("kept (non-zero)", f"{fig['nonzero_params']:,} ({fig['kept_fraction']:.2%})"),
         ("average code bits", f"{fig['avg_bits']:.2f}"),
@@ -100,7 +102,8 @@ def _evaluate_file(
     test: tuple[torch.Tensor, torch.Tensor] | None = None,
     max_elements: int | None = None,
 ) -> dict[str, Any]:
-    compressed = format.load(path, max_elements=max_elements)
+    raw = format.read_bytes(path)  # its length, not the path's size: a pipe has none
+    compressed = format.decode(raw, max_elements=max_elements)
     name = compressed.meta.get("model")
     if name not in models.MODELS:
         raise ConfigError(
@@ -108,8 +111,8 @@ def _evaluate_file(
             "evaluate it with --model package.module:factory and --data or --data-dir"
         )
     model = load_into(models.build(name), compressed)
-    x_test, y_test = test if test is not None else data.load(data_dir, log=_log).tensors()[2:]
-    fig = {"model": name, **summary(compressed, path.stat().st_size)}
+    x_test, y_test = test if test is not None else data.load_test(data_dir, log=_log)
+    fig = {"model": name, **summary(compressed, len(raw))}
     fig["test_error"], fig["test_loss"] = evaluate(model, x_test, y_test)
     return fig
 
@@ -118,12 +121,12 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     if usermodel.is_spec(args.model):  # your own model: see cli_anymodel
         return cli_anymodel.reproduce(args, _compress_config, _log)
     cfg = _pipeline_config(args)
-    out = Path(args.out or f"{cfg.model}.fpk")
+    out = out_path(args.out, f"{cfg.model}.fpk")
     _on_rank0(
-        f"checking {out}",
-        lambda: check_writable(out),
-        lambda: check_writable(Path(f"{out}.json")),
-        lambda: check_writable(Path(f"{out}.ckpt")),
+        f"checking {shown(out)}",
+        lambda: check_writable(out, overwrite=args.force),
+        lambda: check_writable(Path(f"{out}.json"), overwrite=args.force),
+        lambda: check_writable(Path(f"{out}.ckpt"), overwrite=args.force),
     )
     started = time.perf_counter()
     x_train, y_train, x_test, y_test = data.load(args.data_dir, log=_log).tensors()
@@ -148,7 +151,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         atomic_write_bytes(Path(f"{out}.json"), (json.dumps(fig, indent=2, sort_keys=True) + "\n").encode())
         ckpt.unlink(missing_ok=True)
         print(_figures_table(fig))
-        print(f"wrote {out} and {out}.json")
+        print(f"wrote {shown(out)} and {shown(out)}.json")
 
     _on_rank0(f"evaluating {out}", finish)
     return 0
@@ -156,8 +159,12 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = _pipeline_config(args)
-    out = Path(args.out or f"{cfg.model}.pt")
-    _on_rank0(f"checking {out}", lambda: check_writable(out), lambda: check_writable(Path(f"{out}.ckpt")))
+    out = out_path(args.out, f"{cfg.model}.pt")
+    _on_rank0(
+        f"checking {shown(out)}",
+        lambda: check_writable(out, overwrite=args.force),
+        lambda: check_writable(Path(f"{out}.ckpt"), overwrite=args.force),
+    )
     x_train, y_train, x_test, y_test = data.load(args.data_dir, log=_log).tensors()
     bar = _Bar(not args.quiet and dist.rank() == 0)
     ckpt = Path(f"{out}.ckpt")
@@ -176,10 +183,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         },
         buf,
     )
-    _on_rank0(f"writing {out}", lambda: atomic_write_bytes(out, buf.getvalue()), lambda: ckpt.unlink(missing_ok=True))
+    _on_rank0(
+        f"writing {shown(out)}", lambda: atomic_write_bytes(out, buf.getvalue()), lambda: ckpt.unlink(missing_ok=True)
+    )
     print(
         _table(
-            [("model", cfg.model), ("test error", f"{outcome.figures['test_error_before']:.2%}"), ("wrote", str(out))]
+            [("model", cfg.model), ("test error", f"{outcome.figures['test_error_before']:.2%}"), ("wrote", shown(out))]
         )
     )
     return 0
@@ -193,16 +202,20 @@ def cmd_compress(args: argparse.Namespace) -> int:
         raise ConfigError("give a checkpoint: fisherpack compress CKPT (or --model PKG.MOD:FACTORY --checkpoint CKPT)")
     ckpt = pipeline.load_training_checkpoint(args.checkpoint)
     cfg = _pipeline_config(argparse.Namespace(**{**vars(args), "model": ckpt["model"]}))
-    out = Path(args.out or Path(args.checkpoint).with_suffix(".fpk"))
-    _on_rank0(f"checking {out}", lambda: check_writable(out), lambda: check_writable(Path(f"{out}.ckpt")))
+    out = out_path(args.out, Path(args.checkpoint).with_suffix(".fpk"))
+    _on_rank0(
+        f"checking {shown(out)}",
+        lambda: check_writable(out, overwrite=args.force, inputs=[args.checkpoint]),
+        lambda: check_writable(Path(f"{out}.ckpt"), overwrite=args.force, inputs=[args.checkpoint]),
+    )
     x_train, y_train, _, _ = data.load(args.data_dir, log=_log).tensors() if cfg.fisher != "adam" else (None,) * 4
     progress = Path(f"{out}.ckpt")  # a Fisher estimated from data survives a killed run
     compressed = pipeline.compress_checkpoint(ckpt, cfg, x_train, y_train, checkpoint=progress)
     size, _ = dist.save(compressed, out, entropy=cfg.compress.entropy)
-    _on_rank0(f"removing {progress}", lambda: progress.unlink(missing_ok=True))
+    _on_rank0(f"removing {shown(progress)}", lambda: progress.unlink(missing_ok=True))
     fig = {"model": cfg.model, **summary(compressed, size)}
     print(_figures_table(fig))
-    print(f"wrote {out}")
+    print(f"wrote {shown(out)}")
     return 0
 
 
@@ -211,7 +224,7 @@ def _compress_user(args: argparse.Namespace) -> int:
     compressed, out = cli_usermodel.compress_user(args, config, _log)
     size = format.save(compressed, out, entropy=config.entropy)
     print(_figures_table({"model": args.user_model, **summary(compressed, size)}))
-    print(f"wrote {out}")
+    print(f"wrote {shown(out)}")
     return 0
 
 
@@ -221,13 +234,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
         fig = cli_usermodel.evaluate(path, args, _log)
     else:
         fig = _evaluate_file(path, args.data_dir, max_elements=args.max_elements)
+    if not math.isfinite(fig["test_loss"]):  # NaN or inf logits: the argmax, and so the error, means little
+        _log(f"fisherpack: warning: the model's outputs on the test set are not all finite (mean loss "
+             f"{fig['test_loss']}); the file holds NaN or inf values, or its weights overflow float32")  # fmt: skip
     print(json.dumps(fig, sort_keys=True) if args.json else _figures_table(fig))
     return 0
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     path = Path(args.file)
-    described = format.describe(format.read_bytes(path), max_elements=args.max_elements)
+    data = format.read_bytes(path)
+    format.decode(data, max_elements=args.max_elements)  # every stream checked as load checks it
+    described = format.describe(data, max_elements=args.max_elements)
     if args.json:
         print(json.dumps(described, sort_keys=True))
         return 0
@@ -238,10 +256,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         kept = f"{t['kept'] / max(t['numel'], 1):.1%}" if "kept" in t else t["kind"]
         bits = ",".join(str(g["bits"]) for g in t.get("groups", [])) or t.get("dtype", "")
         encs = " ".join(f"{s['role']}:{s['encoding']}" for s in t.get("streams", []))
-        lines.append(f"{t['name']:<24} {shape:<16} {kept:>8} {bits:<12} {t['bytes']:>9,}  {encs}")
+        lines.append(f"{shown(t['name']):<24} {shape:<16} {kept:>8} {bits:<12} {t['bytes']:>9,}  {encs}")
     lines.append(f"file: {described['file_bytes']:,} bytes, header {described['header_bytes']:,} bytes")
-    lines.append(f"model: {described['meta'].get('model', '?')}")
-    lines.append(cli_usermodel.compressed_line(described["tensors"]))  # issue 11: what was compressed
+    lines.append(f"model: {shown(described['meta'].get('model', '?'))}")
+    lines.append(cli_usermodel.compressed_line(described["tensors"]))  # what was compressed
     print("\n".join(lines))
     return 0
 
@@ -272,6 +290,7 @@ def _parser() -> argparse.ArgumentParser:
         q.add_argument("--seed", type=int, help="random seed (default 0)")
         q.add_argument("--epochs", type=int, help="training epochs")
         q.add_argument("--quiet", action="store_true", help="no progress bar")
+        add_force_flag(q)
         data_flag(q)
 
     q = sub.add_parser("reproduce", help="train, prune, quantize, write and check a file (the main job)")
@@ -293,6 +312,7 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("checkpoint", nargs="?", help="checkpoint written by fisherpack train")
     q.add_argument("--out", help="output file (default: CHECKPOINT with .fpk)")
     q.add_argument("--fisher", choices=FISHER_SOURCES, help="Fisher estimator (default: adam)")
+    add_force_flag(q)
     data_flag(q)
     _add_compress_flags(q)
     cli_usermodel.add_model_flags(q, checkpoint=True)
@@ -309,7 +329,7 @@ def _parser() -> argparse.ArgumentParser:
     cli_usermodel.add_model_flags(q)
     q.set_defaults(func=cmd_eval)
 
-    q = sub.add_parser("inspect", help="per-tensor layout of a file")
+    q = sub.add_parser("inspect", help="per-tensor layout of a file (checked as load checks it)")
     q.add_argument("file")
     q.add_argument("--json", action="store_true", help="print one JSON object")
     q.add_argument("--max-elements", type=int, help="entries a file may declare (default: 4096 per byte of file, "
@@ -322,9 +342,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.threads < 1:
-        _parser().error(f"--threads must be >= 1, got {args.threads}")
+    parser = _parser()
+    args = parser.parse_args(argv)
+    check_ranges(args, parser)
     torch.set_num_threads(args.threads)
     owned = not dist.active()  # a group the caller set up is theirs to close
     try:
@@ -340,6 +360,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # output piped into `head` and the like
         os._exit(1)
+    except MemoryError:
+        print("fisherpack: error: out of memory; use smaller settings or a machine with more memory", file=sys.stderr)
+        return 1
     except OSError as exc:
         where = f": {exc.filename}" if exc.filename else ""
         print(f"fisherpack: error: {exc.strerror or exc}{where}", file=sys.stderr)

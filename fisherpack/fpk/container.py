@@ -12,18 +12,17 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 import struct
 import zlib
 
 import numpy as np
 import torch
 
-from ..errors import ConfigError, FisherpackError, FormatError
+from ..errors import ConfigError, FormatError
 from . import bits as pack
 from . import entropy as rans
 from .fileio import atomic_write_bytes
-from .header import DTYPES, MAGIC, MAX_ANS_BITS, MAX_NAME, PRE, VERSION, check_preamble, inflate, split, validate
+from .header import DTYPES, MAGIC, MAX_ANS_BITS, MAX_NAME, PRE, VERSION, inflate, read_bytes, split, validate
 from .tensors import Alias, Compressed, QuantTensor, RawTensor
 
 __all__ = ["MAGIC", "VERSION", "DTYPES", "encode", "decode", "save", "read_bytes", "load", "describe"]
@@ -257,25 +256,6 @@ def decode(data: bytes, max_elements: int | None = None) -> Compressed:
         else:
             tensors[e["name"]] = _decode_quant(e, blobs)
     return Compressed(tensors, meta)
-
-
-def read_bytes(path: str | os.PathLike) -> bytes:
-    """The bytes of a file for :func:`decode` / :func:`describe`; FisherpackError if it cannot be read.
-
-    Only a file whose 22-byte preamble is valid and matches the file's size is read further, so a
-    huge file of another kind, or a damaged one, fails fast instead of being read into memory.
-    """
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read(PRE.size)
-            st = os.fstat(fh.fileno())
-            if data[:8] != MAGIC or len(data) < PRE.size:
-                return data  # decode says what is wrong
-            if stat.S_ISREG(st.st_mode):
-                check_preamble(data, st.st_size)
-            return data + fh.read()
-    except OSError as exc:
-        raise FisherpackError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 def load(path: str | os.PathLike, max_elements: int | None = None) -> Compressed:

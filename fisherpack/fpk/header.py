@@ -12,18 +12,21 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
+import stat
 import struct
 import zlib
 from typing import Any
 
 import torch
 
-from ..errors import FormatError
+from ..errors import FisherpackError, FormatError
 from .tensors import GRIDS, MAX_BITS, MAX_EXP, MAX_GROUPS, MIN_EXP
 
 __all__ = ["MAGIC", "VERSION", "PRE", "DTYPES", "MAX_ANS_BITS", "MAX_NAME", "HEADER_CAP", "MAX_SEPARATORS"]
 __all__ += ["MAX_ELEMENTS", "ELEMENTS_PER_BYTE", "MIN_ELEMENTS", "default_max_elements"]
-__all__ += ["inflate", "check_preamble", "split", "parse", "validate"]
+__all__ += ["inflate", "check_preamble", "read_bytes", "split", "parse", "validate"]
 
 MAGIC = b"\x89FPK\r\n\x1a\n"
 VERSION = 1
@@ -31,11 +34,14 @@ PRE = struct.Struct("<8sHIQ")  # magic, version, header length, payload length
 MAX_NAME, MAX_NDIM, MAX_ANS_BITS = 1024, 8, 12
 # Caps that bound a reader's memory whatever the file says (docs/FORMAT.md section 9).
 HEADER_CAP = 64 << 20  # bytes of decompressed header text
+MAX_STREAM = 4 << 30  # bytes a reader takes from a pipe or device (a regular file's size is checked instead)
 # The JSON parser builds an object of up to ~70 bytes per value, and a value costs as little as one
 # byte of text ("[]," or "{},"): capping the separators "[ { , :" caps the values, so a 64 MiB header
-# of empty lists (a 65 KB file) parses into ~70 MB instead of 1.6 GB. A 16-group quant entry has
-# ~270 separators, a raw one ~12: the cap leaves room for thousands of tensors.
-MAX_SEPARATORS = 1 << 20
+# of empty lists (a 65 KB file) parses into ~35 MB instead of 1.6 GB. It also caps the entries a
+# header may list, and so the validator's and decoder's per-entry work: with 2**19 the most entries
+# a file can list (~30k raw tensors, ~75k aliases) decode in well under a second. A 16-group quant
+# entry has ~270 separators, a raw one ~16: the cap leaves room for ~1,900 of the former.
+MAX_SEPARATORS = 1 << 19
 # Entries (numel) of all tensors. A sparse tensor's dropped tail costs no bytes, so a tiny file could
 # declare 2**28 entries; by default a file may declare 4096 per byte of its size (a 1 KB file at
 # most 4M entries, ~20 MB decoded; a real LeNet-5 pruned to 2% has ~35 per byte), at least 2**20 and
@@ -99,6 +105,43 @@ def check_preamble(data: bytes, size: int) -> int:
     return expected
 
 
+def read_bytes(path: str | os.PathLike) -> bytes:
+    """The bytes of a .fpk file, read no further than its preamble says; FisherpackError if unreadable.
+
+    A regular file is read only if its size matches the preamble, so a huge file of another kind or
+    a damaged one fails fast. A pipe or device is read in 1 MiB steps up to one byte past the size
+    the preamble declares, so a file followed by more bytes (or an endless stream) is refused after
+    that byte, never read to its end; memory follows the bytes actually sent.
+    """
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(PRE.size)  # a buffered read waits for all 22 bytes or the end of a pipe
+            if data[:8] != MAGIC or len(data) < PRE.size:
+                return data  # split() says what is wrong
+            if stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                check_preamble(data, os.fstat(fh.fileno()).st_size)
+                return data + fh.read()
+            _, _, hlen, plen = PRE.unpack_from(data)
+            want, out = PRE.size + hlen + plen + 4, bytearray(data)
+            if want > MAX_STREAM:  # an endless stream could otherwise claim 2**64 bytes and be read on
+                raise FormatError(
+                    f"{path} declares {want} bytes, more than {MAX_STREAM} read from a pipe; save it to a file"
+                )
+            while len(out) <= want:
+                chunk = fh.read(min(1 << 20, want + 1 - len(out)))
+                if not chunk:
+                    break
+                out += chunk
+            check_preamble(bytes(out[: PRE.size]), len(out))  # says "truncated" or "longer than its header"
+            return bytes(out)
+    except MemoryError:
+        raise FormatError(f"{path} declares more bytes than this machine can hold in memory") from None
+    except OSError as exc:
+        if isinstance(exc, PermissionError):
+            raise FisherpackError(f"cannot read {path}: permission denied") from None
+        raise FisherpackError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
 def split(data: bytes) -> tuple[int, bytearray, memoryview]:
     """Check preamble, sizes and CRC; return (header length, inflated header bytes, payload view)."""
     data = data if isinstance(data, bytes) else bytes(data)
@@ -124,7 +167,8 @@ def _finite(text: str) -> float:
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
     obj = dict(pairs)
     if len(obj) != len(pairs):  # parsers disagree on which copy wins, so a file must not have two
-        key = next(k for i, (k, _) in enumerate(pairs) if any(k == k2 for k2, _ in pairs[:i]))
+        seen: set[str] = set()  # a set, not a rescan of earlier keys: linear in the object's size
+        key = next(k for k, _ in pairs if k in seen or seen.add(k))
         raise FormatError(f"bad header: key {key!r} appears twice in one JSON object")
     return obj
 
@@ -146,9 +190,26 @@ def parse(header: bytes | bytearray) -> Any:
     if isinstance(header, bytearray):
         header.clear()
     try:
-        return json.loads(text, parse_constant=_no_constant, parse_float=_finite, object_pairs_hook=_no_duplicates)
+        doc = json.loads(text, parse_constant=_no_constant, parse_float=_finite, object_pairs_hook=_no_duplicates)
     except (ValueError, RecursionError):
         raise FormatError("header is not valid UTF-8 JSON") from None
+    if _SURROGATE_ESCAPE.search(text):  # the only way a lone surrogate gets in: text is valid UTF-8
+        _no_surrogates(doc)
+    return doc
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _no_surrogates(doc: Any) -> None:
+    """FormatError if a string holds a lone UTF-16 surrogate (a JSON escape like \\ud800 alone): it is
+    not text, so printing or re-encoding it would fail. A pair (an escaped emoji) is fine."""
+    try:
+        json.dumps(doc, ensure_ascii=False, check_circular=False).encode("utf-8")  # C speed, linear
+    except RecursionError:
+        raise FormatError("header is not valid UTF-8 JSON") from None
+    except UnicodeEncodeError:
+        raise FormatError("bad header: a string holds a lone UTF-16 surrogate escape (like \\ud800)") from None
 
 
 def _check(ok: bool, msg: str) -> None:
@@ -166,6 +227,9 @@ def _is_int(v: Any, lo: int, hi: int) -> bool:
 
 def _keys(obj: Any, what: str, required: set[str], optional: frozenset[str] = frozenset()) -> None:
     _check(isinstance(obj, dict), f"{what} must be a JSON object")
+    keys = obj.keys()
+    if keys == required or (optional and required <= keys and keys <= required | optional):
+        return  # the common case, without building the sorted lists the messages need
     for k in sorted(set(obj) - required - optional):
         _check(False, f"{what} has unknown key {k!r}")
     for k in sorted(required - set(obj)):
@@ -174,7 +238,7 @@ def _keys(obj: Any, what: str, required: set[str], optional: frozenset[str] = fr
 
 def _stream(s: Any, what: str, encodings: dict[str, set[str]], limit: int) -> dict:
     _check(isinstance(s, dict) and _one_of(s.get("encoding"), encodings), f"{what} has an unknown encoding")
-    _keys(s, what, {"encoding", "length"} | encodings[s["encoding"]])
+    _keys(s, what, encodings[s["encoding"]])
     _check(_is_int(s["length"], 0, limit), f"{what} length is out of range")
     return s
 
@@ -201,7 +265,12 @@ _ENTRY_KEYS = {
     "raw": {"name", "kind", "dtype", "shape", "data"},
     "quant": {"name", "kind", "shape", "kept", "groups", "mask", "codes"},
 }
-_MASK_ENCODINGS = {"all": set(), "bitmap": set(), "gaps": {"width"}, "gaps_ans": {"buckets_length"}}
+# encoding -> every key its stream object has
+_MASK_ENCODINGS = {k: {"encoding", "length", *v} for k, v in
+                   {"all": (), "bitmap": (), "gaps": ("width",), "gaps_ans": ("buckets_length",)}.items()}  # fmt: skip
+_RAW_ENCODINGS = {"plain": {"encoding", "length"}, "zlib": {"encoding", "length"}}
+_SYMBOL_ENCODINGS = {"packed": {"encoding", "length"}, "ans": {"encoding", "length"}}
+_QUANT_OPTIONAL, _NONE = frozenset({"ids"}), frozenset()
 
 
 def validate(header: bytes | bytearray, plen: int, file_bytes: int, max_elements: int | None) -> tuple[Any, list[dict]]:
@@ -215,6 +284,9 @@ def validate(header: bytes | bytearray, plen: int, file_bytes: int, max_elements
     doc = parse(header)
     _keys(doc, "header", {"meta", "tensors"})
     _check(isinstance(doc["meta"], dict) and isinstance(doc["tensors"], list), "meta/tensors have the wrong type")
+    model = doc["meta"].get("model")
+    ok = model is None or (isinstance(model, str) and 1 <= len(model) <= MAX_NAME)
+    _check(ok, f"meta.model must be a string of 1..{MAX_NAME} characters")
     names: dict[str, str] = {}
     total_elements = total_length = 0
     for i, e in enumerate(doc["tensors"]):
@@ -223,7 +295,7 @@ def validate(header: bytes | bytearray, plen: int, file_bytes: int, max_elements
         _check(isinstance(name, str) and 1 <= len(name) <= MAX_NAME, f"tensor #{i} has a bad name")
         what = f"tensor {name!r}"
         _check(name not in names, f"{what} appears twice")
-        _keys(e, what, _ENTRY_KEYS[e["kind"]], frozenset({"ids"}) if e["kind"] == "quant" else frozenset())
+        _keys(e, what, _ENTRY_KEYS[e["kind"]], _QUANT_OPTIONAL if e["kind"] == "quant" else _NONE)
         names[name], e["_numel"], e["_streams"] = e["kind"], 0, []
         if e["kind"] == "alias":
             ok = _one_of(e["target"], names) and names[e["target"]] != "alias"
@@ -235,7 +307,7 @@ def validate(header: bytes | bytearray, plen: int, file_bytes: int, max_elements
             raise _too_many("the file", limit, shown_size)
         if e["kind"] == "raw":
             _check(_one_of(e["dtype"], DTYPES), f"{what} has an unknown dtype")
-            e["_streams"] = [_stream(e["data"], f"{what} data", {"plain": set(), "zlib": set()}, plen)]
+            e["_streams"] = [_stream(e["data"], f"{what} data", _RAW_ENCODINGS, plen)]
         else:
             _validate_quant(e, what, n, plen)
         total_length += sum(s["length"] for s in e["_streams"])
@@ -257,12 +329,11 @@ def _validate_quant(e: dict, what: str, n: int, plen: int) -> None:
         _check(_is_int(mask["width"], 0, 32), f"{what} gap width must be 0..32")
     if mask["encoding"] == "gaps_ans":
         _check(_is_int(mask["buckets_length"], 0, mask["length"]), f"{what} buckets_length out of range")
-    symbol_encodings = {"packed": set(), "ans": set()}
     _check(("ids" in e) == (len(gs) > 1), f"{what} must have group ids exactly when it has several groups")
-    ids = [_stream(e["ids"], f"{what} ids", symbol_encodings, plen)] if "ids" in e else []
+    ids = [_stream(e["ids"], f"{what} ids", _SYMBOL_ENCODINGS, plen)] if "ids" in e else []
     codes = e["codes"]
     _check(isinstance(codes, list) and len(codes) == len(gs), f"{what} needs one code stream per group")
     for g, s in zip(gs, codes):
-        _stream(s, f"{what} codes", symbol_encodings, plen)
+        _stream(s, f"{what} codes", _SYMBOL_ENCODINGS, plen)
         _check(s["encoding"] == "packed" or g["bits"] <= MAX_ANS_BITS, f"{what} ans codes need bits <= 12")
     e["_streams"] = [mask, *ids, *codes]
