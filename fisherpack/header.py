@@ -22,11 +22,13 @@ from .errors import FormatError
 from .tensors import GRIDS, MAX_BITS, MAX_EXP, MAX_GROUPS, MIN_EXP
 
 __all__ = ["MAGIC", "VERSION", "PRE", "DTYPES", "MAX_ANS_BITS", "MAX_NAME", "HEADER_CAP", "MAX_SEPARATORS"]
+__all__ += ["READ_VERSIONS"]
 __all__ += ["MAX_ELEMENTS", "ELEMENTS_PER_BYTE", "MIN_ELEMENTS", "default_max_elements"]
 __all__ += ["inflate", "check_preamble", "split", "parse", "validate"]
 
 MAGIC = b"\x89FPK\r\n\x1a\n"
-VERSION = 1
+VERSION = 2  # the version written; 1 (fisherpack 0.1: 16-bit rANS words) is still read
+READ_VERSIONS = (1, 2)
 PRE = struct.Struct("<8sHIQ")  # magic, version, header length, payload length
 MAX_NAME, MAX_NDIM, MAX_ANS_BITS = 1024, 8, 12
 # Caps that bound a reader's memory whatever the file says (docs/FORMAT.md section 9).
@@ -89,9 +91,9 @@ def check_preamble(data: bytes, size: int) -> int:
         hint = next((f"; it looks like {kind}" for sig, kind in _OTHER_FORMATS if data.startswith(sig)), "")
         raise FormatError(f"not a fisherpack file (bad magic){hint}")
     _, version, hlen, plen = PRE.unpack_from(data)
-    if version != VERSION:
+    if version not in READ_VERSIONS:
         newer = "; upgrade fisherpack to read it" if version > VERSION else ""
-        raise FormatError(f"unsupported format version {version} (this fisherpack reads version {VERSION}){newer}")
+        raise FormatError(f"unsupported format version {version} (this fisherpack reads versions 1 and 2){newer}")
     expected = PRE.size + hlen + plen + 4
     if size != expected:
         what = "truncated" if size < expected else "longer than its header says"

@@ -20,6 +20,7 @@ a few megabytes of scratch memory beyond the input and output.
 from __future__ import annotations
 
 import numpy as np
+from numpy.lib.stride_tricks import as_strided
 
 from .errors import FormatError
 
@@ -104,13 +105,27 @@ def unpack_bits(data: bytes | memoryview, width: int, count: int, offset_bits: i
     out = np.empty(count, dtype=np.uint32)
     for start in range(0, count, _CHUNK):
         n = min(_CHUNK, count - start)
-        first = offset_bits + start * width
-        raw = np.unpackbits(buf[first // 8 : (first + n * width + 7) // 8])
-        bits = raw[first % 8 : first % 8 + n * width].reshape(n, width)
-        full = np.zeros((n, 32), dtype=np.uint8)  # left-pad each value to 32 bits, then repack
-        full[:, 32 - width :] = bits
-        out[start : start + n] = np.packbits(full, axis=1).view(">u4").reshape(n)
+        starts = offset_bits + (start + np.arange(n, dtype=np.int64)) * width
+        out[start : start + n] = _read_windows(buf, starts, np.full(n, width, dtype=np.int64))
     return out
+
+
+_WINDOW_BITS = 57  # a value of up to 57 bits lies inside the 8 bytes that start at its first byte
+
+
+def _read_windows(buf: np.ndarray, starts: np.ndarray, widths: np.ndarray) -> np.ndarray:
+    """(n,) uint64 values of ``widths[i] <= 57`` bits at bit offsets ``starts[i]`` (ascending) of
+    ``buf``: each read from the big-endian 64-bit word of the 8 bytes holding its first bit."""
+    if not starts.size:
+        return np.zeros(0, dtype=np.uint64)
+    first = int(starts[0]) // 8
+    window = buf[first : int(starts[-1]) // 8 + 8]
+    padded = np.zeros(window.size + 8, dtype=np.uint8)  # the last windows may reach past the data
+    padded[: window.size] = window
+    rows = as_strided(padded, shape=(window.size + 1, 8), strides=(1, 1))  # row i = bytes i..i+7
+    words = rows[(starts >> 3) - first].view(">u8").reshape(-1).astype(np.uint64)  # (n,)
+    top = words << (starts & 7).astype(np.uint64)  # the value's first bit is now bit 63
+    return (top >> np.uint64(1)) >> (np.uint64(63) - widths.astype(np.uint64))  # width 0 gives 0
 
 
 def _width_mask(widths: np.ndarray) -> np.ndarray:
@@ -159,6 +174,11 @@ def unpack_varbits(data: bytes | memoryview, widths: np.ndarray, offset_bits: in
     for start in range(0, w.size, _CHUNK):
         wc = w[start : start + _CHUNK]
         nbits = int(wc.sum())
+        if not wc.size or int(wc.max()) <= _WINDOW_BITS:  # the common case: no (n, 64) bit matrix
+            starts = pos + np.cumsum(wc) - wc
+            out[start : start + wc.size] = _read_windows(buf, starts, wc)
+            pos += nbits
+            continue
         bits = np.unpackbits(buf[pos // 8 : (pos + nbits + 7) // 8])[pos % 8 : pos % 8 + nbits]
         rows = np.zeros((wc.size, 64), dtype=np.uint8)
         rows[_width_mask(wc)] = bits
@@ -217,8 +237,12 @@ def exp_golomb_join(buckets: np.ndarray, extra: bytes | memoryview, what: str) -
     if k.size and (int(k.min()) < 0 or int(k.max()) > 63):
         raise FormatError(f"{what}: Exp-Golomb bucket out of range 0..63")
     low = np.maximum(k - 1, 0)
-    check_bit_stream(extra, int(low.sum()), what)
-    rest = unpack_varbits(extra, low).astype(np.int64)
+    ends = np.cumsum(low)
+    check_bit_stream(extra, int(ends[-1]) if ends.size else 0, what)
+    if ends.size and ends[-1] <= 8 * _CHUNK and int(low.max()) <= _WINDOW_BITS:  # small: one pass
+        rest = _read_windows(_byte_view(extra), ends - low, low).astype(np.int64)
+    else:
+        rest = unpack_varbits(extra, low).astype(np.int64)
     return np.where(k > 0, (np.int64(1) << low) + rest, 0)  # k = 1: no extra bits, value 1
 
 
