@@ -120,12 +120,24 @@ def _read_windows(buf: np.ndarray, starts: np.ndarray, widths: np.ndarray) -> np
         return np.zeros(0, dtype=np.uint64)
     first = int(starts[0]) // 8
     window = buf[first : int(starts[-1]) // 8 + 8]
-    padded = np.zeros(window.size + 8, dtype=np.uint8)  # the last windows may reach past the data
-    padded[: window.size] = window
-    rows = as_strided(padded, shape=(window.size + 1, 8), strides=(1, 1))  # row i = bytes i..i+7
-    words = rows[(starts >> 3) - first].view(">u8").reshape(-1).astype(np.uint64)  # (n,)
-    top = words << (starts & 7).astype(np.uint64)  # the value's first bit is now bit 63
-    return (top >> np.uint64(1)) >> (np.uint64(63) - widths.astype(np.uint64))  # width 0 gives 0
+    if starts.size < 4096:  # few values: gather 8-byte rows directly
+        padded = np.zeros(window.size + 8, dtype=np.uint8)  # the last windows may reach past the data
+        padded[: window.size] = window
+        rows = as_strided(padded, shape=(window.size + 1, 8), strides=(1, 1))  # row i = bytes i..i+7
+        words = rows[(starts >> 3) - first].view(">u8").reshape(-1).astype(np.uint64)  # (n,)
+    else:  # many: the 64-bit words at each of the 8 byte alignments, then one gather
+        m = window.size // 8 + 1
+        padded = np.zeros(8 * m + 8, dtype=np.uint8)
+        padded[: window.size] = window
+        aligned = np.empty((8, m), dtype=np.uint64)  # aligned[k, j] = big-endian word at byte 8j + k
+        for k in range(8):
+            aligned[k] = padded[k : k + 8 * m].view(">u8")
+        byte = (starts >> 3) - first
+        words = np.take(aligned.reshape(-1), (byte & 7) * m + (byte >> 3))
+    words <<= (starts & 7).astype(np.uint64)  # the value's first bit is now bit 63
+    words >>= np.uint64(1)
+    words >>= np.uint64(63) - widths.astype(np.uint64)  # width 0 gives 0
+    return words
 
 
 def _width_mask(widths: np.ndarray) -> np.ndarray:
@@ -239,11 +251,16 @@ def exp_golomb_join(buckets: np.ndarray, extra: bytes | memoryview, what: str) -
     low = np.maximum(k - 1, 0)
     ends = np.cumsum(low)
     check_bit_stream(extra, int(ends[-1]) if ends.size else 0, what)
-    if ends.size and ends[-1] <= 8 * _CHUNK and int(low.max()) <= _WINDOW_BITS:  # small: one pass
-        rest = _read_windows(_byte_view(extra), ends - low, low).astype(np.int64)
-    else:
+    if ends.size and int(low.max()) > _WINDOW_BITS:
         rest = unpack_varbits(extra, low).astype(np.int64)
-    return np.where(k > 0, (np.int64(1) << low) + rest, 0)  # k = 1: no extra bits, value 1
+    else:
+        rest = np.empty(k.size, dtype=np.int64)
+        buf, step = _byte_view(extra), 16 * _CHUNK  # in chunks: the windows take ~40 bytes per value
+        for i in range(0, k.size, step):
+            rest[i : i + step] = _read_windows(buf, ends[i : i + step] - low[i : i + step], low[i : i + step])
+    rest += np.int64(1) << low  # k >= 1: the implicit top bit
+    rest[k == 0] = 0
+    return rest
 
 
 def write_varint(value: int) -> bytes:
