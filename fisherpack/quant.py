@@ -32,6 +32,7 @@ import math
 import numpy as np
 import torch
 
+from . import quant_scale
 from .errors import ConfigError
 from .tensors import MAX_BITS, MAX_EXP, MAX_GROUPS, MIN_EXP, QuantTensor, dequantize_codes
 
@@ -136,11 +137,10 @@ def allocate_waterfill(tables: list[np.ndarray], sizes: list[int], target_bits: 
 
 
 def _split_by_fisher(f: np.ndarray, n_groups: int) -> np.ndarray:
-    """(n,) uint8 group ids: equal-count Fisher quantiles, group 0 the highest Fisher."""
-    order = np.argsort(-f, kind="stable")
-    gid = np.empty(f.size, dtype=np.uint8)
-    gid[order] = (np.arange(f.size) * n_groups // max(f.size, 1)).astype(np.uint8)
-    return gid
+    """(n,) uint8 group ids: equal-count Fisher quantiles, group 0 the highest Fisher. The entry of
+    rank ``r`` (Fisher descending, ties by position) goes to group ``r * n_groups // n``; found by
+    selection (np.partition) and counting, not by sorting (see quant_scale.split_ranks)."""
+    return quant_scale.split_ranks(-f, n_groups)
 
 
 def quantize(
@@ -170,10 +170,10 @@ def quantize(
     if allocation != "uniform" and fisher is None and free:
         raise ConfigError(f"bit allocation {allocation!r} needs a Fisher estimate; use uniform without one")
     kept_w, kept_f = {}, {}
-    for name, w in weights.items():
+    for name, w in weights.items():  # kept entries only, float32 (exact); float64 one group at a time
         mask = masks[name].flatten().numpy()
-        kept_w[name] = w.detach().flatten().double().numpy()[mask]
-        kept_f[name] = None if fisher is None else fisher[name].detach().flatten().double().numpy()[mask]
+        kept_w[name] = quant_scale.kept(w, mask)
+        kept_f[name] = None if fisher is None else quant_scale.kept(fisher[name], mask)
         if not np.isfinite(kept_w[name]).all():
             raise ConfigError(f"weight {name!r} has NaN or Inf values; fix the model before compressing")
 
@@ -187,9 +187,9 @@ def quantize(
     elif allocation == "quantile":
         chosen = [group_bits[g] for _, g in slots]
     else:
-        sel = {(n, g): gids[n] == g for n, g in slots}
-        tables = [group_error_table(kept_w[n][sel[n, g]], kept_f[n][sel[n, g]]) for n, g in slots]
-        chosen = allocate_waterfill(tables, [int(sel[s].sum()) for s in slots], bits)
+        sizes = [int(np.count_nonzero(gids[n] == g)) for n, g in slots]
+        tables = [quant_scale.error_table(group_error_table, kept_w[n], kept_f[n], gids[n] == g) for n, g in slots]
+        chosen = allocate_waterfill(tables, sizes, bits)
     width_of = dict(zip(slots, chosen))
     width_of.update({(n, 0): int(b) for n, b in fixed.items()})
 
@@ -201,7 +201,7 @@ def quantize(
         for g, (_, b) in enumerate(n_groups):
             sel = gid == g
             f = None if kept_f[name] is None or allocation == "uniform" else kept_f[name][sel]
-            c, e, grid, _ = quantize_group(kept_w[name][sel], f, b)
+            c, e, grid = quant_scale.quantize_large(quantize_group, _codes, kept_w[name][sel], f, b)
             codes[sel] = c
             bits_l.append(b), exps.append(e), grids.append(grid)
         mask = masks[name].flatten().numpy().astype(bool)
