@@ -25,7 +25,7 @@ from .compress import load_into as _load_into
 from .config import CompressConfig, PipelineConfig
 from .errors import ConfigError, DataError, DistributedError, FisherpackError, FormatError, RanksDisagreeError
 from .format import load as read
-from .format import save
+from .format import open_file, save
 from .tensors import Compressed
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "read",
     "load",
     "load_into",
+    "open_file",
     "Compressed",
     "CompressConfig",
     "PipelineConfig",
@@ -67,4 +68,4 @@ def load(path: str | os.PathLike, max_elements: int | None = None) -> dict:
 def load_into(model: nn.Module, source: Compressed | str | os.PathLike) -> nn.Module:
     """Load a .fpk file (or a Compressed) into ``model`` in place; ConfigError names the first
     tensor that does not match."""
-    return _load_into(model, source if isinstance(source, Compressed) else read(source))
+    return _load_into(model, source)  # a file is streamed, tensor by tensor

@@ -10,11 +10,14 @@ This module turns tensors into streams and back.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import stat
 import struct
+import tempfile
 import zlib
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -22,7 +25,7 @@ import torch
 from . import entropy as rans
 from . import pack
 from .errors import ConfigError, FisherpackError, FormatError
-from .fileio import atomic_write_bytes
+from .fileio import atomic_writer
 from .header import (
     DTYPES,
     MAGIC,
@@ -36,9 +39,11 @@ from .header import (
     split,
     validate,
 )
+from .reader import FpkReader, open_file
 from .tensors import Alias, Compressed, QuantTensor, RawTensor
 
-__all__ = ["MAGIC", "VERSION", "DTYPES", "encode", "decode", "save", "read", "load", "describe"]
+__all__ = ["MAGIC", "VERSION", "DTYPES", "encode", "decode", "decode_entry", "save", "read", "load", "describe"]
+__all__ += ["open_file", "FpkReader"]
 
 _DTYPE_NAMES = {t: name for name, (t, _) in DTYPES.items()}
 
@@ -124,11 +129,20 @@ def encode(c: Compressed, entropy: bool = True, version: int = VERSION) -> bytes
     Deterministic: equal inputs give equal bytes. ConfigError (a ValueError) if ``c`` cannot be
     stored (bad name, alias to a missing or aliased entry, unsupported dtype, meta not JSON).
     """
+    out = io.BytesIO()
+    _write(c, out, io.BytesIO(), entropy, version)
+    return out.getvalue()
+
+
+def _write(c: Compressed, out: BinaryIO, spill: BinaryIO, entropy: bool, version: int) -> int:
+    """Encode ``c`` tensor by tensor into ``spill`` (the payload; only one tensor's streams are in
+    memory at a time), then write the file to ``out``: preamble, header, the payload copied from
+    ``spill`` in 1 MiB steps, CRC. Returns the file's length."""
     if not isinstance(c.meta, dict):
         raise ConfigError(f"meta must be a dict, got {type(c.meta).__name__}")
     if version not in READ_VERSIONS:
         raise ConfigError(f"format version must be one of {READ_VERSIONS}, got {version}")
-    entries, blobs, stored = [], [], set()
+    entries, stored, plen = [], set(), 0
     for name, t in c.tensors.items():
         if not isinstance(name, str) or not 1 <= len(name) <= MAX_NAME:
             raise ConfigError(f"tensor names must be strings of 1..{MAX_NAME} characters, got {name!r}")
@@ -145,21 +159,40 @@ def encode(c: Compressed, entropy: bool = True, version: int = VERSION) -> bytes
         if not isinstance(t, Alias):
             stored.add(name)
         entries.append({"name": name, **entry})
-        blobs.extend(parts)
+        for blob in parts:
+            spill.write(blob)
+            plen += len(blob)
+        del parts
     try:
         text = json.dumps({"meta": c.meta, "tensors": entries}, sort_keys=True, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"meta must be JSON-serializable (no NaN/inf): {exc}") from None
-    header, payload = zlib.compress(text.encode("utf-8"), 9), b"".join(blobs)
-    body = PRE.pack(MAGIC, version, len(header), len(payload)) + header + payload
-    return body + struct.pack("<I", zlib.crc32(body))
+    header = zlib.compress(text.encode("utf-8"), 9)
+    head = PRE.pack(MAGIC, version, len(header), plen) + header
+    out.write(head)
+    crc = zlib.crc32(head)
+    spill.seek(0)
+    while chunk := spill.read(1 << 20):
+        out.write(chunk)
+        crc = zlib.crc32(chunk, crc)
+    out.write(struct.pack("<I", crc))
+    return len(head) + plen + 4
 
 
 def save(c: Compressed, path: str | os.PathLike, entropy: bool = True) -> int:
-    """Write ``c`` to ``path`` atomically; return the number of bytes written."""
-    data = encode(c, entropy=entropy)
-    atomic_write_bytes(path, data)
-    return len(data)
+    """Write ``c`` to ``path`` atomically; return the number of bytes written.
+
+    Streams are encoded one tensor at a time into a temporary file beside ``path`` (the header,
+    which stores their lengths, comes first in the file), then the file is written through the
+    atomic writer: memory holds one tensor's streams, not the whole file.
+    """
+    folder = os.path.dirname(os.fspath(path)) or "."
+    try:
+        spill = tempfile.TemporaryFile(dir=folder if os.path.isdir(folder) else None)
+    except OSError:  # an unwritable folder: the atomic writer reports it
+        spill = tempfile.TemporaryFile()
+    with spill, atomic_writer(path) as fh:
+        return _write(c, fh, spill, entropy, VERSION)
 
 
 # ---------------------------------------------------------------- decoding
@@ -256,13 +289,17 @@ def decode(data: bytes, max_elements: int | None = None) -> Compressed:
         for s in e["_streams"]:  # offsets are cumulative lengths, so streams never overlap
             blobs.append(payload[offset : offset + s["length"]])
             offset += s["length"]
-        if e["kind"] == "alias":
-            tensors[e["name"]] = Alias(e["target"])
-        elif e["kind"] == "raw":
-            tensors[e["name"]] = _decode_raw(e, blobs[0])
-        else:
-            tensors[e["name"]] = _decode_quant(e, blobs, version)
+        tensors[e["name"]] = decode_entry(e, blobs, version)
     return Compressed(tensors, meta)
+
+
+def decode_entry(e: dict, blobs: list[memoryview], version: int) -> QuantTensor | RawTensor | Alias:
+    """One validated header entry and its streams, decoded (also used by reader.FpkReader)."""
+    if e["kind"] == "alias":
+        return Alias(e["target"])
+    if e["kind"] == "raw":
+        return _decode_raw(e, blobs[0])
+    return _decode_quant(e, blobs, version)
 
 
 def read(path: str | os.PathLike) -> bytes:

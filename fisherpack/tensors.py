@@ -126,6 +126,11 @@ class QuantTensor:
         dense[self.mask] = self.values()
         return torch.from_numpy(dense.reshape(self.shape))
 
+    def dequantize_into(self, out: np.ndarray) -> None:
+        """Write the dense values into ``out``, a flat float32 array of ``numel`` entries (no copy)."""
+        out[:] = 0.0
+        out[self.mask] = self.values()
+
 
 @dataclass(frozen=True, eq=False)
 class RawTensor:

@@ -669,3 +669,73 @@ def test_many_tiny_rans_streams_cost_work_linear_in_the_file(monkeypatch):
         assert len(built) == n and max(built) == 2
         assert sum(built) + 3 * n <= 64 * len(data)
         assert c.tensors["t7"].codes.tolist() == [4095, 0, 4095]
+
+
+# ---------------------------------------------------------------- streaming save, lazy read
+
+
+def _mixed() -> Compressed:
+    import fuzzcases
+
+    return fpk.decode(fuzzcases.mixed_file())
+
+
+def test_save_streams_the_same_bytes_as_encode(tmp_path):
+    c = _mixed()
+    path = tmp_path / "m.fpk"
+    assert fpk.save(c, path) == path.stat().st_size
+    assert path.read_bytes() == fpk.encode(c)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.fpk"]  # no spill or temp file left
+
+
+def test_lazy_reader_lists_names_and_decodes_one_tensor(tmp_path):
+    c = _mixed()
+    path = tmp_path / "m.fpk"
+    fpk.save(c, path)
+    full = c.state_dict()
+    with fpk.open_file(path) as r:
+        assert r.names() == list(c.tensors) and r.meta == c.meta and r.version == fpk.VERSION
+        for name in reversed(r.names()):  # any order, one at a time
+            assert r.shape(name) == tuple(full[name].shape)
+            t = r.tensor(name)
+            assert t.dtype == full[name].dtype and torch.equal(t, full[name]), name
+            if not isinstance(c.tensors[name], Alias):
+                assert_identical(Compressed({name: c.tensors[name]}), Compressed({name: r.entry(name)}))
+
+
+def _all_via_reader(path) -> str:
+    try:
+        with fpk.open_file(path) as r:
+            for name in r.names():
+                r.entry(name)
+    except FormatError as exc:
+        return str(exc)
+    return "ok"
+
+
+def _all_via_decode(data: bytes) -> str:
+    try:
+        fpk.decode(data)
+    except FormatError as exc:
+        return str(exc)
+    return "ok"
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_lazy_reader_fails_like_decode_on_hostile_files(case, tmp_path):
+    data = HOSTILE[case][0]()
+    path = tmp_path / "h.fpk"
+    path.write_bytes(data)
+    assert _all_via_reader(path) == _all_via_decode(data) != "ok"
+
+
+def test_lazy_reader_fails_like_decode_at_every_truncation(tmp_path):
+    data = fpk.encode(_mixed())
+    path = tmp_path / "t.fpk"
+    for cut in list(range(0, 64)) + list(range(64, len(data), 97)):
+        path.write_bytes(data[:cut])
+        assert _all_via_reader(path) == _all_via_decode(data[:cut]) != "ok", cut
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 4
+    path.write_bytes(bytes(flipped))
+    assert _all_via_reader(path) == "checksum mismatch: the file is corrupt"
