@@ -34,7 +34,7 @@ import torch
 
 from . import quant_scale
 from .errors import ConfigError
-from .tensors import MAX_BITS, MAX_EXP, MAX_GROUPS, MIN_EXP, QuantTensor, dequantize_codes
+from .tensors import MAX_BITS, MAX_EXP, MAX_GROUPS, MIN_EXP, QuantTensor
 
 __all__ = [
     "ALLOCATIONS",
@@ -76,13 +76,23 @@ def quantize_group(w: np.ndarray, weight: np.ndarray | None, bits: int) -> tuple
         cover = math.ceil(math.log2(max_abs / top_level))  # smallest exp whose grid reaches max|w|
         for exp in range(cover - _EXP_CANDIDATES, cover + 1):
             exp = min(max(exp, MIN_EXP), MAX_EXP)
-            codes = _codes(w, bits, exp, grid)
-            err_sq = (w - dequantize_codes(codes, bits, exp, grid)) ** 2
+            err_sq = (w - _levels(w, bits, exp, grid)) ** 2
             err = float(err_sq.sum() if weight is None else (weight * err_sq).sum())
             if best is None or err < best[0]:
-                best = (err, exp, grid, codes)
-    err, exp, grid, codes = best
-    return codes, exp, grid, err
+                best = (err, exp, grid)
+    err, exp, grid = best
+    return _codes(w, bits, exp, grid), exp, grid, err
+
+
+def _levels(w: np.ndarray, bits: int, exp: int, grid: str) -> np.ndarray:
+    """float64 values ``dequantize_codes(_codes(w, ...))`` without the codes (exactly equal: the
+    levels are integers below 2**16 times powers of two that float32 holds exactly)."""
+    scaled = np.ldexp(w, -exp)
+    if grid == "int":
+        half = 1 << (bits - 1)
+        return np.ldexp(np.clip(np.rint(scaled), -half, half - 1, out=scaled), exp)
+    code = np.clip(np.floor(scaled + (1 << (bits - 1))), 0, (1 << bits) - 1)
+    return np.ldexp(2 * code + (1 - (1 << bits)), exp - 1)
 
 
 def group_error_table(w: np.ndarray, weight: np.ndarray | None, max_bits: int = MAX_BITS) -> np.ndarray:

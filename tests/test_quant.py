@@ -150,3 +150,14 @@ def test_large_groups_choose_on_a_sample_and_code_everything(monkeypatch):
     np.testing.assert_array_equal(
         quant_scale.quantize_large(quant.quantize_group, quant._codes, w, f, 4)[0], small_codes
     )
+
+
+@pytest.mark.parametrize("grid", ["int", "odd"])
+def test_levels_equal_the_dequantized_codes(grid):
+    """quantize_group scores candidates by their levels directly; they must equal dequantized codes."""
+    rng = np.random.default_rng(2)
+    w = rng.standard_t(3, 3000) * 0.05
+    for bits in (1, 2, 4, 8, 12, 16):
+        for exp in (-20, -9, -4, 0, 3):
+            want = dequantize_codes(quant._codes(w, bits, exp, grid), bits, exp, grid).astype(np.float64)
+            np.testing.assert_array_equal(quant._levels(w, bits, exp, grid), want)
