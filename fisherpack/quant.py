@@ -214,7 +214,7 @@ def quantize(
             c, e, grid = quant_scale.quantize_large(quantize_group, _codes, kept_w[name][sel], f, b)
             codes[sel] = c
             bits_l.append(b), exps.append(e), grids.append(grid)
-        mask = masks[name].flatten().numpy().astype(bool)
+        mask = masks[name].flatten().numpy().astype(bool, copy=False)  # a view of the bool mask, not a copy
         out[name] = QuantTensor(tuple(w.shape), mask, gid, codes, tuple(bits_l), tuple(exps), tuple(grids))
     return out
 

@@ -57,7 +57,10 @@ def keep_top_global(scores: Callable[[str], torch.Tensor], sizes: dict[str, int]
             keys = order_keys(scores(name))
             if bits:
                 keys = keys[(keys >> np.uint64(64 - bits)) == np.uint64(prefix)]
-            _add_counts(hist, ((keys << np.uint64(bits)) >> np.uint64(64 - width)).astype(np.int64))
+            if bits:
+                keys <<= np.uint64(bits)  # in place: keys are fresh for every pass
+            keys >>= np.uint64(64 - width)
+            _add_counts(hist, keys.view(np.int64))  # below 2**22: the same numbers as int64
         cum = np.cumsum(hist)
         b = int(np.searchsorted(cum, need))  # first bin whose running count reaches `need`
         need -= int(cum[b - 1]) if b else 0
