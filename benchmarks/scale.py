@@ -49,7 +49,7 @@ CONFIG = dict(rate=0.9, criterion="obd", scope="global", allocation="waterfill",
 
 def layout(params: int) -> tuple[int, int]:
     """(width d, blocks) whose 12 d**2 weights per block come closest to ``params``."""
-    d = 512 if params < 50_000_000 else 1024 if params < 500_000_000 else 2048
+    d = 128 if params < 5_000_000 else 512 if params < 50_000_000 else 1024 if params < 500_000_000 else 2048
     return d, max(1, round(params / (12 * d * d)))
 
 
@@ -135,6 +135,26 @@ def run_size(label: str, params: int, seed: int, workdir: Path) -> dict:
     return result
 
 
+def render(results: dict) -> str:
+    """The README's paragraph on throughput, from scale.json (tests check the README holds it)."""
+    rows = sorted(results["sizes"].values(), key=lambda r: r["params"])
+    lines = [
+        "| parameters | fp32 | compress | save | load (dense) | load_into (streamed) | peak RSS / fp32 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        speeds = " | ".join(f"{r[f'{s}_mb_per_s']:.0f} MB/s" for s in ("compress", "save", "load", "load_into"))
+        lines.append(
+            f"| {r['params'] / 1e6:,.0f}M | {r['fp32_gb']:.2f} GB | {speeds} | {r['peak_rss_over_fp32']:.2f}x |"
+        )
+    env = results["environment"]
+    lines.append("")
+    when = f"{env['cpu']}, commit {str(env['git_commit'])[:7]}, {env['date'][:10]}"
+    lines.append(f"One thread, {when}, on a shared machine (other jobs ran at the same time). "
+                 "Rerun: `nice python benchmarks/scale.py --sizes 10M,100M,1B`.")  # fmt: skip
+    return "\n".join(lines)
+
+
 def plot(results: dict, path: Path) -> None:
     import matplotlib
 
@@ -187,7 +207,16 @@ def main(argv: list[str] | None = None) -> dict | None:
                   f"peak RSS {r['peak_rss_over_fp32']:.2f}x fp32", flush=True)  # fmt: skip
     previous.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     plot(results, out / "scale.png")
+    if out.resolve() == (ROOT / "benchmarks" / "results").resolve():
+        update_readme(ROOT / "README.md", results)
     return results
+
+
+def update_readme(readme: Path, results: dict) -> None:
+    """Replace the README's text between the scale markers by :func:`render`."""
+    text = readme.read_text()
+    start, end = text.index("<!-- scale:start -->\n"), text.index("<!-- scale:end -->")
+    readme.write_text(text[: start + len("<!-- scale:start -->\n")] + render(results) + "\n" + text[end:])
 
 
 if __name__ == "__main__":
