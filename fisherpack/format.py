@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import stat
 import struct
 import tempfile
 import zlib
@@ -24,7 +23,7 @@ import torch
 
 from . import entropy as rans
 from . import pack
-from .errors import ConfigError, FisherpackError, FormatError
+from .errors import ConfigError, FormatError
 from .fileio import atomic_writer
 from .header import (
     DTYPES,
@@ -34,12 +33,11 @@ from .header import (
     PRE,
     READ_VERSIONS,
     VERSION,
-    check_preamble,
     inflate,
     split,
     validate,
 )
-from .reader import FpkReader, open_file
+from .reader import FpkReader, describe, open_file, read
 from .tensors import Alias, Compressed, QuantTensor, RawTensor
 
 __all__ = ["MAGIC", "VERSION", "DTYPES", "encode", "decode", "decode_entry", "save", "read", "load", "describe"]
@@ -302,48 +300,6 @@ def decode_entry(e: dict, blobs: list[memoryview], version: int) -> QuantTensor 
     return _decode_quant(e, blobs, version)
 
 
-def read(path: str | os.PathLike) -> bytes:
-    """The bytes of a file for :func:`decode` / :func:`describe`; FisherpackError if it cannot be read.
-
-    Only a file whose 22-byte preamble is valid and matches the file's size is read further, so a
-    huge file of another kind, or a damaged one, fails fast instead of being read into memory.
-    """
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read(PRE.size)
-            st = os.fstat(fh.fileno())
-            if data[:8] != MAGIC or len(data) < PRE.size:
-                return data  # decode says what is wrong
-            if stat.S_ISREG(st.st_mode):
-                check_preamble(data, st.st_size)
-            return data + fh.read()
-    except OSError as exc:
-        raise FisherpackError(f"cannot read {path}: {exc.strerror or exc}") from None
-
-
 def load(path: str | os.PathLike, max_elements: int | None = None) -> Compressed:
     """Read and decode a .fpk file. FisherpackError if it cannot be read, FormatError if malformed."""
     return decode(read(path), max_elements=max_elements)
-
-
-def describe(data: bytes, max_elements: int | None = None) -> dict:
-    """Layout of a .fpk file without decoding tensors: preamble sizes, meta, and for each tensor its
-    kind, shape, numel, dtype or kept/groups, alias target, and every stream's role, encoding, bytes.
-    """
-    hlen, header, payload = split(data)
-    meta, entries = validate(header, len(payload), len(data), max_elements)
-    shapes = {e["name"]: e.get("shape") for e in entries}
-    out = []
-    for e in entries:
-        d = {k: v for k, v in e.items() if k in ("name", "kind", "shape", "dtype", "kept", "groups", "target")}
-        roles = ["data"] if e["kind"] == "raw" else ["mask", *(["ids"] if "ids" in e else [])]
-        roles += [f"codes[{i}]" for i in range(len(e.get("codes", [])))]
-        d["streams"] = [{"role": r, **s} for r, s in zip(roles, e["_streams"])]
-        d["bytes"] = sum(s["length"] for s in e["_streams"])
-        if e["kind"] == "alias":
-            d["shape"] = shapes[e["target"]]
-        else:
-            d["numel"] = e["_numel"]
-        out.append(d)
-    return {"version": PRE.unpack_from(data)[1], "file_bytes": len(data), "header_bytes": hlen,
-            "payload_bytes": len(payload), "meta": meta, "tensors": out}  # fmt: skip

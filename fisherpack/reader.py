@@ -20,10 +20,10 @@ import zlib
 import torch
 
 from .errors import FisherpackError, FormatError
-from .header import HEADER_CAP, PRE, check_preamble, inflate, validate
+from .header import HEADER_CAP, MAGIC, PRE, check_preamble, inflate, split, validate
 from .tensors import Alias, QuantTensor, RawTensor
 
-__all__ = ["FpkReader", "open_file"]
+__all__ = ["FpkReader", "open_file", "read", "describe"]
 
 _STEP = 1 << 20
 
@@ -110,8 +110,6 @@ def open_file(path: str | os.PathLike, max_elements: int | None = None) -> FpkRe
         raise FisherpackError(f"cannot read {path}: {exc.strerror or exc}") from None
     try:
         if not stat.S_ISREG(st.st_mode):
-            from .format import read  # the same capped read as load()
-
             data = read(path)
             fh.close()
             fh, size = io.BytesIO(data), len(data)
@@ -124,3 +122,45 @@ def open_file(path: str | os.PathLike, max_elements: int | None = None) -> FpkRe
     except BaseException:
         fh.close()
         raise
+
+
+def read(path: str | os.PathLike) -> bytes:
+    """The bytes of a file for :func:`decode` / :func:`describe`; FisherpackError if it cannot be read.
+
+    Only a file whose 22-byte preamble is valid and matches the file's size is read further, so a
+    huge file of another kind, or a damaged one, fails fast instead of being read into memory.
+    """
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(PRE.size)
+            st = os.fstat(fh.fileno())
+            if data[:8] != MAGIC or len(data) < PRE.size:
+                return data  # decode says what is wrong
+            if stat.S_ISREG(st.st_mode):
+                check_preamble(data, st.st_size)
+            return data + fh.read()
+    except OSError as exc:
+        raise FisherpackError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def describe(data: bytes, max_elements: int | None = None) -> dict:
+    """Layout of a .fpk file without decoding tensors: preamble sizes, meta, and for each tensor its
+    kind, shape, numel, dtype or kept/groups, alias target, and every stream's role, encoding, bytes.
+    """
+    hlen, header, payload = split(data)
+    meta, entries = validate(header, len(payload), len(data), max_elements)
+    shapes = {e["name"]: e.get("shape") for e in entries}
+    out = []
+    for e in entries:
+        d = {k: v for k, v in e.items() if k in ("name", "kind", "shape", "dtype", "kept", "groups", "target")}
+        roles = ["data"] if e["kind"] == "raw" else ["mask", *(["ids"] if "ids" in e else [])]
+        roles += [f"codes[{i}]" for i in range(len(e.get("codes", [])))]
+        d["streams"] = [{"role": r, **s} for r, s in zip(roles, e["_streams"])]
+        d["bytes"] = sum(s["length"] for s in e["_streams"])
+        if e["kind"] == "alias":
+            d["shape"] = shapes[e["target"]]
+        else:
+            d["numel"] = e["_numel"]
+        out.append(d)
+    return {"version": PRE.unpack_from(data)[1], "file_bytes": len(data), "header_bytes": hlen,
+            "payload_bytes": len(payload), "meta": meta, "tensors": out}  # fmt: skip
