@@ -109,8 +109,8 @@ def open_file(path: str | os.PathLike, max_elements: int | None = None) -> FpkRe
     except OSError as exc:
         raise FisherpackError(f"cannot read {path}: {exc.strerror or exc}") from None
     try:
-        if not stat.S_ISREG(st.st_mode):
-            data = read(path)
+        if not stat.S_ISREG(st.st_mode):  # read from this handle: a pipe cannot be opened twice
+            data = _read_from(fh)
             fh.close()
             fh, size = io.BytesIO(data), len(data)
         else:
@@ -132,15 +132,19 @@ def read(path: str | os.PathLike) -> bytes:
     """
     try:
         with open(path, "rb") as fh:
-            data = fh.read(PRE.size)
-            st = os.fstat(fh.fileno())
-            if data[:8] != MAGIC or len(data) < PRE.size:
-                return data  # decode says what is wrong
-            if stat.S_ISREG(st.st_mode):
-                check_preamble(data, st.st_size)
-            return data + fh.read()
+            return _read_from(fh)
     except OSError as exc:
         raise FisherpackError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _read_from(fh) -> bytes:
+    data = fh.read(PRE.size)
+    st = os.fstat(fh.fileno())
+    if data[:8] != MAGIC or len(data) < PRE.size:
+        return data  # decode says what is wrong
+    if stat.S_ISREG(st.st_mode):
+        check_preamble(data, st.st_size)
+    return data + fh.read()
 
 
 def describe(data: bytes, max_elements: int | None = None) -> dict:

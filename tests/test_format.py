@@ -739,3 +739,18 @@ def test_lazy_reader_fails_like_decode_at_every_truncation(tmp_path):
     flipped[len(data) // 2] ^= 4
     path.write_bytes(bytes(flipped))
     assert _all_via_reader(path) == "checksum mismatch: the file is corrupt"
+
+
+def test_lazy_reader_reads_a_pipe_once(tmp_path):
+    import os
+    import threading
+
+    data = fpk.encode(tiny_example())
+    fifo = tmp_path / "pipe.fpk"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_bytes(data))
+    writer.start()
+    with fpk.open_file(fifo) as r:
+        assert r.names() == ["fc.weight", "fc.bias", "head.weight"]
+        assert torch.equal(r.tensor("head.weight"), tiny_example().state_dict()["fc.weight"])
+    writer.join(timeout=10)
