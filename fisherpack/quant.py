@@ -192,13 +192,16 @@ def quantize(
     )
     gids.update({n: np.zeros(kept_w[n].size, dtype=np.uint8) for n in fixed})
     slots = [(n, g) for n in free for g in range(int(gids[n].max()) + 1 if gids[n].size else 0)]
+    sample = quant_scale.sample_size(len(slots) + len(fixed))
     if allocation == "uniform":
         chosen = [int(bits)] * len(slots)
     elif allocation == "quantile":
         chosen = [group_bits[g] for _, g in slots]
     else:
         sizes = [int(np.count_nonzero(gids[n] == g)) for n, g in slots]
-        tables = [quant_scale.error_table(group_error_table, kept_w[n], kept_f[n], gids[n] == g) for n, g in slots]
+        tables = [
+            quant_scale.error_table(group_error_table, kept_w[n], kept_f[n], gids[n] == g, sample) for n, g in slots
+        ]
         chosen = allocate_waterfill(tables, sizes, bits)
     width_of = dict(zip(slots, chosen))
     width_of.update({(n, 0): int(b) for n, b in fixed.items()})
@@ -211,7 +214,7 @@ def quantize(
         for g, (_, b) in enumerate(n_groups):
             sel = gid == g
             f = None if kept_f[name] is None or allocation == "uniform" else kept_f[name][sel]
-            c, e, grid = quant_scale.quantize_large(quantize_group, _codes, kept_w[name][sel], f, b)
+            c, e, grid = quant_scale.quantize_large(quantize_group, _codes, kept_w[name][sel], f, b, sample)
             codes[sel] = c
             bits_l.append(b), exps.append(e), grids.append(grid)
         mask = masks[name].flatten().numpy().astype(bool, copy=False)  # a view of the bool mask, not a copy

@@ -3,11 +3,14 @@
 - :func:`kept`: a tensor's kept entries as float32 (exact for float32 weights and Fisher), not a
   float64 copy of the whole tensor;
 - :func:`split_ranks`: equal-count groups by rank, found by selection instead of a sort;
-- :func:`error_table` and :func:`quantize_large`: a group of more than :data:`SAMPLE` kept weights
+- :func:`error_table` and :func:`quantize_large`: a group of more than ``sample`` kept weights
   chooses its width (the waterfill tables), step and grid on an evenly strided sample of
-  :data:`SAMPLE` of them plus its largest magnitude, then codes all of them at that choice. Both
-  are heuristics on the exact Fisher-weighted error of the sample, scaled to the group; groups up
-  to :data:`SAMPLE` entries (every layer of the LeNets) are computed on all entries, as before.
+  ``sample`` of them plus its largest magnitude, then codes all of them at that choice. Both
+  are heuristics on the exact Fisher-weighted error of the sample, scaled to the group.
+  :func:`sample_size`: the model shares a budget of :data:`BUDGET` sampled weights equally among
+  its groups, at least :data:`MIN_SAMPLE` each, so the cost of choosing widths stays bounded
+  however many layers there are; groups within their share (every group of the LeNets, whose
+  few groups get shares of a million weights) are computed on all entries, as before.
 """
 
 from __future__ import annotations
@@ -18,9 +21,14 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-__all__ = ["SAMPLE", "kept", "split_ranks", "error_table", "quantize_large"]
+__all__ = ["BUDGET", "MIN_SAMPLE", "sample_size", "kept", "split_ranks", "error_table", "quantize_large"]
 
-SAMPLE = 1 << 18
+BUDGET, MIN_SAMPLE = 1 << 23, 1 << 16
+
+
+def sample_size(groups: int) -> int:
+    """Entries a group may use to choose its width, step and grid, when a model has ``groups``."""
+    return max(MIN_SAMPLE, BUDGET // max(groups, 1))
 
 
 def kept(t: torch.Tensor, mask: np.ndarray) -> np.ndarray:
@@ -47,30 +55,30 @@ def split_ranks(key: np.ndarray, n_groups: int) -> np.ndarray:
     return gid
 
 
-def _sample(w: np.ndarray, f: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None, float]:
+def _sample(w: np.ndarray, f: np.ndarray | None, sample: int) -> tuple[np.ndarray, np.ndarray | None, float]:
     """(w, f, scale): every ``stride``-th entry and the largest |w|; scale = entries per sampled one."""
-    stride = math.ceil(w.size / SAMPLE)
+    stride = math.ceil(w.size / sample)
     top = int(np.argmax(np.abs(w)))
     ws = np.append(w[::stride], w[top])
     fs = None if f is None else np.append(f[::stride], f[top])
     return ws, fs, w.size / ws.size
 
 
-def error_table(table_fn: Callable, w: np.ndarray, f: np.ndarray, sel: np.ndarray) -> np.ndarray:
+def error_table(table_fn: Callable, w: np.ndarray, f: np.ndarray, sel: np.ndarray, sample: int) -> np.ndarray:
     """``table_fn`` (quant.group_error_table) of the group ``sel`` of ``w``/``f``, on a sample if large."""
     wg, fg = w[sel], f[sel]
-    if wg.size <= SAMPLE:
+    if wg.size <= sample:
         return table_fn(wg, fg)
-    ws, fs, scale = _sample(wg, fg)
+    ws, fs, scale = _sample(wg, fg, sample)
     return table_fn(ws, fs) * scale
 
 
-def quantize_large(group_fn: Callable, codes_fn: Callable, w: np.ndarray, f: np.ndarray | None, bits: int):
+def quantize_large(group_fn: Callable, codes_fn: Callable, w: np.ndarray, f: np.ndarray | None, bits: int, sample: int):
     """(codes, exp, grid) of one group: ``group_fn`` (quant.quantize_group) directly, or for a large
     group its step and grid chosen on a sample and ``codes_fn`` (quant._codes) applied to all."""
-    if w.size <= SAMPLE:
+    if w.size <= sample:
         codes, exp, grid, _ = group_fn(w, f, bits)
         return codes, exp, grid
-    ws, fs, _ = _sample(w, f)
+    ws, fs, _ = _sample(w, f, sample)
     _, exp, grid, _ = group_fn(ws, fs, bits)
     return codes_fn(w.astype(np.float64), bits, exp, grid), exp, grid

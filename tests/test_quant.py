@@ -133,22 +133,22 @@ def test_split_ranks_equals_groups_along_a_stable_sort():
         np.testing.assert_array_equal(quant_scale.split_ranks(key, g), want)
 
 
-def test_large_groups_choose_on_a_sample_and_code_everything(monkeypatch):
-    """A group above SAMPLE entries: step and grid chosen on the sample, codes for all entries
-    exactly as quantize_group would give at that step and grid; small groups are unchanged."""
+def test_large_groups_choose_on_a_sample_and_code_everything():
+    """A group above its sample size: step and grid chosen on the sample, codes for all entries
+    exactly as quantize_group would give at that step and grid; a group within it is unchanged.
+    The LeNets' few groups all get shares above their sizes."""
+    assert quant_scale.sample_size(10) >= 800_000 and quant_scale.sample_size(10_000) == 1 << 16
     rng = np.random.default_rng(1)
     w = rng.standard_t(3, 5000) * 0.01
     f = rng.lognormal(0, 1, 5000)
     small_codes, small_exp, small_grid, _ = quant.quantize_group(w, f, 4)
-    monkeypatch.setattr(quant_scale, "SAMPLE", 1000)
-    codes, exp, grid = quant_scale.quantize_large(quant.quantize_group, quant._codes, w, f, 4)
+    codes, exp, grid = quant_scale.quantize_large(quant.quantize_group, quant._codes, w, f, 4, 1000)
     top = np.argmax(np.abs(w))
     assert (exp, grid) == quant.quantize_group(np.append(w[::5], w[top]), np.append(f[::5], f[top]), 4)[1:3]
     np.testing.assert_array_equal(codes, quant._codes(w, 4, exp, grid))
     assert abs(exp - small_exp) <= 1  # the sample's choice is near the full one
-    monkeypatch.setattr(quant_scale, "SAMPLE", 1 << 18)
     np.testing.assert_array_equal(
-        quant_scale.quantize_large(quant.quantize_group, quant._codes, w, f, 4)[0], small_codes
+        quant_scale.quantize_large(quant.quantize_group, quant._codes, w, f, 4, 5000)[0], small_codes
     )
 
 
