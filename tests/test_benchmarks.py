@@ -65,3 +65,11 @@ def test_scale_benchmark_runs_every_stage_in_its_own_process(tmp_path):
 def test_readme_states_the_committed_scale_results():
     results = json.loads((ROOT / "benchmarks" / "results" / "scale.json").read_text())
     assert _module("scale").render(results) in (ROOT / "README.md").read_text()
+
+
+def test_readme_quotes_the_committed_decode_results():
+    files = json.loads((ROOT / "benchmarks" / "results" / "decode.json").read_text())["files"]
+    readme = (ROOT / "README.md").read_text()
+    lenet, mlp = files["lenet5"], files["mlp4096"]
+    assert f"reference file in {lenet['read']['min_ms']:.2f} ms" in readme
+    assert f"MLP file in {mlp['read']['min_ms']:.0f} ms (formerly {mlp['read_v1']['min_ms']:.0f} ms)" in readme
