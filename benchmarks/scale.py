@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     previous = out / "scale.json"
     results = {"environment": environment.record(date=time.strftime("%Y-%m-%d %H:%M:%S %z")), "config": CONFIG}
     results["sizes"] = json.loads(previous.read_text())["sizes"] if args.merge and previous.exists() else {}
-    with tempfile.TemporaryDirectory(dir=out) as tmp:
+    with tempfile.TemporaryDirectory() as tmp:  # not under --out: nothing to commit by mistake
         for label in args.sizes.split(","):
             results["sizes"][label] = run_size(label, SIZES[label], args.seed, Path(tmp))
             r = results["sizes"][label]
