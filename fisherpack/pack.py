@@ -77,11 +77,33 @@ def pack_bits(values: np.ndarray, width: int) -> bytes:
     # Scalar width: checking min and max avoids a full-size converted copy of a huge input.
     if v.dtype.kind not in "uib" or (v.size and (int(v.min()) < 0 or int(v.max()) >> width)):
         raise ValueError(f"pack_bits: values must be integers in [0, 2**{width})")
-    parts = []
-    for start in range(0, v.size, _CHUNK):
-        chunk = v[start : start + _CHUNK].astype(">u4")  # big-endian, so bytes are in MSB-first order
-        bits = np.unpackbits(chunk.view(np.uint8).reshape(-1, 4), axis=1)  # (n, 32) 0/1
-        parts.append(np.packbits(bits[:, 32 - width :]).tobytes())  # keep the low `width` bits
+    step = 16 * _CHUNK
+    chunks = (
+        (v[i : i + step].astype(np.uint64), np.full(min(step, v.size - i), width)) for i in range(0, v.size, step)
+    )
+    return _pack_stream(chunks)
+
+
+def _pack_stream(chunks) -> bytes:
+    """Pack (values uint64, widths <= 57) chunks MSB-first into one bit string, zero-padded. Each
+    value is added into the one or two big-endian 64-bit words its bits fall in (its bits are
+    disjoint from every other value's, so adding is OR-ing); a partly filled word carries over."""
+    parts, pending, bit = [], np.uint64(0), 0  # `bit` bits of `pending` are used
+    for v, w in chunks:
+        starts = bit + np.cumsum(w) - w  # bit offsets from the start of the pending word
+        nbits = bit + int(w.sum())
+        word = starts >> 6
+        end = (starts & 63) + w  # where each value ends, counted from its first word's top bit
+        over = end > 64  # the value runs into the next word
+        words = np.zeros(nbits // 64 + 2, dtype=np.uint64)
+        left = np.clip(64 - end, 0, 63).astype(np.uint64)
+        right = np.clip(end - 64, 0, 63).astype(np.uint64)
+        np.add.at(words, word, np.where(over, v >> right, v << left))
+        np.add.at(words, word[over] + 1, v[over] << (128 - end[over]).astype(np.uint64))
+        words[0] += pending
+        parts.append(words[: nbits // 64].astype(">u8").tobytes())
+        pending, bit = words[nbits // 64], nbits % 64
+    parts.append(np.array([pending], dtype=">u8").tobytes()[: (bit + 7) // 8])
     return b"".join(parts)
 
 
@@ -161,6 +183,9 @@ def pack_varbits(values: np.ndarray, widths: np.ndarray) -> bytes:
     v = _as_unsigned(values, w, "pack_varbits")
     if v.shape != w.shape:
         raise ValueError("pack_varbits: values and widths must have the same length")
+    if not w.size or int(w.max()) <= _WINDOW_BITS:  # the common case: no (n, 64) bit matrix
+        step = 16 * _CHUNK
+        return _pack_stream((v[i : i + step], w[i : i + step]) for i in range(0, v.size, step))
     parts, carry = [], np.zeros(0, dtype=np.uint8)
     for start in range(0, v.size, _CHUNK):
         vc, wc = v[start : start + _CHUNK], w[start : start + _CHUNK]
@@ -210,7 +235,10 @@ def check_bit_stream(data: bytes | memoryview, nbits: int, what: str) -> None:
 
 def bit_lengths(values: np.ndarray) -> np.ndarray:
     """Vectorised ``int.bit_length`` of unsigned integers: (n,) int64, 0 for 0."""
-    v = _as_unsigned(values, 64, "bit_lengths").copy()
+    v = _as_unsigned(values, 64, "bit_lengths")
+    if not v.size or int(v.max()) < 1 << 53:  # exact in float64: the exponent is the bit length
+        return np.frexp(v.astype(np.float64))[1].astype(np.int64)
+    v = v.copy()
     out = np.zeros(v.size, dtype=np.int64)
     for shift in (32, 16, 8, 4, 2, 1):  # binary search on the position of the top set bit
         big = v >= np.uint64(1 << shift)
