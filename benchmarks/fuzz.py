@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import fisherpack  # noqa: E402
-from fisherpack import environment  # noqa: E402
+from fisherpack.bench import environment  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 SEPARATOR = b"\n--payload--\n"

@@ -22,7 +22,7 @@ from . import data, dist, export, fisher, models, pipeline, prune, quant, runtim
 from .compression import compress, load_into
 from .config import CompressConfig, PipelineConfig
 from .errors import ConfigError, DataError, DistributedError, FisherpackError, FormatError, RanksDisagreeError
-from .fpk.container import load, save
+from .fpk.container import load, open_file, save
 from .fpk.tensors import Compressed
 from .version import __version__
 
@@ -32,6 +32,7 @@ __all__ = [
     "save",
     "load",
     "load_into",
+    "open_file",
     "Compressed",
     "CompressConfig",
     "PipelineConfig",

@@ -32,7 +32,8 @@ from torch import nn
 from . import prune, quant
 from .config import CompressConfig
 from .errors import ConfigError
-from .fpk.container import DTYPES, load
+from .fpk.container import DTYPES
+from .fpk.reader import FpkReader, open_file
 from .fpk.tensors import Alias, Compressed, QuantTensor, RawTensor
 from .version import __version__
 
@@ -219,13 +220,44 @@ def _vectors(model: nn.Module, config: CompressConfig, weight_names: list[str]) 
     ]
 
 
-def load_into(model: nn.Module, source: Compressed | str | os.PathLike) -> nn.Module:
-    """Load a .fpk file (or a Compressed) into ``model`` in place and return it: quantized weights
-    bit-exact, every other tensor as stored. ConfigError names the first tensor that does not match."""
-    decoded = (source if isinstance(source, Compressed) else load(source)).state_dict()
-    check_state_dict(model, decoded, "the file")
-    model.load_state_dict(decoded)
+def load_into(model: nn.Module, source: Compressed | str | os.PathLike, max_elements: int | None = None) -> nn.Module:
+    """Load a Compressed, or stream a .fpk file, into ``model`` in place and return it: quantized
+    weights bit-exact, every other tensor as stored; ConfigError names the first tensor that does
+    not match. ``max_elements`` as in fpk.container.decode (files only).
+
+    A file is streamed: names and shapes are checked against the model from the header before
+    anything is decoded, then each tensor is decoded and copied into its parameter or buffer in
+    turn, so memory holds one decoded tensor, not a second state dict. The file's CRC is checked
+    first, so a stream that fails to decode half-way (a crafted file) leaves the earlier tensors
+    loaded and raises FormatError.
+    """
+    if isinstance(source, Compressed):
+        decoded = source.state_dict()
+        check_state_dict(model, decoded, "the file")
+        model.load_state_dict(decoded)
+        return model
+    with open_file(source, max_elements=max_elements) as reader:
+        shapes = {n: torch.empty(reader.shape(n), device="meta") for n in reader.names()}  # no memory
+        check_state_dict(model, shapes, "the file")
+        targets = model.state_dict(keep_vars=True)
+        with torch.no_grad():
+            for name in reader.names():
+                _copy_into(targets, reader, name)
     return model
+
+
+def _copy_into(targets: dict[str, torch.Tensor], reader: FpkReader, name: str) -> None:
+    """Decode ``name`` straight into its parameter or buffer; an alias copies its (earlier) target."""
+    t, alias = targets[name], reader.alias_target(name)
+    if alias is not None:
+        if t.data_ptr() != targets[alias].data_ptr():  # tied in the file but not in this model
+            t.data.copy_(targets[alias])
+        return
+    entry = reader.entry(name)
+    if isinstance(entry, QuantTensor) and t.dtype == torch.float32 and t.device.type == "cpu" and t.is_contiguous():
+        entry.dequantize_into(t.data.view(-1).numpy())
+    else:
+        t.data.copy_(entry.dequantize() if isinstance(entry, QuantTensor) else entry.tensor)
 
 
 def check_state_dict(model: nn.Module, state: dict[str, Any], source: str = "the file") -> None:

@@ -15,16 +15,19 @@ Criteria (``F`` is a diagonal Fisher estimate, ``w`` the weight):
 
 Ranking is ``global`` (one threshold over all pruned tensors) or ``layer`` (every tensor pruned to
 the same rate). Weights already pruned stay pruned and count towards the rate. Ties break by
-position (stable sort), so masks are deterministic.
+position, so masks are deterministic: the masks of a stable sort of all scores, found by exact
+selection (ranking.py) with one tensor's scores in memory at a time.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 from torch import nn
 
+from . import ranking
 from .config import CRITERIA, SCOPES
 from .errors import ConfigError
 
@@ -70,32 +73,52 @@ def masks_for_rate(score: Tensors, rate: float, scope: str = "global", current: 
         raise ConfigError(f"pruning rate must be in [0, 1), got {rate}")
     if scope not in SCOPES:
         raise ConfigError(f"unknown ranking scope {scope!r}; choose global or layer")
-    ranked = {}
-    for name, s in score.items():
-        s = s.detach().double().flatten()
+
+    def ranked(name: str) -> torch.Tensor:  # (numel,) float64; computed when needed, one tensor at a time
+        s = score[name].detach().double().flatten()
         if current is not None and name in current:
             s = torch.where(current[name].flatten(), s, torch.full_like(s, -math.inf))
         if torch.isnan(s).any():
             raise ConfigError(f"scores of {name!r} contain NaN; check the weights and the Fisher estimate")
-        ranked[name] = s
-    if scope == "layer":
-        return {n: _keep_top(s, rate).view(score[n].shape) for n, s in ranked.items()}
-    flat = torch.cat(list(ranked.values())) if ranked else torch.zeros(0, dtype=torch.float64)
-    keep = _keep_top(flat, rate)
-    out, start = {}, 0
-    for name, s in ranked.items():
-        out[name] = keep[start : start + s.numel()].view(score[name].shape)
-        start += s.numel()
-    return out
+        return s
+
+    shapes = score.shapes if isinstance(score, _LazyScores) else {n: t.shape for n, t in score.items()}
+    if scope == "layer":  # each tensor on its own: the same selection, one name at a time
+        jobs = [{n: math.prod(shapes[n])} for n in score]
+    else:
+        jobs = [{n: math.prod(shape) for n, shape in shapes.items()}]
+    out = {}
+    for sizes in jobs:
+        out.update(ranking.keep_top_global(ranked, sizes, rate))
+    return {n: torch.from_numpy(k).view(shapes[n]) for n, k in out.items()}
 
 
-def _keep_top(s: torch.Tensor, rate: float) -> torch.Tensor:
-    n_prune = int(round(rate * s.numel()))
-    keep = torch.ones(s.numel(), dtype=torch.bool)
-    if n_prune:
-        order = torch.sort(s, stable=True).indices  # ascending; equal scores: lower index first
-        keep[order[:n_prune]] = False
-    return keep
+class _LazyScores(Mapping):
+    """Scores computed when looked up (one tensor at a time), so ranking never holds them all."""
+
+    def __init__(self, criterion: str, weights: Tensors, fisher: Tensors | None) -> None:
+        self.criterion, self.weights, self.fisher = criterion, weights, fisher
+        self.shapes = {n: w.shape for n, w in weights.items()}
+        for n, w in weights.items():  # check everything before any work
+            if criterion != "magnitude":
+                _fisher_for(fisher, n, w)
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return scores(self.criterion, {name: self.weights[name]}, self.fisher)[name]
+
+    def __iter__(self):
+        return iter(self.weights)
+
+    def __len__(self) -> int:
+        return len(self.weights)
+
+
+def _lazy(criterion: str, weights: Tensors, fisher: Tensors | None, seed: int) -> Mapping:
+    if criterion in ("magnitude", "fisher", "obd"):
+        if criterion != "magnitude" and fisher is None:
+            raise ConfigError(f"criterion {criterion!r} needs a Fisher estimate")
+        return _LazyScores(criterion, weights, fisher)
+    return scores(criterion, weights, fisher, seed=seed)  # random: one generator runs through all tensors
 
 
 def select(
@@ -111,13 +134,15 @@ def select(
 ) -> Tensors:
     """Masks for one pruning step under ``criterion``, including the paper's two-stage rule."""
     if criterion != "two_stage":
-        return masks_for_rate(scores(criterion, weights, fisher, seed=seed), rate, scope, current)
+        return masks_for_rate(_lazy(criterion, weights, fisher, seed), rate, scope, current)
     if not 0.0 <= magnitude_share <= 1.0:
         raise ConfigError(f"magnitude_share must be in [0, 1], got {magnitude_share}")
     already = 0.0 if current is None else _pruned_fraction(current)
     first_rate = already + magnitude_share * max(rate - already, 0.0)
-    first = masks_for_rate(scores("magnitude", weights), first_rate, scope, current)
-    return masks_for_rate(scores("fisher", weights, fisher), rate, scope, first)
+    if fisher is None:
+        raise ConfigError("criterion 'two_stage' needs a Fisher estimate")
+    first = masks_for_rate(_lazy("magnitude", weights, None, seed), first_rate, scope, current)
+    return masks_for_rate(_lazy("fisher", weights, fisher, seed), rate, scope, first)
 
 
 def _pruned_fraction(masks: Tensors) -> float:

@@ -32,9 +32,10 @@ import math
 import numpy as np
 import torch
 
+from . import quant_scale
 from .config import ALLOCATIONS
 from .errors import ConfigError
-from .fpk.tensors import MAX_BITS, MAX_EXP, MAX_GROUPS, MIN_EXP, QuantTensor, dequantize_codes
+from .fpk.tensors import MAX_BITS, MAX_EXP, MAX_GROUPS, MIN_EXP, QuantTensor
 
 __all__ = [
     "quantize_group",
@@ -74,13 +75,23 @@ def quantize_group(w: np.ndarray, weight: np.ndarray | None, bits: int) -> tuple
         cover = math.ceil(math.log2(max_abs / top_level))  # smallest exp whose grid reaches max|w|
         for exp in range(cover - _EXP_CANDIDATES, cover + 1):
             exp = min(max(exp, MIN_EXP), MAX_EXP)
-            codes = _codes(w, bits, exp, grid)
-            err_sq = (w - dequantize_codes(codes, bits, exp, grid)) ** 2
+            err_sq = (w - _levels(w, bits, exp, grid)) ** 2
             err = float(err_sq.sum() if weight is None else (weight * err_sq).sum())
             if best is None or err < best[0]:
-                best = (err, exp, grid, codes)
-    err, exp, grid, codes = best
-    return codes, exp, grid, err
+                best = (err, exp, grid)
+    err, exp, grid = best
+    return _codes(w, bits, exp, grid), exp, grid, err
+
+
+def _levels(w: np.ndarray, bits: int, exp: int, grid: str) -> np.ndarray:
+    """float64 values ``dequantize_codes(_codes(w, ...))`` without the codes (exactly equal: the
+    levels are integers below 2**16 times powers of two that float32 holds exactly)."""
+    scaled = np.ldexp(w, -exp)
+    if grid == "int":
+        half = 1 << (bits - 1)
+        return np.ldexp(np.clip(np.rint(scaled), -half, half - 1, out=scaled), exp)
+    code = np.clip(np.floor(scaled + (1 << (bits - 1))), 0, (1 << bits) - 1)
+    return np.ldexp(2 * code + (1 - (1 << bits)), exp - 1)
 
 
 def group_error_table(w: np.ndarray, weight: np.ndarray | None, max_bits: int = MAX_BITS) -> np.ndarray:
@@ -135,11 +146,10 @@ def allocate_waterfill(tables: list[np.ndarray], sizes: list[int], target_bits: 
 
 
 def _split_by_fisher(f: np.ndarray, n_groups: int) -> np.ndarray:
-    """(n,) uint8 group ids: equal-count Fisher quantiles, group 0 the highest Fisher."""
-    order = np.argsort(-f, kind="stable")
-    gid = np.empty(f.size, dtype=np.uint8)
-    gid[order] = (np.arange(f.size) * n_groups // max(f.size, 1)).astype(np.uint8)
-    return gid
+    """(n,) uint8 group ids: equal-count Fisher quantiles, group 0 the highest Fisher. The entry of
+    rank ``r`` (Fisher descending, ties by position) goes to group ``r * n_groups // n``; found by
+    selection (np.partition) and counting, not by sorting (see quant_scale.split_ranks)."""
+    return quant_scale.split_ranks(-f, n_groups)
 
 
 def quantize(
@@ -169,10 +179,10 @@ def quantize(
     if allocation != "uniform" and fisher is None and free:
         raise ConfigError(f"bit allocation {allocation!r} needs a Fisher estimate; use uniform without one")
     kept_w, kept_f = {}, {}
-    for name, w in weights.items():
+    for name, w in weights.items():  # kept entries only, float32 (exact); float64 one group at a time
         mask = masks[name].flatten().numpy()
-        kept_w[name] = w.detach().flatten().double().numpy()[mask]
-        kept_f[name] = None if fisher is None else fisher[name].detach().flatten().double().numpy()[mask]
+        kept_w[name] = quant_scale.kept(w, mask)
+        kept_f[name] = None if fisher is None else quant_scale.kept(fisher[name], mask)
         if not np.isfinite(kept_w[name]).all():
             raise ConfigError(f"weight {name!r} has NaN or Inf values; fix the model before compressing")
 
@@ -181,14 +191,17 @@ def quantize(
     )
     gids.update({n: np.zeros(kept_w[n].size, dtype=np.uint8) for n in fixed})
     slots = [(n, g) for n in free for g in range(int(gids[n].max()) + 1 if gids[n].size else 0)]
+    sample = quant_scale.sample_size(len(slots) + len(fixed))
     if allocation == "uniform":
         chosen = [int(bits)] * len(slots)
     elif allocation == "quantile":
         chosen = [group_bits[g] for _, g in slots]
     else:
-        sel = {(n, g): gids[n] == g for n, g in slots}
-        tables = [group_error_table(kept_w[n][sel[n, g]], kept_f[n][sel[n, g]]) for n, g in slots]
-        chosen = allocate_waterfill(tables, [int(sel[s].sum()) for s in slots], bits)
+        sizes = [int(np.count_nonzero(gids[n] == g)) for n, g in slots]
+        tables = [
+            quant_scale.error_table(group_error_table, kept_w[n], kept_f[n], gids[n] == g, sample) for n, g in slots
+        ]
+        chosen = allocate_waterfill(tables, sizes, bits)
     width_of = dict(zip(slots, chosen))
     width_of.update({(n, 0): int(b) for n, b in fixed.items()})
 
@@ -200,10 +213,10 @@ def quantize(
         for g, (_, b) in enumerate(n_groups):
             sel = gid == g
             f = None if kept_f[name] is None or allocation == "uniform" else kept_f[name][sel]
-            c, e, grid, _ = quantize_group(kept_w[name][sel], f, b)
+            c, e, grid = quant_scale.quantize_large(quantize_group, _codes, kept_w[name][sel], f, b, sample)
             codes[sel] = c
             bits_l.append(b), exps.append(e), grids.append(grid)
-        mask = masks[name].flatten().numpy().astype(bool)
+        mask = masks[name].flatten().numpy().astype(bool, copy=False)  # a view of the bool mask, not a copy
         out[name] = QuantTensor(tuple(w.shape), mask, gid, codes, tuple(bits_l), tuple(exps), tuple(grids))
     return out
 

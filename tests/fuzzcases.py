@@ -104,7 +104,7 @@ def header_of(data: bytes) -> dict:
     return json.loads(zlib.decompress(parts(data)[0]))
 
 
-def frame(zheader: bytes, payload: bytes, version: int = 1) -> bytes:
+def frame(zheader: bytes, payload: bytes, version: int = fpk.VERSION) -> bytes:
     """A file with a correct preamble and CRC around a compressed header and a payload."""
     body = PRE.pack(fpk.MAGIC, version, len(zheader), len(payload)) + zheader + payload
     return body + struct.pack("<I", zlib.crc32(body))

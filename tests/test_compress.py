@@ -92,3 +92,39 @@ def test_quantize_biases_quantizes_but_never_prunes_them():
     weights = [c.tensors[f"fc{i}.weight"] for i in (1, 2, 3)]
     total = sum(q.numel for q in weights)
     assert sum(q.kept for q in weights) == total - round(0.9 * total)  # biases do not dilute the rate
+
+
+def test_load_into_streams_a_file_tensor_by_tensor(tmp_path):
+    """load_into(model, path) decodes one tensor at a time into the model (no second state dict)
+    and gives the same weights as decoding the whole file; tied weights stay tied."""
+    from fisherpack.fpk import container as fpk
+
+    torch.manual_seed(0)
+    src = models.build("lenet5")
+    c = compress(src, None, CompressConfig(rate=0.8, criterion="magnitude", allocation="uniform", bits=4))
+    path = tmp_path / "m.fpk"
+    fpk.save(c, path)
+    want = fpk.load(path).state_dict()
+    got = load_into(models.build("lenet5"), path).state_dict()
+    assert list(got) == list(want) and all(torch.equal(got[n], want[n]) for n in want)
+
+
+def test_load_into_a_file_checks_shapes_before_changing_anything(tmp_path):
+    from fisherpack.errors import FormatError
+    from fisherpack.fpk import container as fpk
+
+    c = compress(models.build("lenet5"), None, CompressConfig(rate=0.5, criterion="magnitude", allocation="uniform"))
+    path = tmp_path / "m.fpk"
+    fpk.save(c, path)
+    other = models.build("lenet300")
+    before = {n: t.clone() for n, t in other.state_dict().items()}
+    with pytest.raises(ConfigError, match="is it the right model"):
+        load_into(other, path)
+    data = path.read_bytes()
+    path.write_bytes(data[:-10])
+    target = models.build("lenet5")
+    before5 = {n: t.clone() for n, t in target.state_dict().items()}
+    with pytest.raises(FormatError, match="truncated"):
+        load_into(target, path)
+    for model, saved in ((other, before), (target, before5)):
+        assert all(torch.equal(t, saved[n]) for n, t in model.state_dict().items())

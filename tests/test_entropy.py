@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fisherpack.errors import FormatError
+from fisherpack.fpk import entropy, rans_py
 from fisherpack.fpk.entropy import (
     MAX_SYMBOLS_PER_BYTE,
     choose_precision,
@@ -15,15 +16,13 @@ from fisherpack.fpk.entropy import (
     encode_stream,
     ideal_bits,
     normalize_counts,
-    rans_decode,
-    rans_encode,
     read_table,
     write_table,
 )
 
 
-def reference_rans_encode(symbols, freqs, precision) -> bytes:
-    """rANS encoder written straight from docs/FORMAT.md, one step at a time: the oracle."""
+def reference_v1_encode(symbols, freqs, precision) -> bytes:
+    """Version-1 rANS encoder written straight from docs/FORMAT.md, one step at a time: the oracle."""
     starts = [sum(freqs[:s]) for s in range(len(freqs))]
     x, emitted = 2**16, []
     for s in reversed(list(symbols)):
@@ -33,6 +32,31 @@ def reference_rans_encode(symbols, freqs, precision) -> bytes:
         x = (x // freqs[s]) * 2**precision + x % freqs[s] + starts[s]
     words = b"".join(w.to_bytes(2, "little") for w in reversed(emitted))
     return x.to_bytes(4, "little") + words
+
+
+def reference_v2_encode(symbols, freqs, precision) -> bytes:
+    """Version-2 rANS data from docs/FORMAT.md: 64-bit state from 2**16, 32-bit words, f scaled to 2**24."""
+    present = [s for s in range(len(freqs)) if freqs[s]]
+    f = {s: freqs[s] * 2 ** (24 - precision) for s in present}
+    starts = {s: sum(f[t] for t in present if t < s) for s in present}
+    x, words = 2**16, []
+    for s in reversed(list(symbols)):
+        if x // 2**40 >= f[s]:
+            words.append(x % 2**32)
+            x //= 2**32
+        x = (x // f[s]) * 2**24 + x % f[s] + starts[s]
+    words += [x % 2**32, x // 2**32]
+    return b"".join(w.to_bytes(4, "little") for w in words).rstrip(b"\x00")
+
+
+@pytest.fixture(params=["native", "python"])
+def coder(request, monkeypatch):
+    """Run a test with constriction and again with the pure-Python coder: both must give the same bytes."""
+    if request.param == "python":
+        monkeypatch.setattr(entropy, "_AnsCoder", None)
+    elif not entropy.native():
+        pytest.skip("constriction is not installed")
+    return request.param
 
 
 def test_normalize_counts_sums_and_keeps_every_symbol():
@@ -69,12 +93,21 @@ def test_choose_precision_grows_with_stream_length():
     assert choose_precision(np.ones(1000, dtype=int)) >= 10  # needs a slot per symbol
 
 
-def test_golden_bytes():
+def test_golden_bytes(coder):
     data = encode_stream(np.array([0, 1, 1, 0, 2]), 3)
+    # table: precision 8, A = 3, frequencies 103 102 51; then the final state 0x215b0000 as one word
+    assert data.hex() == "080367663300005b21"
+    assert data[5:] == reference_v2_encode([0, 1, 1, 0, 2], [103, 102, 51], 8)
+    assert encode_stream(np.zeros(10, dtype=int), 3).hex() == "08018002"  # one symbol: no rANS data at all
+
+
+def test_version_1_golden_bytes():
+    data = encode_stream(np.array([0, 1, 1, 0, 2]), 3, version=1)
     # table: precision 8, A = 3, frequencies 103 102 51; then the 4-byte state and no words
     assert data.hex() == "08036766330d6ac300"
-    assert data[5:] == reference_rans_encode([0, 1, 1, 0, 2], [103, 102, 51], 8)
-    assert encode_stream(np.zeros(10, dtype=int), 3).hex() == "0801800200000100"  # one symbol: state stays L
+    assert data[5:] == reference_v1_encode([0, 1, 1, 0, 2], [103, 102, 51], 8)
+    assert encode_stream(np.zeros(10, dtype=int), 3, version=1).hex() == "0801800200000100"  # state stays L
+    np.testing.assert_array_equal(decode_stream(data, 5, 3, version=1), [0, 1, 1, 0, 2])
 
 
 def test_table_zero_runs():
@@ -83,8 +116,15 @@ def test_table_zero_runs():
     table = write_table(f, 8)
     assert table[:3] == bytes([8]) + b"\xac\x02"  # precision, A = 300
     assert table[3:5] == b"\x64\x64" and table[5:7] == b"\x00\x93"  # 100, 100, zero + 147 more zeros
-    freqs, precision, used = read_table(table + b"rest", 300)
-    assert precision == 8 and used == len(table) and freqs.tolist() == f.tolist()
+    symbols, freqs, precision, used = read_table(table + b"rest", 300)
+    assert precision == 8 and used == len(table)
+    assert symbols.tolist() == [0, 1, 150, 299] and freqs.tolist() == [100, 100, 50, 6]
+
+
+def test_table_work_is_bounded_by_its_bytes():
+    """Issue 16: a 5-byte table may declare 65,536 symbols; reading it builds 1 entry, not 2**16."""
+    symbols, freqs, precision, used = read_table(b"\x10\x80\x80\x04\x00\xfe\xff\x03\x80\x80\x04", 1 << 16)
+    assert (symbols.tolist(), freqs.tolist(), precision, used) == ([65535], [65536], 16, 11)
 
 
 @pytest.mark.parametrize(
@@ -98,13 +138,16 @@ def test_table_zero_runs():
         lambda rng: rng.integers(0, 65536, size=3000),  # full alphabet
     ],
 )
-def test_round_trip_distributions(make):
+@pytest.mark.parametrize("version", [1, 2])
+def test_round_trip_distributions(make, version, coder):
+    if version == 1 and coder == "native":
+        pytest.skip("version 1 has only the Python coder")
     rng = np.random.default_rng(1)
     symbols = make(rng)
     alphabet = max(int(symbols.max()) + 1, 1)
-    data = encode_stream(symbols, alphabet)
+    data = encode_stream(symbols, alphabet, version=version)
     assert data is not None
-    out = decode_stream(data, symbols.size, alphabet)
+    out = decode_stream(data, symbols.size, alphabet, version=version)
     assert out.dtype == np.uint16
     np.testing.assert_array_equal(out, symbols)
 
@@ -120,12 +163,72 @@ def test_empty_stream():
 
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.integers(0, 20), min_size=1, max_size=300), st.integers(8, 16))
-def test_rans_equals_reference_for_any_precision(symbols, precision):
+def test_streams_equal_the_references_for_any_precision(symbols, precision):
     counts = np.bincount(symbols, minlength=21)
     freqs = normalize_counts(counts, precision)
-    data = rans_encode(np.array(symbols), freqs, precision)
-    assert data == reference_rans_encode(symbols, freqs.tolist(), precision)
-    np.testing.assert_array_equal(rans_decode(data, freqs, precision, len(symbols)), symbols)
+    present = np.flatnonzero(freqs)
+    idx = np.searchsorted(present, symbols).tolist()
+    words = rans_py.encode_v2(idx, freqs[present].tolist(), precision)
+    data = np.asarray(words, dtype="<u4").tobytes().rstrip(b"\x00")
+    assert data == reference_v2_encode(symbols, freqs.tolist(), precision)
+    assert rans_py.decode_v2(words, freqs[present].tolist(), precision, len(symbols)) == idx
+    state, words1 = rans_py.encode_v1(idx, freqs[present].tolist(), precision)
+    data1 = state.to_bytes(4, "little") + np.asarray(words1, dtype="<u2").tobytes()
+    assert data1 == reference_v1_encode(symbols, freqs.tolist(), precision)
+    assert rans_py.decode_v1(state, words1, freqs[present].tolist(), precision, len(symbols)).tolist() == idx
+
+
+@pytest.mark.skipif(not entropy.native(), reason="constriction is not installed")
+@pytest.mark.parametrize("alphabet", [2, 3, 17, 65, 300, 4096])
+def test_native_coder_gives_the_reference_bytes(alphabet, monkeypatch):
+    """constriction's coder, fed the table's probabilities f / 2**p, must code exactly the spec's
+    f * 2**(24-p): it is held to the pure-Python coder on random tables at every precision."""
+    rng = np.random.default_rng(alphabet)
+    for _ in range(12):
+        probs = rng.dirichlet(np.full(alphabet, 0.3))
+        symbols = rng.choice(alphabet, size=int(rng.integers(1, 3000)), p=probs)
+        native = encode_stream(symbols, alphabet)
+        with monkeypatch.context() as m:
+            m.setattr(entropy, "_AnsCoder", None)
+            python = encode_stream(symbols, alphabet)
+            if native is not None:  # None: too skewed for the anti-bomb rule, for both coders
+                np.testing.assert_array_equal(decode_stream(native, symbols.size, alphabet), symbols)
+        assert native == python
+        if native is None:
+            continue
+        np.testing.assert_array_equal(decode_stream(python, symbols.size, alphabet), symbols)
+
+
+@pytest.mark.skipif(not entropy.native(), reason="constriction is not installed")
+def test_native_and_python_decoders_agree_on_garbage(monkeypatch):
+    """Damaged streams (a flipped bit, a byte cut or added, a wrong symbol count): both decoders
+    accept exactly the same ones, with the same symbols, and refuse the rest."""
+    rng = np.random.default_rng(5)
+    cases = []
+    for trial in range(300):
+        symbols = rng.choice(3, size=int(rng.integers(2, 60)), p=[0.5, 0.3, 0.2])
+        data = bytearray(encode_stream(symbols, 3))
+        damage = trial % 4
+        if damage == 0:
+            data[int(rng.integers(len(data)))] ^= 1 << int(rng.integers(8))
+        elif damage == 1:
+            data = data[:-1]
+        elif damage == 2:
+            data += bytes([int(rng.integers(1, 256))])
+        cases.append((bytes(data), symbols.size + (damage == 3) * int(rng.integers(-1, 2))))
+    outcomes = {}
+    for which in ("native", "python"):
+        with monkeypatch.context() as m:
+            if which == "python":
+                m.setattr(entropy, "_AnsCoder", None)
+            outcomes[which] = []
+            for data, count in cases:
+                try:
+                    outcomes[which].append(decode_stream(data, count, 3).tolist())
+                except FormatError:
+                    outcomes[which].append(None)
+    assert outcomes["native"] == outcomes["python"]
+    assert 20 <= sum(o is not None for o in outcomes["native"]) < 150  # the undamaged ones decode
 
 
 def test_size_close_to_ideal_entropy():
@@ -133,19 +236,22 @@ def test_size_close_to_ideal_entropy():
     probs = np.array([0.4, 0.2, 0.15, 0.1, 0.06, 0.04, 0.03, 0.02])
     symbols = rng.choice(probs.size, size=100_000, p=probs)
     data = encode_stream(symbols, probs.size)
-    _, _, table_len = read_table(data, probs.size)
+    *_, table_len = read_table(data, probs.size)
     ideal = ideal_bits(np.bincount(symbols)) / 8
     assert len(data) - table_len <= 1.01 * ideal
     assert len(data) - table_len >= ideal - 8  # an entropy coder cannot beat the entropy by much
 
 
 def test_anti_bomb_cap():
-    assert encode_stream(np.zeros(100_000, dtype=int), 2) is None  # 4 bytes of rANS data: refused
+    assert encode_stream(np.zeros(100_000, dtype=int), 2) is None  # a 4-byte stream: refused
     data = encode_stream(np.zeros(4 * MAX_SYMBOLS_PER_BYTE, dtype=int), 2)
-    assert data is not None
+    assert data == b"\x08\x01\x80\x02"  # one symbol: the table alone (p = 8, A = 1, f = 256)
     decode_stream(data, 4 * MAX_SYMBOLS_PER_BYTE, 2)
     with pytest.raises(FormatError, match="refusing"):
         decode_stream(data, 4 * MAX_SYMBOLS_PER_BYTE + 1, 2)
+    v1 = encode_stream(np.zeros(4 * MAX_SYMBOLS_PER_BYTE, dtype=int), 2, version=1)  # v1 counts rANS data only
+    with pytest.raises(FormatError, match="refusing"):
+        decode_stream(v1, 4 * MAX_SYMBOLS_PER_BYTE + 1, 2, version=1)
 
 
 def test_budget_skips_hopeless_streams():
@@ -154,7 +260,7 @@ def test_budget_skips_hopeless_streams():
     assert encode_stream(symbols, 16, budget=10_000) is not None
 
 
-def test_corruption_is_detected():
+def test_corruption_is_detected(coder):
     rng = np.random.default_rng(4)
     symbols = rng.geometric(0.4, size=2000) - 1
     alphabet = int(symbols.max()) + 1
@@ -169,12 +275,24 @@ def test_corruption_is_detected():
             caught += 1
         else:
             assert not np.array_equal(out, symbols)  # never silently "correct"
-    assert caught >= 0.99 * len(data)
+    # Version 2 catches fewer single flips than version 1 (~97% here, measured): an off-track decoder
+    # often falls back into step after a few wrong symbols, ending in the right state. Damage to a
+    # file is caught by its CRC-32 first; this check is a second line (docs/FORMAT.md 7.2).
+    assert caught >= 0.95 * len(data)
     for cut in (1, 2, 3, len(data) // 2, len(data) - 2):
         with pytest.raises(FormatError):
             decode_stream(data[:cut], symbols.size, alphabet)
     with pytest.raises(FormatError):
-        decode_stream(data, symbols.size + 1, alphabet)  # asks for more symbols than were coded
+        decode_stream(data, symbols.size - 1, alphabet)  # asks for fewer symbols than were coded
+    # More symbols than were coded: version 2's start state 2**16 lies in symbol 0's slots when
+    # f[0] > 2**(p-8), and a trailing symbol 0 then codes to no bits; so the longer read either
+    # fails or is the stream plus a 0 (the count is in the header, so each file still has one meaning).
+    try:
+        longer = decode_stream(data, symbols.size + 1, alphabet)
+    except FormatError:
+        pass
+    else:
+        np.testing.assert_array_equal(longer, [*symbols, 0])
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from fisherpack.errors import FisherpackError, FormatError
 from fisherpack.fpk import container as fpk
+from fisherpack.fpk import entropy
 from fisherpack.fpk.entropy import ideal_bits
 from fisherpack.fpk.tensors import Alias, Compressed, QuantTensor, RawTensor
 
@@ -78,7 +79,7 @@ def split(data: bytes) -> tuple[dict, bytes]:
     return header, data[PRE.size + hlen : PRE.size + hlen + plen]
 
 
-def frame(header, payload: bytes, version: int = 1) -> bytes:
+def frame(header, payload: bytes, version: int = 2) -> bytes:
     """A well-framed file (valid CRC) around any header, so validation past the CRC is exercised."""
     raw = header if isinstance(header, bytes) else json.dumps(header).encode()
     h = zlib.compress(raw, 9)
@@ -255,7 +256,7 @@ def test_encode_refuses_what_it_cannot_store():
 def test_describe_reports_layout():
     data = fpk.encode(tiny_example())
     info = fpk.describe(data)
-    assert (info["version"], info["file_bytes"], info["payload_bytes"]) == (1, len(data), 12)
+    assert (info["version"], info["file_bytes"], info["payload_bytes"]) == (2, len(data), 12)
     w, b, a = info["tensors"]
     assert (w["kind"], w["shape"], w["kept"], w["numel"], w["bytes"]) == ("quant", [2, 4], 4, 8, 4)
     assert w["groups"][1] == {"bits": 2, "exp": 0, "grid": "odd", "count": 2}
@@ -288,14 +289,14 @@ def hex_of(block: str) -> bytes:
 def test_golden_bytes_of_a_tiny_file():
     data = fpk.encode(tiny_example())
     payload = "96 50 3c 80" + "0000003f 000080bf"  # mask, ids, codes[0], codes[1], bias (float32 LE)
-    assert data[:22].hex() == "8946504b0d0a1a0a" + "0100" + "f0000000" + "0c00000000000000"
+    assert data[:22].hex() == "8946504b0d0a1a0a" + "0200" + "f0000000" + "0c00000000000000"
     assert data[-16:-4] == bytes.fromhex(payload)
     assert data[-4:] == struct.pack("<I", zlib.crc32(data[:-4]))
     one = fpk.encode(Compressed({"x": RawTensor(torch.tensor([1, 2, 3], dtype=torch.uint8))}))
     assert one.hex() == (  # a whole file, header included: any drift in the encoder shows up here
-        "8946504b0d0a1a0a010065000000030000000000000078da1d8b310e80300c03ffe2998d05f52b15434423a82801d1204055ff4ecae6f3"
+        "8946504b0d0a1a0a020065000000030000000000000078da1d8b310e80300c03ffe2998d05f52b15434423a82801d1204055ff4ecae6f3"
         "d9051b2bc195da4159f27e66385f10e86fc132ed21ca0c8723511474482cb32e70bd5d82be079bbba2e8606e8d120c4fba0d84b6e61e8b"
-        "79a1b6f3fd58c7fa01d28425a1010203431b4c04"
+        "79a1b6f3fd58c7fa01d28425a101020370dfd752"
     )
 
 
@@ -312,6 +313,7 @@ def test_format_md_rans_example_matches_the_code():
 
     symbols = np.array([0, 1, 1, 0, 2, 0, 0, 1, 0, 2, 1, 0, 0, 1, 0, 0])
     assert hex_of(doc_block("example-rans")) == encode_stream(symbols, 3)
+    assert hex_of(doc_block("example-rans-v1")) == encode_stream(symbols, 3, version=1)
 
 
 # ---------------------------------------------------------------- malformed input
@@ -353,8 +355,8 @@ def test_other_formats_are_not_fisherpack_files(tmp_path):
 
 def test_bad_version_and_checksum():
     data = bytearray(fpk.encode(tiny_example()))
-    data[8] = 2
-    with pytest.raises(FormatError, match="unsupported format version 2"):
+    data[8] = 3
+    with pytest.raises(FormatError, match="unsupported format version 3 .* upgrade"):
         fpk.decode(bytes(data))
     data = bytearray(fpk.encode(tiny_example()))
     data[-6] ^= 0x10
@@ -447,7 +449,7 @@ HOSTILE = {
         "past the end",
     ),
     "bad rANS": (lambda: edit(set_codes_ans(b"\x08\x01\x80\x02\x00\x00\x02\x00")), "corrupt"),
-    "rANS bomb": (lambda: edit(set_codes_ans(b"\x08\x01\x80\x02\x00\x00\x01\x00", count=300)), "refusing"),
+    "rANS bomb": (lambda: edit(set_codes_ans(b"\x08\x01\x80\x02\x00\x00\x01\x00", count=600)), "refusing"),
     "bool byte 2": (lambda: edit(bool_bias(b"\x01\x02")), "0 or 1"),
     "zlib wrong size": (lambda: edit(zlib_bias(zlib.compress(bytes(12)))), "wrong size"),
     "zlib trailing": (lambda: edit(zlib_bias(zlib.compress(bytes(8)) + b"\x00")), "single complete"),
@@ -617,3 +619,138 @@ def test_realistic_sparse_laplace_layer(record_property):
     print(f"\n500x800 @2%: entropy on {len(on)} B, off {len(off)} B, ideal {ideal:.0f} B")
     assert len(on) < 0.8 * len(off)
     assert len(on) < 1.05 * ideal + 300  # header and tables
+
+
+# ---------------------------------------------------------------- version 1 files and bounded work
+
+
+def test_version_1_files_still_load():
+    """A file written by fisherpack 0.1 (format version 1, the LeNet-5 reference file of that
+    release): it loads, and rewritten in version 1 it gives back the very same bytes."""
+    old = (Path(__file__).parent / "data" / "lenet5-v1.fpk").read_bytes()
+    assert fpk.describe(old)["version"] == 1
+    c = fpk.decode(old)
+    assert fpk.encode(c, version=1) == old
+    new = fpk.encode(c)
+    assert fpk.describe(new)["version"] == 2 and len(new) <= len(old) + 2
+    assert_identical(c, fpk.decode(new))
+
+
+def test_many_tiny_rans_streams_cost_work_linear_in_the_file(monkeypatch):
+    """Issue 16: thousands of tiny valid rANS streams, each with a precision-16 table declaring a
+    4096-symbol alphabet. Decoding builds tables of the symbols listed (1-2 entries), never 2**16
+    entries a stream: the table entries built plus symbols decoded stay below 64 per file byte."""
+    built = []
+    real = entropy.read_table
+
+    def counting(data, max_alphabet):
+        out = real(data, max_alphabet)
+        built.append(out[0].size)
+        return out
+
+    monkeypatch.setattr(entropy, "read_table", counting)
+    n = 3000
+    for version in (1, 2):
+        freqs = np.zeros(4096, dtype=np.int64)
+        freqs[[0, 4095]] = 1 << 15
+        index = np.zeros(4096, dtype=np.int32)
+        index[4095] = 1
+        coder = entropy._encode_v2 if version == 2 else entropy._encode_v1
+        codes = entropy.write_table(freqs, 16) + coder(np.array([4095, 0, 4095]), index, freqs[[0, 4095]], 16)
+        entries = [
+            {"name": f"t{i}", "kind": "quant", "shape": [3], "kept": 3, "mask": {"encoding": "all", "length": 0},
+             "groups": [{"bits": 12, "exp": 0, "grid": "int", "count": 3}],
+             "codes": [{"encoding": "ans", "length": len(codes)}]}
+            for i in range(n)
+        ]  # fmt: skip
+        data = frame({"meta": {}, "tensors": entries}, codes * n, version=version)
+        built.clear()
+        c = fpk.decode(data)
+        assert len(built) == n and max(built) == 2
+        assert sum(built) + 3 * n <= 64 * len(data)
+        assert c.tensors["t7"].codes.tolist() == [4095, 0, 4095]
+
+
+# ---------------------------------------------------------------- streaming save, lazy read
+
+
+def _mixed() -> Compressed:
+    import fuzzcases
+
+    return fpk.decode(fuzzcases.mixed_file())
+
+
+def test_save_streams_the_same_bytes_as_encode(tmp_path):
+    c = _mixed()
+    path = tmp_path / "m.fpk"
+    assert fpk.save(c, path) == path.stat().st_size
+    assert path.read_bytes() == fpk.encode(c)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.fpk"]  # no spill or temp file left
+
+
+def test_lazy_reader_lists_names_and_decodes_one_tensor(tmp_path):
+    c = _mixed()
+    path = tmp_path / "m.fpk"
+    fpk.save(c, path)
+    full = c.state_dict()
+    with fpk.open_file(path) as r:
+        assert r.names() == list(c.tensors) and r.meta == c.meta and r.version == fpk.VERSION
+        for name in reversed(r.names()):  # any order, one at a time
+            assert r.shape(name) == tuple(full[name].shape)
+            t = r.tensor(name)
+            assert t.dtype == full[name].dtype and torch.equal(t, full[name]), name
+            if not isinstance(c.tensors[name], Alias):
+                assert_identical(Compressed({name: c.tensors[name]}), Compressed({name: r.entry(name)}))
+
+
+def _all_via_reader(path) -> str:
+    try:
+        with fpk.open_file(path) as r:
+            for name in r.names():
+                r.entry(name)
+    except FormatError as exc:
+        return str(exc)
+    return "ok"
+
+
+def _all_via_decode(data: bytes) -> str:
+    try:
+        fpk.decode(data)
+    except FormatError as exc:
+        return str(exc)
+    return "ok"
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_lazy_reader_fails_like_decode_on_hostile_files(case, tmp_path):
+    data = HOSTILE[case][0]()
+    path = tmp_path / "h.fpk"
+    path.write_bytes(data)
+    assert _all_via_reader(path) == _all_via_decode(data) != "ok"
+
+
+def test_lazy_reader_fails_like_decode_at_every_truncation(tmp_path):
+    data = fpk.encode(_mixed())
+    path = tmp_path / "t.fpk"
+    for cut in list(range(0, 64)) + list(range(64, len(data), 97)):
+        path.write_bytes(data[:cut])
+        assert _all_via_reader(path) == _all_via_decode(data[:cut]) != "ok", cut
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 4
+    path.write_bytes(bytes(flipped))
+    assert _all_via_reader(path) == "checksum mismatch: the file is corrupt"
+
+
+def test_lazy_reader_reads_a_pipe_once(tmp_path):
+    import os
+    import threading
+
+    data = fpk.encode(tiny_example())
+    fifo = tmp_path / "pipe.fpk"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_bytes(data))
+    writer.start()
+    with fpk.open_file(fifo) as r:
+        assert r.names() == ["fc.weight", "fc.bias", "head.weight"]
+        assert torch.equal(r.tensor("head.weight"), tiny_example().state_dict()["fc.weight"])
+    writer.join(timeout=10)

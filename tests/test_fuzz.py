@@ -251,12 +251,16 @@ def test_cost_attacks_take_at_most_a_second_and_512_mib(name, record_property):
     _cost(f"cost: {name}", lambda: fc.every_reader(data), record_property)
 
 
-@pytest.mark.xfail(reason="issue 12 replaces the entropy coder", strict=False)
+@pytest.mark.xfail(
+    reason="decode alone now takes ~0.6 s of CPU (54 s before format v2), but every reader together "
+    "(describe + decode + state dict + safetensors) still ~1.8 s: per-stream overhead outside the coder",
+    strict=False,
+)
 def test_many_tiny_rans_streams_take_at_most_a_second(record_property):
     data = fc.tiny_rans_streams()
     assert len(data) <= fc.MAX_FILE
     assert len(fpk.describe(data)["tensors"]) == 15_000  # within the separator cap: the streams are reached
-    _cost("cost: 15k tiny rANS streams (xfail: issue 12)", lambda: fc.every_reader(data), record_property)
+    _cost("cost: 15k tiny rANS streams (xfail: every reader)", lambda: fc.every_reader(data), record_property)
 
 
 @pytest.mark.parametrize(("tail", "expected"), [(0, "decoded"), (300 << 20, "error"), (None, "error")])

@@ -184,3 +184,27 @@ def test_varint_round_trip(value):
 def test_varint_malformed(data, message):
     with pytest.raises(FormatError, match=message):
         read_varint(data, 0)
+
+
+def _reference_varbits(values, widths) -> bytes:
+    """The bit matrix way: every value as 64 bits, keep the low `width` of each, pack the lot."""
+    rows = np.unpackbits(np.asarray(values, dtype=">u8").view(np.uint8).reshape(-1, 8), axis=1)
+    keep = np.arange(64)[None, :] >= (64 - np.asarray(widths))[:, None]
+    return np.packbits(rows[keep]).tobytes()
+
+
+def test_word_packing_equals_the_bit_matrix_across_chunk_boundaries():
+    """Values are added into 64-bit words chunk by chunk; the bytes equal the bit-matrix packing,
+    also when a chunk ends inside a word (more than 2**20 values)."""
+    from fisherpack.fpk import bits as pack
+
+    rng = np.random.default_rng(7)
+    n = 16 * pack._CHUNK + 12345
+    widths = rng.integers(0, 58, n)
+    full = rng.integers(0, 2**63, n, dtype=np.uint64) | np.uint64(1 << 63)  # the top bits set too
+    values = full & ((np.uint64(1) << widths.astype(np.uint64)) - np.uint64(1))  # all bits of each width
+    data = pack.pack_varbits(values, widths)
+    assert data == _reference_varbits(values, widths)
+    np.testing.assert_array_equal(pack.unpack_varbits(data, widths), values)
+    fixed = rng.integers(0, 2**13, n)
+    assert pack.pack_bits(fixed, 13) == _reference_varbits(fixed, np.full(n, 13))

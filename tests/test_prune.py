@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from fisherpack import prune
+from fisherpack import prune, ranking
 from fisherpack.errors import ConfigError
 
 
@@ -97,3 +97,60 @@ def test_bad_criterion_and_missing_fisher_are_config_errors():
         prune.select("obd", w, None, 0.5)
     with pytest.raises(ConfigError, match="NaN or Inf"):
         prune.select("fisher", w, {"a": f["a"] * float("nan"), "b": f["b"]}, 0.5)
+
+
+def _sorted_reference(score: dict, rate: float, current: dict | None) -> dict:
+    """The ranking as it was: concatenate, stable sort, prune the first round(rate * N)."""
+    flat = []
+    for n, s in score.items():
+        s = s.double().flatten()
+        if current is not None:
+            s = torch.where(current[n].flatten(), s, torch.full_like(s, -math.inf))
+        flat.append(s)
+    cat = torch.cat(flat)
+    keep = torch.ones(cat.numel(), dtype=torch.bool)
+    keep[torch.sort(cat, stable=True).indices[: int(round(rate * cat.numel()))]] = False
+    out, start = {}, 0
+    for n, s in score.items():
+        out[n] = keep[start : start + s.numel()].view(s.shape)
+        start += s.numel()
+    return out
+
+
+@pytest.mark.parametrize("few", [1 << 22, 3])  # 3: forces the refining passes and the all-equal path
+def test_selection_equals_the_stable_sort_ties_included(few, monkeypatch):
+    """Global ranking by histogram selection picks exactly the masks of a stable sort of all scores:
+    many ties (scores drawn from a few values, zeros, -0.0, already-pruned entries), every rate."""
+    monkeypatch.setattr(ranking, "_FEW", few)
+    gen = torch.Generator().manual_seed(0)
+    for trial in range(30):
+        shapes = [(int(torch.randint(1, 40, (1,), generator=gen)), 3) for _ in range(4)]
+        levels = torch.tensor([0.0, -0.0, 1e-30, 0.25, 0.5, 3.0, 1e30])
+        score = {
+            f"t{i}": levels[torch.randint(0, 7 if trial % 2 else 3, s, generator=gen)] for i, s in enumerate(shapes)
+        }
+        if trial % 3 == 0:
+            score = {n: s * torch.rand(s.shape, generator=gen, dtype=torch.float64) for n, s in score.items()}
+        current = {n: torch.rand(s.shape, generator=gen) < 0.8 for n, s in score.items()} if trial % 4 else None
+        for rate in (0.0, 0.01, 0.3, 0.5, 0.77, 0.99):
+            got = prune.masks_for_rate(score, rate, "global", current)
+            want = _sorted_reference(score, rate, current)
+            assert all(torch.equal(got[n], want[n]) for n in score), (trial, rate)
+            layer = prune.masks_for_rate(score, rate, "layer", current)
+            for n in score:
+                one = _sorted_reference({n: score[n]}, rate, None if current is None else {n: current[n]})
+                assert torch.equal(layer[n], one[n]), (trial, rate, n)
+
+
+def test_selection_holds_one_tensor_of_scores_at_a_time():
+    """The scores are asked for one name at a time, a few passes each, and never all kept."""
+    calls = []
+    w = {f"t{i}": torch.randn(1000, generator=torch.Generator().manual_seed(i)) for i in range(5)}
+
+    def scores(name):
+        calls.append(name)
+        return w[name].abs().double()
+
+    keep = ranking.keep_top_global(scores, {n: 1000 for n in w}, 0.9)
+    assert sum(int(k.sum()) for k in keep.values()) == 500
+    assert len(calls) == 2 * len(w)  # a histogram pass and a mask pass: the cut's bin is small

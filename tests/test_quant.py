@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from fisherpack import quant
+from fisherpack import quant, quant_scale
 from fisherpack.errors import ConfigError
 from fisherpack.fpk.tensors import dequantize_codes
 
@@ -116,3 +116,48 @@ def test_fake_quant_forward_equals_the_stored_values_and_passes_gradients_straig
     assert torch.equal(latent.grad, expected)
     again = quant.requantize(qt, w)
     assert np.array_equal(again.codes, qt.codes)  # the layout reproduces the original codes
+
+
+def test_split_ranks_equals_groups_along_a_stable_sort():
+    """Equal-count Fisher groups by selection give exactly the groups of the stable argsort."""
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        n = int(rng.integers(0, 60))
+        key = rng.integers(0, 4, n).astype(np.float32) * (rng.random() < 0.5) + rng.random(n).astype(np.float32) * (
+            trial % 3 == 0
+        )
+        key[rng.random(n) < 0.1] = -0.0
+        g = int(rng.integers(1, 7))
+        want = np.empty(n, dtype=np.uint8)
+        want[np.argsort(key, kind="stable")] = (np.arange(n) * g // max(n, 1)).astype(np.uint8)
+        np.testing.assert_array_equal(quant_scale.split_ranks(key, g), want)
+
+
+def test_large_groups_choose_on_a_sample_and_code_everything():
+    """A group above its sample size: step and grid chosen on the sample, codes for all entries
+    exactly as quantize_group would give at that step and grid; a group within it is unchanged.
+    The LeNets' few groups all get shares above their sizes."""
+    assert quant_scale.sample_size(10) >= 800_000 and quant_scale.sample_size(10_000) == 1 << 16
+    rng = np.random.default_rng(1)
+    w = rng.standard_t(3, 5000) * 0.01
+    f = rng.lognormal(0, 1, 5000)
+    small_codes, small_exp, small_grid, _ = quant.quantize_group(w, f, 4)
+    codes, exp, grid = quant_scale.quantize_large(quant.quantize_group, quant._codes, w, f, 4, 1000)
+    top = np.argmax(np.abs(w))
+    assert (exp, grid) == quant.quantize_group(np.append(w[::5], w[top]), np.append(f[::5], f[top]), 4)[1:3]
+    np.testing.assert_array_equal(codes, quant._codes(w, 4, exp, grid))
+    assert abs(exp - small_exp) <= 1  # the sample's choice is near the full one
+    np.testing.assert_array_equal(
+        quant_scale.quantize_large(quant.quantize_group, quant._codes, w, f, 4, 5000)[0], small_codes
+    )
+
+
+@pytest.mark.parametrize("grid", ["int", "odd"])
+def test_levels_equal_the_dequantized_codes(grid):
+    """quantize_group scores candidates by their levels directly; they must equal dequantized codes."""
+    rng = np.random.default_rng(2)
+    w = rng.standard_t(3, 3000) * 0.05
+    for bits in (1, 2, 4, 8, 12, 16):
+        for exp in (-20, -9, -4, 0, 3):
+            want = dequantize_codes(quant._codes(w, bits, exp, grid), bits, exp, grid).astype(np.float64)
+            np.testing.assert_array_equal(quant._levels(w, bits, exp, grid), want)

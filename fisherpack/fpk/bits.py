@@ -20,6 +20,7 @@ a few megabytes of scratch memory beyond the input and output.
 from __future__ import annotations
 
 import numpy as np
+from numpy.lib.stride_tricks import as_strided
 
 from ..errors import FormatError
 
@@ -76,11 +77,33 @@ def pack_bits(values: np.ndarray, width: int) -> bytes:
     # Scalar width: checking min and max avoids a full-size converted copy of a huge input.
     if v.dtype.kind not in "uib" or (v.size and (int(v.min()) < 0 or int(v.max()) >> width)):
         raise ValueError(f"pack_bits: values must be integers in [0, 2**{width})")
-    parts = []
-    for start in range(0, v.size, _CHUNK):
-        chunk = v[start : start + _CHUNK].astype(">u4")  # big-endian, so bytes are in MSB-first order
-        bits = np.unpackbits(chunk.view(np.uint8).reshape(-1, 4), axis=1)  # (n, 32) 0/1
-        parts.append(np.packbits(bits[:, 32 - width :]).tobytes())  # keep the low `width` bits
+    step = 16 * _CHUNK
+    chunks = (
+        (v[i : i + step].astype(np.uint64), np.full(min(step, v.size - i), width)) for i in range(0, v.size, step)
+    )
+    return _pack_stream(chunks)
+
+
+def _pack_stream(chunks) -> bytes:
+    """Pack (values uint64, widths <= 57) chunks MSB-first into one bit string, zero-padded. Each
+    value is added into the one or two big-endian 64-bit words its bits fall in (its bits are
+    disjoint from every other value's, so adding is OR-ing); a partly filled word carries over."""
+    parts, pending, bit = [], np.uint64(0), 0  # `bit` bits of `pending` are used
+    for v, w in chunks:
+        starts = bit + np.cumsum(w) - w  # bit offsets from the start of the pending word
+        nbits = bit + int(w.sum())
+        word = starts >> 6
+        end = (starts & 63) + w  # where each value ends, counted from its first word's top bit
+        over = end > 64  # the value runs into the next word
+        words = np.zeros(nbits // 64 + 2, dtype=np.uint64)
+        left = np.clip(64 - end, 0, 63).astype(np.uint64)
+        right = np.clip(end - 64, 0, 63).astype(np.uint64)
+        np.add.at(words, word, np.where(over, v >> right, v << left))
+        np.add.at(words, word[over] + 1, v[over] << (128 - end[over]).astype(np.uint64))
+        words[0] += pending
+        parts.append(words[: nbits // 64].astype(">u8").tobytes())
+        pending, bit = words[nbits // 64], nbits % 64
+    parts.append(np.array([pending], dtype=">u8").tobytes()[: (bit + 7) // 8])
     return b"".join(parts)
 
 
@@ -104,13 +127,39 @@ def unpack_bits(data: bytes | memoryview, width: int, count: int, offset_bits: i
     out = np.empty(count, dtype=np.uint32)
     for start in range(0, count, _CHUNK):
         n = min(_CHUNK, count - start)
-        first = offset_bits + start * width
-        raw = np.unpackbits(buf[first // 8 : (first + n * width + 7) // 8])
-        bits = raw[first % 8 : first % 8 + n * width].reshape(n, width)
-        full = np.zeros((n, 32), dtype=np.uint8)  # left-pad each value to 32 bits, then repack
-        full[:, 32 - width :] = bits
-        out[start : start + n] = np.packbits(full, axis=1).view(">u4").reshape(n)
+        starts = offset_bits + (start + np.arange(n, dtype=np.int64)) * width
+        out[start : start + n] = _read_windows(buf, starts, np.full(n, width, dtype=np.int64))
     return out
+
+
+_WINDOW_BITS = 57  # a value of up to 57 bits lies inside the 8 bytes that start at its first byte
+
+
+def _read_windows(buf: np.ndarray, starts: np.ndarray, widths: np.ndarray) -> np.ndarray:
+    """(n,) uint64 values of ``widths[i] <= 57`` bits at bit offsets ``starts[i]`` (ascending) of
+    ``buf``: each read from the big-endian 64-bit word of the 8 bytes holding its first bit."""
+    if not starts.size:
+        return np.zeros(0, dtype=np.uint64)
+    first = int(starts[0]) // 8
+    window = buf[first : int(starts[-1]) // 8 + 8]
+    if starts.size < 4096:  # few values: gather 8-byte rows directly
+        padded = np.zeros(window.size + 8, dtype=np.uint8)  # the last windows may reach past the data
+        padded[: window.size] = window
+        rows = as_strided(padded, shape=(window.size + 1, 8), strides=(1, 1))  # row i = bytes i..i+7
+        words = rows[(starts >> 3) - first].view(">u8").reshape(-1).astype(np.uint64)  # (n,)
+    else:  # many: the 64-bit words at each of the 8 byte alignments, then one gather
+        m = window.size // 8 + 1
+        padded = np.zeros(8 * m + 8, dtype=np.uint8)
+        padded[: window.size] = window
+        aligned = np.empty((8, m), dtype=np.uint64)  # aligned[k, j] = big-endian word at byte 8j + k
+        for k in range(8):
+            aligned[k] = padded[k : k + 8 * m].view(">u8")
+        byte = (starts >> 3) - first
+        words = np.take(aligned.reshape(-1), (byte & 7) * m + (byte >> 3))
+    words <<= (starts & 7).astype(np.uint64)  # the value's first bit is now bit 63
+    words >>= np.uint64(1)
+    words >>= np.uint64(63) - widths.astype(np.uint64)  # width 0 gives 0
+    return words
 
 
 def _width_mask(widths: np.ndarray) -> np.ndarray:
@@ -134,6 +183,9 @@ def pack_varbits(values: np.ndarray, widths: np.ndarray) -> bytes:
     v = _as_unsigned(values, w, "pack_varbits")
     if v.shape != w.shape:
         raise ValueError("pack_varbits: values and widths must have the same length")
+    if not w.size or int(w.max()) <= _WINDOW_BITS:  # the common case: no (n, 64) bit matrix
+        step = 16 * _CHUNK
+        return _pack_stream((v[i : i + step], w[i : i + step]) for i in range(0, v.size, step))
     parts, carry = [], np.zeros(0, dtype=np.uint8)
     for start in range(0, v.size, _CHUNK):
         vc, wc = v[start : start + _CHUNK], w[start : start + _CHUNK]
@@ -159,6 +211,11 @@ def unpack_varbits(data: bytes | memoryview, widths: np.ndarray, offset_bits: in
     for start in range(0, w.size, _CHUNK):
         wc = w[start : start + _CHUNK]
         nbits = int(wc.sum())
+        if not wc.size or int(wc.max()) <= _WINDOW_BITS:  # the common case: no (n, 64) bit matrix
+            starts = pos + np.cumsum(wc) - wc
+            out[start : start + wc.size] = _read_windows(buf, starts, wc)
+            pos += nbits
+            continue
         bits = np.unpackbits(buf[pos // 8 : (pos + nbits + 7) // 8])[pos % 8 : pos % 8 + nbits]
         rows = np.zeros((wc.size, 64), dtype=np.uint8)
         rows[_width_mask(wc)] = bits
@@ -178,7 +235,10 @@ def check_bit_stream(data: bytes | memoryview, nbits: int, what: str) -> None:
 
 def bit_lengths(values: np.ndarray) -> np.ndarray:
     """Vectorised ``int.bit_length`` of unsigned integers: (n,) int64, 0 for 0."""
-    v = _as_unsigned(values, 64, "bit_lengths").copy()
+    v = _as_unsigned(values, 64, "bit_lengths")
+    if not v.size or int(v.max()) < 1 << 53:  # exact in float64: the exponent is the bit length
+        return np.frexp(v.astype(np.float64))[1].astype(np.int64)
+    v = v.copy()
     out = np.zeros(v.size, dtype=np.int64)
     for shift in (32, 16, 8, 4, 2, 1):  # binary search on the position of the top set bit
         big = v >= np.uint64(1 << shift)
@@ -217,9 +277,18 @@ def exp_golomb_join(buckets: np.ndarray, extra: bytes | memoryview, what: str) -
     if k.size and (int(k.min()) < 0 or int(k.max()) > 63):
         raise FormatError(f"{what}: Exp-Golomb bucket out of range 0..63")
     low = np.maximum(k - 1, 0)
-    check_bit_stream(extra, int(low.sum()), what)
-    rest = unpack_varbits(extra, low).astype(np.int64)
-    return np.where(k > 0, (np.int64(1) << low) + rest, 0)  # k = 1: no extra bits, value 1
+    ends = np.cumsum(low)
+    check_bit_stream(extra, int(ends[-1]) if ends.size else 0, what)
+    if ends.size and int(low.max()) > _WINDOW_BITS:
+        rest = unpack_varbits(extra, low).astype(np.int64)
+    else:
+        rest = np.empty(k.size, dtype=np.int64)
+        buf, step = _byte_view(extra), 16 * _CHUNK  # in chunks: the windows take ~40 bytes per value
+        for i in range(0, k.size, step):
+            rest[i : i + step] = _read_windows(buf, ends[i : i + step] - low[i : i + step], low[i : i + step])
+    rest += np.int64(1) << low  # k >= 1: the implicit top bit
+    rest[k == 0] = 0
+    return rest
 
 
 def write_varint(value: int) -> bytes:

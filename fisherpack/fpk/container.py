@@ -10,10 +10,13 @@ This module turns tensors into streams and back.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import struct
+import tempfile
 import zlib
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -21,11 +24,25 @@ import torch
 from ..errors import ConfigError, FormatError
 from . import bits as pack
 from . import entropy as rans
-from .fileio import atomic_write_bytes
-from .header import DTYPES, MAGIC, MAX_ANS_BITS, MAX_NAME, PRE, VERSION, inflate, read_bytes, split, validate
+from .fileio import atomic_writer
+from .header import (
+    DTYPES,
+    MAGIC,
+    MAX_ANS_BITS,
+    MAX_NAME,
+    PRE,
+    READ_VERSIONS,
+    VERSION,
+    inflate,
+    read_bytes,
+    split,
+    validate,
+)
+from .reader import FpkReader, describe, open_file
 from .tensors import Alias, Compressed, QuantTensor, RawTensor
 
-__all__ = ["MAGIC", "VERSION", "DTYPES", "encode", "decode", "save", "read_bytes", "load", "describe"]
+__all__ = ["MAGIC", "VERSION", "DTYPES", "encode", "decode", "decode_entry", "save", "read_bytes", "load", "describe"]
+__all__ += ["open_file", "FpkReader"]
 
 _DTYPE_NAMES = {t: name for name, (t, _) in DTYPES.items()}
 
@@ -53,7 +70,7 @@ def _encode_raw(t: torch.Tensor, entropy_on: bool) -> tuple[dict, list]:
     return {"kind": "raw", "dtype": name, "shape": list(t.shape), "data": s}, [blob]
 
 
-def _encode_mask(q: QuantTensor, entropy_on: bool) -> tuple[dict, bytes]:
+def _encode_mask(q: QuantTensor, entropy_on: bool, version: int) -> tuple[dict, bytes]:
     gaps = pack.mask_to_gaps(q.mask)  # (kept,) int64
     width = int(gaps.max()).bit_length() if gaps.size else 0
     cands = [({"encoding": "bitmap"}, np.packbits(q.mask).tobytes())]
@@ -64,58 +81,70 @@ def _encode_mask(q: QuantTensor, entropy_on: bool) -> tuple[dict, bytes]:
     if entropy_on and gaps.size:
         k, extra = pack.exp_golomb_split(gaps)
         budget = min(len(c[1]) for c in cands) - len(extra)
-        buckets = rans.encode_stream(k, 65, budget=budget) if budget > 0 else None
+        buckets = rans.encode_stream(k, 65, budget=budget, version=version) if budget > 0 else None
         if buckets is not None:
             cands.append(({"encoding": "gaps_ans", "buckets_length": len(buckets)}, buckets + extra))
     s, blob = _smallest(cands)
     return {**s, "length": len(blob)}, blob
 
 
-def _encode_symbols(values: np.ndarray, width: int, alphabet: int, use_ans: bool) -> tuple[dict, bytes]:
+def _encode_symbols(values: np.ndarray, width: int, alphabet: int, use_ans: bool, version: int) -> tuple[dict, bytes]:
     packed = pack.pack_bits(values, width)
     cands = [({"encoding": "packed"}, packed)]
     if use_ans and values.size:
-        ans = rans.encode_stream(values, alphabet, budget=len(packed))
+        ans = rans.encode_stream(values, alphabet, budget=len(packed), version=version)
         if ans is not None:
             cands.append(({"encoding": "ans"}, ans))
     s, blob = _smallest(cands)
     return {**s, "length": len(blob)}, blob
 
 
-def _encode_quant(q: QuantTensor, entropy_on: bool) -> tuple[dict, list]:
+def _encode_quant(q: QuantTensor, entropy_on: bool, version: int) -> tuple[dict, list]:
     counts = q.group_counts()
     groups = [
         {"bits": int(b), "exp": int(e), "grid": str(g), "count": int(n)}
         for b, e, g, n in zip(q.bits, q.exps, q.grids, counts)
     ]
     entry = {"kind": "quant", "shape": [int(d) for d in q.shape], "kept": q.kept, "groups": groups}
-    entry["mask"], mask = _encode_mask(q, entropy_on)
+    entry["mask"], mask = _encode_mask(q, entropy_on, version)
     blobs = [mask]
     ngroups = len(q.bits)
     if ngroups > 1:
-        entry["ids"], ids = _encode_symbols(q.groups, (ngroups - 1).bit_length(), ngroups, entropy_on)
+        entry["ids"], ids = _encode_symbols(q.groups, (ngroups - 1).bit_length(), ngroups, entropy_on, version)
         blobs.append(ids)
     entry["codes"] = []
     for g, bits in enumerate(q.bits):
         codes = q.codes[q.groups == g] if ngroups > 1 else q.codes
-        s, blob = _encode_symbols(codes, bits, 1 << bits, entropy_on and bits <= MAX_ANS_BITS)
+        s, blob = _encode_symbols(codes, bits, 1 << bits, entropy_on and bits <= MAX_ANS_BITS, version)
         entry["codes"].append(s)
         blobs.append(blob)
     return entry, blobs
 
 
-def encode(c: Compressed, entropy: bool | None = None) -> bytes:
+def encode(c: Compressed, entropy: bool | None = None, version: int = VERSION) -> bytes:
     """The .fpk bytes of ``c``. ``entropy=False`` stores every stream plain (no rANS, no zlib);
     ``None`` follows the ``entropy`` of the config recorded in ``c.meta`` (True if none is). The
     file's recorded config always says what was done: an explicit choice overrides it there too.
+    ``version`` 1 writes the layout of fisherpack 0.1 (for tests of reading old files).
 
     Deterministic: equal inputs give equal bytes. ConfigError (a ValueError) if ``c`` cannot be
     stored (bad name, alias to a missing or aliased entry, unsupported dtype, meta not JSON).
     """
+    out = io.BytesIO()
+    _write(c, out, io.BytesIO(), entropy, version)
+    return out.getvalue()
+
+
+def _write(c: Compressed, out: BinaryIO, spill: BinaryIO, entropy: bool | None, version: int) -> int:
+    """Encode ``c`` tensor by tensor into ``spill`` (the payload; only one tensor's streams are in
+    memory at a time), then write the file to ``out``: preamble, header, the payload copied from
+    ``spill`` in 1 MiB steps, CRC. Returns the file's length."""
     if not isinstance(c.meta, dict):
         raise ConfigError(f"meta must be a dict, got {type(c.meta).__name__}")
+    if version not in READ_VERSIONS:
+        raise ConfigError(f"format version must be one of {READ_VERSIONS}, got {version}")
     entropy, meta = _entropy_setting(c.meta, entropy)
-    entries, blobs, stored = [], [], set()
+    entries, stored, plen = [], set(), 0
     for name, t in c.tensors.items():
         if not isinstance(name, str) or not 1 <= len(name) <= MAX_NAME:
             raise ConfigError(f"tensor names must be strings of 1..{MAX_NAME} characters, got {name!r}")
@@ -126,20 +155,30 @@ def encode(c: Compressed, entropy: bool | None = None) -> bytes:
         elif isinstance(t, RawTensor):
             entry, parts = _encode_raw(t.tensor, entropy)
         elif isinstance(t, QuantTensor):
-            entry, parts = _encode_quant(t, entropy)
+            entry, parts = _encode_quant(t, entropy, version)
         else:
             raise ConfigError(f"cannot store {type(t).__name__} for {name!r}")
         if not isinstance(t, Alias):
             stored.add(name)
         entries.append({"name": name, **entry})
-        blobs.extend(parts)
+        for blob in parts:
+            spill.write(blob)
+            plen += len(blob)
+        del parts
     try:
         text = json.dumps({"meta": meta, "tensors": entries}, sort_keys=True, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"meta must be JSON-serializable (no NaN/inf): {exc}") from None
-    header, payload = zlib.compress(text.encode("utf-8"), 9), b"".join(blobs)
-    body = PRE.pack(MAGIC, VERSION, len(header), len(payload)) + header + payload
-    return body + struct.pack("<I", zlib.crc32(body))
+    header = zlib.compress(text.encode("utf-8"), 9)
+    head = PRE.pack(MAGIC, version, len(header), plen) + header
+    out.write(head)
+    crc = zlib.crc32(head)
+    spill.seek(0)
+    while chunk := spill.read(1 << 20):
+        out.write(chunk)
+        crc = zlib.crc32(chunk, crc)
+    out.write(struct.pack("<I", crc))
+    return len(head) + plen + 4
 
 
 def _entropy_setting(meta: dict, entropy: bool | None) -> tuple[bool, dict]:
@@ -155,10 +194,20 @@ def _entropy_setting(meta: dict, entropy: bool | None) -> tuple[bool, dict]:
 
 
 def save(c: Compressed, path: str | os.PathLike, entropy: bool | None = None) -> int:
-    """Write ``c`` to ``path`` atomically; return the number of bytes written."""
-    data = encode(c, entropy=entropy)
-    atomic_write_bytes(path, data)
-    return len(data)
+    """Write ``c`` to ``path`` atomically; return the number of bytes written. ``entropy`` as in
+    :func:`encode`.
+
+    Streams are encoded one tensor at a time into a temporary file beside ``path`` (the header,
+    which stores their lengths, comes first in the file), then the file is written through the
+    atomic writer: memory holds one tensor's streams, not the whole file.
+    """
+    folder = os.path.dirname(os.fspath(path)) or "."
+    try:
+        spill = tempfile.TemporaryFile(dir=folder if os.path.isdir(folder) else None)
+    except OSError:  # an unwritable folder: the atomic writer reports it
+        spill = tempfile.TemporaryFile()
+    with spill, atomic_writer(path) as fh:
+        return _write(c, fh, spill, entropy, VERSION)
 
 
 # ---------------------------------------------------------------- decoding
@@ -182,7 +231,7 @@ def _decode_raw(e: dict, blob: memoryview) -> RawTensor:
     return RawTensor(t.view(torch.bfloat16) if e["dtype"] == "bfloat16" else t)
 
 
-def _decode_mask(e: dict, blob: memoryview, what: str) -> np.ndarray:
+def _decode_mask(e: dict, blob: memoryview, what: str, version: int) -> np.ndarray:
     s, n, kept = e["mask"], e["_numel"], e["kept"]
     if s["encoding"] == "all":
         if kept != n or len(blob):
@@ -198,24 +247,26 @@ def _decode_mask(e: dict, blob: memoryview, what: str) -> np.ndarray:
         pack.check_bit_stream(blob, kept * s["width"], f"{what} mask")
         gaps = pack.unpack_bits(blob, s["width"], kept).astype(np.int64) if s["width"] else np.zeros(kept, np.int64)
     else:  # gaps_ans: rANS-coded Exp-Golomb buckets (a gap < numel has k <= numel.bit_length())
-        k = rans.decode_stream(blob[: s["buckets_length"]], kept, min(n.bit_length(), 63) + 1)
+        k = rans.decode_stream(blob[: s["buckets_length"]], kept, min(n.bit_length(), 63) + 1, version)
         gaps = pack.exp_golomb_join(k, blob[s["buckets_length"] :], f"{what} mask extra bits")
     return pack.gaps_to_mask(gaps, n, what)
 
 
-def _decode_symbols(s: dict, blob: memoryview, count: int, width: int, alphabet: int, what: str) -> np.ndarray:
+def _decode_symbols(
+    s: dict, blob: memoryview, count: int, width: int, alphabet: int, what: str, version: int
+) -> np.ndarray:
     if s["encoding"] == "packed":
         pack.check_bit_stream(blob, count * width, what)
         return pack.unpack_bits(blob, width, count)
-    return rans.decode_stream(blob, count, alphabet)
+    return rans.decode_stream(blob, count, alphabet, version)
 
 
-def _decode_quant(e: dict, blobs: list[memoryview]) -> QuantTensor:
+def _decode_quant(e: dict, blobs: list[memoryview], version: int) -> QuantTensor:
     what, gs, kept = f"tensor {e['name']!r}", e["groups"], e["kept"]
-    mask = _decode_mask(e, blobs[0], what)
+    mask = _decode_mask(e, blobs[0], what, version)
     groups = np.zeros(kept, dtype=np.uint8)
     if len(gs) > 1:
-        ids = _decode_symbols(e["ids"], blobs[1], kept, (len(gs) - 1).bit_length(), len(gs), f"{what} ids")
+        ids = _decode_symbols(e["ids"], blobs[1], kept, (len(gs) - 1).bit_length(), len(gs), f"{what} ids", version)
         if kept and int(ids.max()) >= len(gs):
             raise FormatError(f"{what}: a group id is >= the number of groups")
         groups = ids.astype(np.uint8)
@@ -223,8 +274,11 @@ def _decode_quant(e: dict, blobs: list[memoryview]) -> QuantTensor:
             raise FormatError(f"{what}: group ids do not match the header's group counts")
     codes = np.zeros(kept, dtype=np.uint16)
     for i, (g, s, blob) in enumerate(zip(gs, e["codes"], blobs[-len(gs) :])):
-        c = _decode_symbols(s, blob, g["count"], g["bits"], 1 << g["bits"], f"{what} codes of group {i}")
-        codes[groups == i] = c
+        c = _decode_symbols(s, blob, g["count"], g["bits"], 1 << g["bits"], f"{what} codes of group {i}", version)
+        if len(gs) == 1:
+            codes = c.astype(np.uint16, copy=False)
+        else:
+            codes[groups == i] = c
     bits, exps, grids = (tuple(g[k] for g in gs) for k in ("bits", "exp", "grid"))
     try:
         return QuantTensor(tuple(e["shape"]), mask, groups, codes, bits, exps, grids)
@@ -241,6 +295,7 @@ def decode(data: bytes, max_elements: int | None = None) -> Compressed:
     cannot claim huge tensors; pass a number to read a trusted file beyond that.
     """
     _, header, payload = split(data)
+    version = PRE.unpack_from(data)[1]
     meta, entries = validate(header, len(payload), len(data), max_elements)
     tensors: dict[str, QuantTensor | RawTensor | Alias] = {}
     offset = 0
@@ -249,38 +304,19 @@ def decode(data: bytes, max_elements: int | None = None) -> Compressed:
         for s in e["_streams"]:  # offsets are cumulative lengths, so streams never overlap
             blobs.append(payload[offset : offset + s["length"]])
             offset += s["length"]
-        if e["kind"] == "alias":
-            tensors[e["name"]] = Alias(e["target"])
-        elif e["kind"] == "raw":
-            tensors[e["name"]] = _decode_raw(e, blobs[0])
-        else:
-            tensors[e["name"]] = _decode_quant(e, blobs)
+        tensors[e["name"]] = decode_entry(e, blobs, version)
     return Compressed(tensors, meta)
+
+
+def decode_entry(e: dict, blobs: list[memoryview], version: int) -> QuantTensor | RawTensor | Alias:
+    """One validated header entry and its streams, decoded (also used by reader.FpkReader)."""
+    if e["kind"] == "alias":
+        return Alias(e["target"])
+    if e["kind"] == "raw":
+        return _decode_raw(e, blobs[0])
+    return _decode_quant(e, blobs, version)
 
 
 def load(path: str | os.PathLike, max_elements: int | None = None) -> Compressed:
     """Read and decode a .fpk file. FisherpackError if it cannot be read, FormatError if malformed."""
     return decode(read_bytes(path), max_elements=max_elements)
-
-
-def describe(data: bytes, max_elements: int | None = None) -> dict:
-    """Layout of a .fpk file without decoding tensors: preamble sizes, meta, and for each tensor its
-    kind, shape, numel, dtype or kept/groups, alias target, and every stream's role, encoding, bytes.
-    """
-    hlen, header, payload = split(data)
-    meta, entries = validate(header, len(payload), len(data), max_elements)
-    shapes = {e["name"]: e.get("shape") for e in entries}
-    out = []
-    for e in entries:
-        d = {k: v for k, v in e.items() if k in ("name", "kind", "shape", "dtype", "kept", "groups", "target")}
-        roles = ["data"] if e["kind"] == "raw" else ["mask", *(["ids"] if "ids" in e else [])]
-        roles += [f"codes[{i}]" for i in range(len(e.get("codes", [])))]
-        d["streams"] = [{"role": r, **s} for r, s in zip(roles, e["_streams"])]
-        d["bytes"] = sum(s["length"] for s in e["_streams"])
-        if e["kind"] == "alias":
-            d["shape"] = shapes[e["target"]]
-        else:
-            d["numel"] = e["_numel"]
-        out.append(d)
-    return {"version": VERSION, "file_bytes": len(data), "header_bytes": hlen, "payload_bytes": len(payload),
-            "meta": meta, "tensors": out}  # fmt: skip

@@ -1,54 +1,58 @@
 """Static-model rANS entropy coding of small-alphabet symbol streams (spec: docs/FORMAT.md, "rANS").
 
 A stream codes ``n`` symbols from ``[0, A)`` with a frequency table that is stored in front of it:
+frequencies ``f[s]`` sum to exactly ``M = 2**p`` (precision ``p`` in 8..16), ``f[s] >= 1`` for every
+symbol that occurs. Serialized stream = table + rANS data. Table = u8 ``p``, varint ``A``, then the
+frequencies of symbols ``0..A-1`` as varints, except that a zero frequency is followed by a varint
+count of *further* zeros (runs of unused symbols cost two bytes). ``n`` is not stored: the caller
+knows it. An empty stream (``n == 0``) is zero bytes.
 
-- frequencies ``f[s]`` sum to exactly ``M = 2**p`` (precision ``p`` in 8..16), ``f[s] >= 1`` for
-  every symbol that occurs; ``start[s] = f[0] + ... + f[s-1]``;
-- the state ``x`` is 32 bits and stays in ``[L, 2**32)`` with ``L = 2**16``; renormalisation moves
-  16-bit words. The encoder starts at ``x = L`` and codes the symbols last to first:
-  ``if x >= f[s] * 2**(32-p): emit x & 0xFFFF; x >>= 16`` then
-  ``x = (x // f[s]) * M + x % f[s] + start[s]``;
-- rANS data = final state (u32 LE) + the emitted words (u16 LE) in reverse order of emission, which
-  is the order the decoder reads them. The decoder runs first to last:
-  ``slot = x % M; s = symbol owning slot; x = f[s] * (x >> p) + slot - start[s];
-  if x < L: x = (x << 16) | next word``, and must end with ``x == L`` and no words left — a
-  check that catches almost any corruption.
+The rANS data depends on the file's format version (the coders themselves are in rans_py.py):
 
-Serialized stream = table + rANS data. Table = u8 ``p``, varint ``A``, then the frequencies of
-symbols ``0..A-1`` as varints, except that a zero frequency is followed by a varint count of
-*further* zeros (runs of unused symbols cost two bytes). ``n`` is not stored: the caller knows it.
-An empty stream (``n == 0``) is zero bytes.
+- version 2: 64-bit state starting and ending at 2**16, 32-bit little-endian words, the table's
+  frequencies scaled to 24 bits;
+  coded natively by ``constriction`` (Rust) when it is installed, else by the pure-Python coder,
+  which gives the same bytes (tests hold the two to each other);
+- version 1 (fisherpack 0.1): 32-bit state, 16-bit words; decoded in Python to read old files.
 
-Anti-bomb: a stream may declare at most :data:`MAX_SYMBOLS_PER_BYTE` symbols per byte of rANS data,
-so decoding work and memory are bounded by the file size; :func:`encode_stream` returns None when
-its output would break that rule, and the caller stores the stream another way.
+Bounded work: a stream may declare at most :data:`MAX_SYMBOLS_PER_BYTE` symbols per byte (version 2:
+of the whole stream; version 1: of its rANS data), and decoding builds tables only of the symbols
+the table lists (never ``2**p`` entries), so a file's decoding costs time and memory linear in its
+size. :func:`encode_stream` returns None when its output would break the rule, and the caller
+stores the stream another way.
 """
 
 from __future__ import annotations
 
-import array
+import functools
 import heapq
 import math
-import sys
 
 import numpy as np
 
 from ..errors import FormatError
+from . import rans_py
 from .bits import read_varint, write_varint
+
+try:  # the native coder; without it the pure-Python coder writes and reads the same bytes
+    import constriction  # its submodules are attributes of the extension, not importable modules
+
+    _Categorical, _AnsCoder = constriction.stream.model.Categorical, constriction.stream.stack.AnsCoder
+except ImportError:  # pragma: no cover - tests switch it off by setting _AnsCoder to None
+    _Categorical = _AnsCoder = None
 
 __all__ = [
     "MIN_PRECISION",
     "MAX_PRECISION",
     "MAX_ALPHABET",
     "MAX_SYMBOLS_PER_BYTE",
-    "RANS_L",
+    "STREAM_VERSIONS",
+    "native",
     "normalize_counts",
     "choose_precision",
     "ideal_bits",
     "write_table",
     "read_table",
-    "rans_encode",
-    "rans_decode",
     "encode_stream",
     "decode_stream",
 ]
@@ -56,7 +60,15 @@ __all__ = [
 MIN_PRECISION, MAX_PRECISION = 8, 16
 MAX_ALPHABET = 1 << 16
 MAX_SYMBOLS_PER_BYTE = 64
-RANS_L = 1 << 16
+STREAM_VERSIONS = (1, 2)
+_CHUNK = 1 << 20  # symbols per call into the native coder: bounds its int32 scratch to 4 MiB
+_TRY_ALL = 1 << 16  # streams of at most this many symbols are coded at every precision (see encode_stream)
+_START = np.array([rans_py.V2_START], dtype=np.uint32)  # the coder's state when it holds no words
+
+
+def native() -> bool:
+    """Whether the native (constriction) coder is in use."""
+    return _AnsCoder is not None
 
 
 def normalize_counts(counts: np.ndarray, precision: int) -> np.ndarray:
@@ -111,19 +123,26 @@ def _coded_bits(counts: np.ndarray, freqs: np.ndarray, precision: int) -> float:
     return float(np.sum(counts[used] * (precision - np.log2(freqs[used]))))
 
 
-def choose_precision(counts: np.ndarray) -> int:
-    """Precision with the smallest estimated stream size: table bytes + 4 + coded bits rounded up to
-    whole 16-bit words; ties go to the lower precision. An encoder choice: decoders accept any 8..16.
+def choose_precision(counts: np.ndarray, version: int = 2) -> int:
+    """Precision with the smallest estimated stream size: table bytes + coded bits rounded up to
+    whole words (version 2: 32-bit words; version 1: a 4-byte state plus 16-bit words); ties go to
+    the lower precision. An encoder choice: decoders accept any 8..16.
     """
     c = np.asarray(counts, dtype=np.int64)
     lowest = max(MIN_PRECISION, (int((c > 0).sum()) - 1).bit_length())
+    word, fixed = (32, 0) if version == 2 else (16, 4)
     best = None
     for p in range(lowest, MAX_PRECISION + 1):
         f = normalize_counts(c, p)
-        size = len(write_table(f, p)) + 4 + 2 * math.ceil(_coded_bits(c, f, p) / 16)
+        size = len(write_table(f, p)) + fixed + word // 8 * math.ceil(_coded_bits(c, f, p) / word)
         if best is None or size < best[0]:
             best = (size, p)
     return best[1]
+
+
+def _precisions(counts: np.ndarray) -> range:
+    """Every precision a table of these counts can have."""
+    return range(max(MIN_PRECISION, (int((counts > 0).sum()) - 1).bit_length()), MAX_PRECISION + 1)
 
 
 def write_table(freqs: np.ndarray, precision: int) -> bytes:
@@ -148,8 +167,10 @@ def write_table(freqs: np.ndarray, precision: int) -> bytes:
     return bytes(out)
 
 
-def read_table(data: bytes | memoryview, max_alphabet: int) -> tuple[np.ndarray, int, int]:
-    """Parse a table at the start of ``data``; return ``(freqs of length A, precision, bytes read)``.
+def read_table(data: bytes | memoryview, max_alphabet: int) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Parse a table at the start of ``data``: ``(symbols, freqs, precision, bytes read)`` where
+    ``symbols`` (k,) uint16 are the symbols of nonzero frequency, ascending, and ``freqs`` (k,) int64
+    their frequencies. Work and memory are linear in the table's bytes, whatever ``A`` it declares.
 
     FormatError unless ``8 <= p <= 16``, ``1 <= A <= max_alphabet`` and the frequencies sum to 2**p.
     """
@@ -159,12 +180,16 @@ def read_table(data: bytes | memoryview, max_alphabet: int) -> tuple[np.ndarray,
     if not MIN_PRECISION <= precision <= MAX_PRECISION:
         raise FormatError(f"entropy-coded stream has precision {precision}, must be 8..16")
     alphabet, pos = read_varint(data, 1)
-    if not 1 <= alphabet <= max_alphabet:
+    if not 1 <= alphabet <= min(max_alphabet, MAX_ALPHABET):
         raise FormatError(f"entropy-coded stream has alphabet size {alphabet}, must be 1..{max_alphabet}")
-    freqs = np.zeros(alphabet, dtype=np.int64)
+    symbols, freqs = [], []
     i, total, m = 0, 0, 1 << precision
+    end = len(data)
     while i < alphabet:
-        f, pos = read_varint(data, pos)
+        if pos < end and data[pos] < 0x80:  # a one-byte varint (most of them): no call
+            f, pos = data[pos], pos + 1
+        else:
+            f, pos = read_varint(data, pos)
         if f == 0:
             run, pos = read_varint(data, pos)
             i += 1 + run
@@ -172,114 +197,135 @@ def read_table(data: bytes | memoryview, max_alphabet: int) -> tuple[np.ndarray,
         total += f
         if total > m:
             raise FormatError("entropy-coded stream: frequencies sum to more than 2**precision")
-        freqs[i] = f
+        symbols.append(i)
+        freqs.append(f)
         i += 1
     if i != alphabet or total != m:
         raise FormatError("entropy-coded stream: bad frequency table (runs overflow or sum is not 2**precision)")
-    return freqs, precision, pos
+    return np.asarray(symbols, dtype=np.uint16), np.asarray(freqs, dtype=np.int64), precision, pos
 
 
-def rans_encode(symbols: np.ndarray, freqs: np.ndarray, precision: int) -> bytes:
-    """rANS data (u32 state + u16 words, little-endian) for ``symbols``; every symbol needs ``freqs > 0``."""
-    f = np.asarray(freqs, dtype=np.int64)
-    syms = np.asarray(symbols).reshape(-1)
-    if syms.size and (int(syms.max()) >= f.size or np.any(f[syms] == 0)):
-        raise ValueError("rans_encode: a symbol has no frequency")
-    # Per symbol (f, start, limit): renormalise before coding s if x >= limit = f * 2**(32-p). One
-    # tuple lookup per symbol is the cheapest form of this loop in CPython.
-    table = list(zip(f.tolist(), (np.cumsum(f) - f).tolist(), (f << (32 - precision)).tolist()))
-    x, words = RANS_L, []
-    emit = words.append
-    for fs, cs, limit in map(table.__getitem__, reversed(syms.tolist())):
-        if x >= limit:  # once is enough: afterwards x < 2**16 <= limit
-            emit(x & 0xFFFF)
-            x >>= 16
-        x = ((x // fs) << precision) + x % fs + cs
-    words.reverse()
-    return x.to_bytes(4, "little") + np.asarray(words, dtype="<u2").tobytes()
+@functools.lru_cache(maxsize=256)
+def _model(freqs: tuple[int, ...], precision: int):
+    """constriction's model of a sparse table; cached, so that a file of many streams with one table
+    builds it once. ``perfect=True`` quantizes the dyadic probabilities ``f / 2**p`` to 24 bits
+    exactly (``f * 2**(24-p)``), which is what makes its bytes the spec's (tests check this)."""
+    return _Categorical(np.asarray(freqs, dtype=np.float64) / (1 << precision), perfect=True)
 
 
-def rans_decode(data: bytes | memoryview, freqs: np.ndarray, precision: int, count: int) -> np.ndarray:
-    """Decode ``count`` symbols from rANS data: (count,) uint16. FormatError if corrupt or short.
+def _encode_v2(syms: np.ndarray, index: np.ndarray, freqs: np.ndarray, precision: int) -> bytes:
+    """Version-2 rANS data of ``syms`` (``index`` maps a symbol to its place in the sparse table
+    ``freqs``); a one-symbol table codes to zero bytes."""
+    if freqs.size == 1:
+        return b""
+    if _AnsCoder is None:
+        words = rans_py.encode_v2(index[syms].tolist(), freqs.tolist(), precision)
+        return _trim(np.asarray(words, dtype="<u4").tobytes())
+    coder, model = _AnsCoder(_START), _model(tuple(freqs.tolist()), precision)
+    for end in range(syms.size, 0, -_CHUNK):  # a stack: the last chunk goes in first
+        coder.encode_reverse(index[syms[max(0, end - _CHUNK) : end]], model)
+    return _trim(coder.get_compressed().astype("<u4").tobytes())
 
-    Memory is 2 bytes per symbol and per word (compact arrays, not lists of Python ints), so a
-    stream that declares many symbols costs no more than its output.
-    """
-    if len(data) < 4 or len(data) % 2:
-        raise FormatError(f"rANS data is {len(data)} bytes; it must be a 4-byte state plus 2-byte words")
-    words = array.array("H", bytes(data[4:]))
-    if sys.byteorder == "big":
-        words.byteswap()  # stored little-endian
-    if len(words) > count:  # each symbol reads at most one word: some could never be read
-        raise FormatError("rANS data is corrupt: it has more words than its symbols can read")
-    f = np.asarray(freqs, dtype=np.int64)
-    sym = np.repeat(np.arange(f.size, dtype=np.uint16), f)  # (2**p,) slot -> symbol
-    start = np.cumsum(f) - f
-    slot_freq = f[sym].tolist()
-    slot_bias = (np.arange(sym.size) - start[sym]).tolist()  # slot - start[symbol of slot]
-    x = int.from_bytes(bytes(data[:4]), "little")
-    if x < RANS_L:
-        raise FormatError("rANS data is corrupt: initial state below 2**16")
-    word_iter = iter(words)
-    mask, slots, next_word = (1 << precision) - 1, array.array("H"), word_iter.__next__
-    record = slots.append  # slots now, symbols afterwards in one numpy gather
-    try:
-        for _ in range(count):
-            slot = x & mask
-            record(slot)
-            x = slot_freq[slot] * (x >> precision) + slot_bias[slot]
-            if x < RANS_L:  # one word always suffices: x >= 1 before it
-                x = (x << 16) | next_word()
-    except StopIteration:
-        raise FormatError("rANS data is corrupt: it ends before all symbols are decoded") from None
-    if x != RANS_L or next(word_iter, None) is not None:
+
+def _trim(data: bytes) -> bytes:
+    """Drop the zero high bytes of the last word (it is never zero), so a file holds no byte that
+    carries no information; the reader pads them back."""
+    return data.rstrip(b"\x00") if data else data
+
+
+def _decode_v2(data: memoryview, freqs: np.ndarray, precision: int, count: int) -> np.ndarray:
+    """(count,) table indices from version-2 rANS data; FormatError if it is corrupt."""
+    if len(data) and data[-1] == 0:
+        raise FormatError("rANS data is corrupt: its last byte is zero")
+    padded = bytes(data) + bytes(-len(data) % 4)  # the last word's zero high bytes are not stored
+    words = np.frombuffer(padded, dtype="<u4").astype(np.uint32)
+    if freqs.size == 1:
+        if words.size:
+            raise FormatError("rANS data is corrupt: a one-symbol stream has no data")
+        return np.zeros(count, dtype=np.uint16)
+    if _AnsCoder is None:
+        return np.asarray(rans_py.decode_v2(words.tolist(), freqs.tolist(), precision, count), dtype=np.uint16)
+    coder, model = _AnsCoder(words), _model(tuple(freqs.tolist()), precision)
+    out = np.empty(count, dtype=np.uint16)
+    for i in range(0, count, _CHUNK):
+        out[i : i + _CHUNK] = coder.decode(model, min(_CHUNK, count - i))
+    rest = coder.get_compressed()  # must be the start state alone: every word read, state 2**16
+    if rest.size != 1 or rest[0] != rans_py.V2_START:
         raise FormatError("rANS data is corrupt: final state check failed")
-    idx, out = np.frombuffer(slots, dtype=np.uint16), np.empty(count, dtype=np.uint16)
-    for i in range(0, count, 1 << 20):  # in chunks: numpy widens an index array to 8 bytes per entry
-        out[i : i + (1 << 20)] = sym[idx[i : i + (1 << 20)]]
     return out
 
 
-def encode_stream(symbols: np.ndarray, alphabet: int, budget: int | None = None) -> bytes | None:
+def _encode_v1(syms: np.ndarray, index: np.ndarray, freqs: np.ndarray, precision: int) -> bytes:
+    state, words = rans_py.encode_v1(index[syms].tolist(), freqs.tolist(), precision)
+    return state.to_bytes(4, "little") + np.asarray(words, dtype="<u2").tobytes()
+
+
+def _decode_v1(data: memoryview, freqs: np.ndarray, precision: int, count: int) -> np.ndarray:
+    if len(data) < 4 or len(data) % 2:
+        raise FormatError(f"rANS data is {len(data)} bytes; it must be a 4-byte state plus 2-byte words")
+    state = int.from_bytes(bytes(data[:4]), "little")
+    words = np.frombuffer(data[4:], dtype="<u2").tolist()
+    return np.frombuffer(rans_py.decode_v1(state, words, freqs.tolist(), precision, count), dtype=np.uint16)
+
+
+def encode_stream(symbols: np.ndarray, alphabet: int, budget: int | None = None, version: int = 2) -> bytes | None:
     """Table + rANS data for ``symbols`` in ``[0, alphabet)``; ``b""`` if there are none.
 
-    Returns None when the result would hold more than 64 symbols per byte of rANS data (the decoder
-    would refuse it) or, with ``budget``, when the ideal entropy already needs ``>= budget`` bytes (so
-    the slow coding loop is skipped when the caller's alternative is certainly at least as small).
+    Returns None when the result would break the anti-bomb rule (the decoder would refuse it) or,
+    with ``budget``, when the ideal entropy already needs ``>= budget`` bytes (so the coder is
+    skipped when the caller's alternative is certainly at least as small). ``version`` is the
+    file's format version (1 only to make test files of the old layout).
     """
     syms = np.asarray(symbols).reshape(-1)
     if not 1 <= alphabet <= MAX_ALPHABET:
         raise ValueError(f"alphabet must be 1..{MAX_ALPHABET}")
+    if version not in STREAM_VERSIONS:
+        raise ValueError(f"stream version must be one of {STREAM_VERSIONS}")
     if syms.size == 0:
         return b""
     if syms.dtype.kind not in "ui" or int(syms.min()) < 0 or int(syms.max()) >= alphabet:
         raise ValueError("symbols must be integers in [0, alphabet)")
-    counts = np.bincount(syms.astype(np.int64), minlength=alphabet)
+    counts = np.bincount(syms if syms.dtype.itemsize < 8 else syms.astype(np.int64), minlength=alphabet)
     if budget is not None and ideal_bits(counts) / 8 >= budget:
         return None
-    precision = choose_precision(counts)
-    freqs = normalize_counts(counts, precision)
-    data = rans_encode(syms, freqs, precision)
-    if syms.size > MAX_SYMBOLS_PER_BYTE * len(data):
+    best = None
+    # Short streams (where a byte matters and coding is cheap) try every precision and keep the
+    # smallest result, ties to the lower precision; long ones take choose_precision's estimate.
+    short = version == 2 and syms.size <= _TRY_ALL
+    for precision in _precisions(counts) if short else [choose_precision(counts, version)]:
+        freqs = normalize_counts(counts, precision)
+        present = np.flatnonzero(freqs)
+        index = np.zeros(alphabet, dtype=np.int32)
+        index[present] = np.arange(present.size, dtype=np.int32)  # symbol -> its place in the sparse table
+        table = write_table(freqs, precision)
+        data = (_encode_v2 if version == 2 else _encode_v1)(syms, index, freqs[present], precision)
+        if best is None or len(table) + len(data) < len(best[0]) + len(best[1]):
+            best = (table, data)
+    table, data = best
+    if syms.size > MAX_SYMBOLS_PER_BYTE * (len(data) + (len(table) if version == 2 else 0)):
         return None
-    return write_table(freqs, precision) + data
+    return table + data
 
 
-def decode_stream(data: bytes | memoryview, count: int, alphabet: int) -> np.ndarray:
+def decode_stream(data: bytes | memoryview, count: int, alphabet: int, version: int = 2) -> np.ndarray:
     """Inverse of :func:`encode_stream` for a stream of exactly ``count`` symbols: (count,) uint16.
 
     FormatError if the table is invalid, a symbol is ``>= alphabet``, the stream declares more than
-    64 symbols per byte of rANS data, or the rANS data is corrupt.
+    64 symbols per byte (the anti-bomb rule), or the rANS data is corrupt.
     """
     if count == 0:
         if len(data):
             raise FormatError("entropy-coded stream of 0 symbols must be empty")
         return np.zeros(0, dtype=np.uint16)
-    freqs, precision, pos = read_table(data, alphabet)
+    if version not in STREAM_VERSIONS:
+        raise ValueError(f"stream version must be one of {STREAM_VERSIONS}")
+    symbols, freqs, precision, pos = read_table(data, alphabet)
     rans = memoryview(data)[pos:]
-    if count > MAX_SYMBOLS_PER_BYTE * len(rans):
+    bytes_counted = len(data) if version == 2 else len(rans)
+    if count > MAX_SYMBOLS_PER_BYTE * bytes_counted:
         raise FormatError(
-            f"entropy-coded stream declares {count} symbols in {len(rans)} bytes "
+            f"entropy-coded stream declares {count} symbols in {bytes_counted} bytes "
             f"(more than {MAX_SYMBOLS_PER_BYTE} per byte); refusing to decode"
         )
-    return rans_decode(rans, freqs, precision, count)
+    idx = (_decode_v2 if version == 2 else _decode_v1)(rans, freqs, precision, count)
+    return idx if symbols.size == symbols[-1] + 1 else symbols[idx]  # dense table: index == symbol

@@ -25,11 +25,13 @@ from ..errors import FisherpackError, FormatError
 from .tensors import GRIDS, MAX_BITS, MAX_EXP, MAX_GROUPS, MIN_EXP
 
 __all__ = ["MAGIC", "VERSION", "PRE", "DTYPES", "MAX_ANS_BITS", "MAX_NAME", "HEADER_CAP", "MAX_SEPARATORS"]
+__all__ += ["READ_VERSIONS"]
 __all__ += ["MAX_ELEMENTS", "ELEMENTS_PER_BYTE", "MIN_ELEMENTS", "default_max_elements"]
-__all__ += ["inflate", "check_preamble", "read_bytes", "split", "parse", "validate"]
+__all__ += ["inflate", "check_preamble", "read_bytes", "read_from", "split", "parse", "validate"]
 
 MAGIC = b"\x89FPK\r\n\x1a\n"
-VERSION = 1
+VERSION = 2  # the version written; 1 (fisherpack 0.1: 16-bit rANS words) is still read
+READ_VERSIONS = (1, 2)
 PRE = struct.Struct("<8sHIQ")  # magic, version, header length, payload length
 MAX_NAME, MAX_NDIM, MAX_ANS_BITS = 1024, 8, 12
 # Caps that bound a reader's memory whatever the file says (docs/FORMAT.md section 9).
@@ -95,9 +97,9 @@ def check_preamble(data: bytes, size: int) -> int:
         hint = next((f"; it looks like {kind}" for sig, kind in _OTHER_FORMATS if data.startswith(sig)), "")
         raise FormatError(f"not a fisherpack file (bad magic){hint}")
     _, version, hlen, plen = PRE.unpack_from(data)
-    if version != VERSION:
+    if version not in READ_VERSIONS:
         newer = "; upgrade fisherpack to read it" if version > VERSION else ""
-        raise FormatError(f"unsupported format version {version} (this fisherpack reads version {VERSION}){newer}")
+        raise FormatError(f"unsupported format version {version} (this fisherpack reads versions 1 and 2){newer}")
     expected = PRE.size + hlen + plen + 4
     if size != expected:
         what = "truncated" if size < expected else "longer than its header says"
@@ -115,31 +117,38 @@ def read_bytes(path: str | os.PathLike) -> bytes:
     """
     try:
         with open(path, "rb") as fh:
-            data = fh.read(PRE.size)  # a buffered read waits for all 22 bytes or the end of a pipe
-            if data[:8] != MAGIC or len(data) < PRE.size:
-                return data  # split() says what is wrong
-            if stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-                check_preamble(data, os.fstat(fh.fileno()).st_size)
-                return data + fh.read()
-            _, _, hlen, plen = PRE.unpack_from(data)
-            want, out = PRE.size + hlen + plen + 4, bytearray(data)
-            if want > MAX_STREAM:  # an endless stream could otherwise claim 2**64 bytes and be read on
-                raise FormatError(
-                    f"{path} declares {want} bytes, more than {MAX_STREAM} read from a pipe; save it to a file"
-                )
-            while len(out) <= want:
-                chunk = fh.read(min(1 << 20, want + 1 - len(out)))
-                if not chunk:
-                    break
-                out += chunk
-            check_preamble(bytes(out[: PRE.size]), len(out))  # says "truncated" or "longer than its header"
-            return bytes(out)
-    except MemoryError:
-        raise FormatError(f"{path} declares more bytes than this machine can hold in memory") from None
+            return read_from(fh, path)
     except OSError as exc:
         if isinstance(exc, PermissionError):
             raise FisherpackError(f"cannot read {path}: permission denied") from None
         raise FisherpackError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def read_from(fh: Any, path: str | os.PathLike) -> bytes:
+    """:func:`read_bytes` from a handle already open (a pipe can be opened only once); OSError as
+    the handle raises it."""
+    try:
+        data = fh.read(PRE.size)  # a buffered read waits for all 22 bytes or the end of a pipe
+        if data[:8] != MAGIC or len(data) < PRE.size:
+            return data  # split() says what is wrong
+        if stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            check_preamble(data, os.fstat(fh.fileno()).st_size)
+            return data + fh.read()
+        _, _, hlen, plen = PRE.unpack_from(data)
+        want, out = PRE.size + hlen + plen + 4, bytearray(data)
+        if want > MAX_STREAM:  # an endless stream could otherwise claim 2**64 bytes and be read on
+            raise FormatError(
+                f"{path} declares {want} bytes, more than {MAX_STREAM} read from a pipe; save it to a file"
+            )
+        while len(out) <= want:
+            chunk = fh.read(min(1 << 20, want + 1 - len(out)))
+            if not chunk:
+                break
+            out += chunk
+        check_preamble(bytes(out[: PRE.size]), len(out))  # says "truncated" or "longer than its header"
+        return bytes(out)
+    except MemoryError:
+        raise FormatError(f"{path} declares more bytes than this machine can hold in memory") from None
 
 
 def split(data: bytes) -> tuple[int, bytearray, memoryview]:

@@ -19,6 +19,7 @@ records a tied parameter stored once.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,19 +78,22 @@ class QuantTensor:
     grids: tuple[str, ...]
 
     def __post_init__(self) -> None:
-        numel = int(np.prod(self.shape, dtype=np.int64))
+        numel = math.prod(self.shape)
         ngroups = len(self.bits)
         if not (1 <= ngroups <= MAX_GROUPS) or len(self.exps) != ngroups or len(self.grids) != ngroups:
             raise ValueError(f"need 1..{MAX_GROUPS} groups with one width, exponent and grid each")
         if self.mask.dtype != np.bool_ or self.mask.shape != (numel,):
             raise ValueError(f"mask must be bool of shape ({numel},), got {self.mask.dtype} {self.mask.shape}")
-        kept = int(self.mask.sum())
+        kept = int(np.count_nonzero(self.mask))
         if self.groups.shape != (kept,) or self.codes.shape != (kept,):
             raise ValueError(f"groups and codes must have one entry per kept value ({kept})")
         for b, e, g in zip(self.bits, self.exps, self.grids):
             if not (1 <= b <= MAX_BITS) or not (MIN_EXP <= e <= MAX_EXP) or g not in GRIDS:
                 raise ValueError(f"bad group: bits={b} exp={e} grid={g!r}")
-        if kept:
+        if kept and ngroups == 1:
+            if int(self.groups.max()) or int(self.codes.max()) >> self.bits[0]:
+                raise ValueError("group id out of range, or a code does not fit its group's width")
+        elif kept:
             if int(self.groups.max()) >= ngroups:
                 raise ValueError("group id out of range")
             limits = np.asarray([1 << b for b in self.bits], dtype=np.int64)[self.groups]
@@ -121,6 +125,11 @@ class QuantTensor:
         dense = np.zeros(self.numel, dtype=np.float32)
         dense[self.mask] = self.values()
         return torch.from_numpy(dense.reshape(self.shape))
+
+    def dequantize_into(self, out: np.ndarray) -> None:
+        """Write the dense values into ``out``, a flat float32 array of ``numel`` entries (no copy)."""
+        out[:] = 0.0
+        out[self.mask] = self.values()
 
 
 @dataclass(frozen=True, eq=False)
