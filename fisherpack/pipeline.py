@@ -201,6 +201,10 @@ def run(
     model = models.build(cfg.model) if model is None else model
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     names = compressible(model, cfg.compress.include, cfg.compress.exclude)
+    frozen = [n for n, p in model.named_parameters() if n in names and not p.requires_grad]
+    if frozen:  # it would be pruned and quantized but never fine-tuned, and has no Fisher
+        raise ConfigError(f"parameter {frozen[0]!r} is frozen (requires_grad=False); the pipeline fine-tunes what it "
+                          "compresses: unfreeze it, or exclude it from compression")  # fmt: skip
     masks: dict[str, torch.Tensor] | None = None
     index, figures, quantized, teacher = 0, {}, None, None
     data_key = fingerprint(x_train, y_train, x_test, y_test) if ckpt is not None else ""

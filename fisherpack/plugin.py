@@ -21,7 +21,7 @@ the spirit of torch.ao's sparsifier and torchao's QAT prepare/convert::
 ``exp_avg_sq`` (see fisher.from_adam). Otherwise :meth:`Pruner.batch` accumulates the squared
 mini-batch gradients of every compressed weight, and the estimate is their mean since the last
 prune (``mean_b g_b**2``, the undecayed analogue of Adam's ``v``; same ranking up to scale).
-Frozen parameters are not compressed unless included, and then need a Fisher-free criterion.
+A frozen parameter among the compressed ones is refused by name (it has no gradient).
 
 **QAT.** Inside ``batch()`` after :meth:`prepare_qat` the compressed weights hold their quantized
 values (the layout frozen by one ``compress``), the backward pass runs there, and on exit the float
@@ -66,6 +66,10 @@ class Pruner:
                 "the model has no weights to compress (no floating-point parameter of 2 or more dimensions)"
             )
         self._params = dict(model.named_parameters())  # by identity: stays valid whatever the loop does
+        frozen = [n for n in self.names if not self._params[n].requires_grad]
+        if frozen:
+            raise ConfigError(f"parameter {frozen[0]!r} is frozen (requires_grad=False): it has no gradient to rank or "
+                              "fine-tune it by; unfreeze it, or exclude it from compression")  # fmt: skip
         self.masks: dict[str, torch.Tensor] | None = None
         self._squares = {n: torch.zeros_like(self._params[n], dtype=torch.float64) for n in self.names}
         self._batches = 0

@@ -126,3 +126,19 @@ def test_a_frozen_weight_is_named_when_the_fisher_cannot_cover_it():
     cfg = fisherpack.CompressConfig(rate=0.5, exclude=("rnn.weight_hh_l0",))
     packed = fisherpack.compress(model, est, cfg)
     assert torch.equal(packed.state_dict()["rnn.weight_hh_l0"], model.rnn.weight_hh_l0.detach())
+
+
+def test_the_pipeline_and_the_pruner_refuse_a_frozen_weight_by_name():
+    from fisherpack import pipeline
+    from fisherpack.plugin import Pruner
+
+    model = GRUHead()
+    model.head.weight.requires_grad_(False)
+    x, y = torch.randn(8, 28, 4), torch.randint(0, 3, (8,))
+    cfg = fisherpack.PipelineConfig(model="gru", epochs=1, rounds=1, compress=fisherpack.CompressConfig(rate=0.5))
+    with pytest.raises(ConfigError, match="'head.weight' is frozen"):
+        pipeline.run(cfg, x, y, x, y, model=model)
+    with pytest.raises(ConfigError, match="'head.weight' is frozen"):
+        Pruner(model)
+    out = pipeline.run(cfg.replace(compress=cfg.compress.replace(exclude=("head.weight",))), x, y, x, y, model=model)
+    assert torch.equal(out.compressed.state_dict()["head.weight"], model.head.weight.detach())

@@ -98,3 +98,22 @@ def test_sensitivity_of_a_user_model(capsys):
     assert layers == {"rnn.weight_ih_l0", "rnn.weight_hh_l0", "head.weight"}
     assert set(result["spearman"]) == {"empirical", "adam"} and result["model"] == "examples.rowgru:tiny"
     assert len(result["rows"]) == 3 * (2 + 1)  # per layer: magnitude and obd at 0.5, 4 bits
+
+
+def test_reproduce_a_language_model_from_its_checkpoint_in_bits_per_byte(tmp_path, capsys):
+    import torch
+
+    from examples.bytelm import tiny
+
+    torch.manual_seed(0)
+    torch.save({"model": tiny().state_dict()}, tmp_path / "lm.pt")
+    out = tmp_path / "lm.fpk"
+    argv = ["reproduce", "--model", "examples.bytelm:tiny", "--data", "examples.bytelm:tiny_splits", "--quiet"]
+    argv += ["--checkpoint", str(tmp_path / "lm.pt"), "--metric", "bits_per_token", "--rounds", "1", "--rate", "0.5"]
+    argv += ["--loss", "fisherpack.losses:cross_entropy"]
+    assert main([*argv, "--out", str(out)]) == 0
+    fig = json.loads((tmp_path / "lm.fpk.json").read_text())
+    assert fig["config"]["epochs"] == 0 and fig["config"]["fisher"] == "empirical" and fig["metric"] == "bits_per_token"
+    assert 0 < fig["val_file"] < 16 and fig["file_bytes"] == out.stat().st_size
+    assert "in_proj_weight" in " ".join(n for n, e in fisherpack.read(out).tensors.items()
+                                         if isinstance(e, fisherpack.fpk.tensors.QuantTensor))  # fmt: skip

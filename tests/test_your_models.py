@@ -33,3 +33,13 @@ def test_your_models_benchmark_runs_tiny_and_its_table_matches_its_json(tmp_path
             assert set(r["baselines"]) == {"one-shot compress", "magnitude + uniform"}
     assert (tmp_path / "your_models.md").read_text() == bench.table(record["models"])
     assert (tmp_path / "your_models.png").stat().st_size > 1000
+
+
+def test_the_readme_table_is_the_committed_json():
+    spec = importlib.util.spec_from_file_location("your_models", ROOT / "benchmarks" / "your_models.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    record = json.loads((ROOT / "benchmarks" / "results" / "your_models.json").read_text())
+    table = bench.table(record["models"])
+    assert f"<!-- your_models -->\n{table}<!-- /your_models -->" in (ROOT / "README.md").read_text()
+    assert (ROOT / "benchmarks" / "results" / "your_models.md").read_text() == table
