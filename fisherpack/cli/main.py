@@ -117,17 +117,19 @@ def _evaluate_file(
     return fig
 
 
+def _check_outputs(out: Path, force: bool, *suffixes: str) -> None:
+    """Refuse, on rank 0 and before any work, an output (``out`` and ``out`` + each suffix) that
+    cannot or may not be written."""
+    paths = [out, *(Path(f"{out}{suffix}") for suffix in suffixes)]
+    _on_rank0(f"checking {shown(out)}", *(lambda p=p: check_writable(p, overwrite=force) for p in paths))
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
     if usermodel.is_spec(args.model):  # your own model: see cli_anymodel
         return cli_anymodel.reproduce(args, _compress_config, _log)
     cfg = _pipeline_config(args)
     out = out_path(args.out, f"{cfg.model}.fpk")
-    _on_rank0(
-        f"checking {shown(out)}",
-        lambda: check_writable(out, overwrite=args.force),
-        lambda: check_writable(Path(f"{out}.json"), overwrite=args.force),
-        lambda: check_writable(Path(f"{out}.ckpt"), overwrite=args.force),
-    )
+    _check_outputs(out, args.force, ".json", ".ckpt")
     started = time.perf_counter()
     x_train, y_train, x_test, y_test = data.load(args.data_dir, log=_log).tensors()
     bar = _Bar(not args.quiet and dist.rank() == 0)
@@ -160,11 +162,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = _pipeline_config(args)
     out = out_path(args.out, f"{cfg.model}.pt")
-    _on_rank0(
-        f"checking {shown(out)}",
-        lambda: check_writable(out, overwrite=args.force),
-        lambda: check_writable(Path(f"{out}.ckpt"), overwrite=args.force),
-    )
+    _check_outputs(out, args.force, ".ckpt")
     x_train, y_train, x_test, y_test = data.load(args.data_dir, log=_log).tensors()
     bar = _Bar(not args.quiet and dist.rank() == 0)
     ckpt = Path(f"{out}.ckpt")
