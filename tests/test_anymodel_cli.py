@@ -115,5 +115,5 @@ def test_reproduce_a_language_model_from_its_checkpoint_in_bits_per_byte(tmp_pat
     fig = json.loads((tmp_path / "lm.fpk.json").read_text())
     assert fig["config"]["epochs"] == 0 and fig["config"]["fisher"] == "empirical" and fig["metric"] == "bits_per_token"
     assert 0 < fig["val_file"] < 16 and fig["file_bytes"] == out.stat().st_size
-    assert "in_proj_weight" in " ".join(n for n, e in fisherpack.read(out).tensors.items()
+    assert "in_proj_weight" in " ".join(n for n, e in fisherpack.load(out).tensors.items()
                                          if isinstance(e, fisherpack.fpk.tensors.QuantTensor))  # fmt: skip
