@@ -41,6 +41,7 @@ import torch  # noqa: E402
 
 import fisherpack  # noqa: E402
 from fisherpack.bench import environment  # noqa: E402
+from fisherpack.bench.environment import proc_status_kib  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 SEPARATOR = b"\n--payload--\n"
@@ -122,15 +123,6 @@ def atheris_run(seconds: float, seed: int, finish) -> None:
     atheris.Fuzz()
 
 
-def _kib(field: str) -> int | None:
-    """A field of /proc/self/status in KiB (None where there is no /proc)."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return None
-
-
 def _one_bomb(path: str) -> dict:
     """Run in a fresh process that holds nothing but the file: peak RSS growth and CPU time of what
     every reader does with it (describe, decode, the state dict, the safetensors export)."""
@@ -139,7 +131,7 @@ def _one_bomb(path: str) -> dict:
     # (Linux >= 4.0), so the growth below is the decoder's alone.
     with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")
-    before = _kib("VmRSS") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = proc_status_kib("VmRSS") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start, wall = time.process_time(), time.perf_counter()
     try:
         fc.every_reader(data)
@@ -147,7 +139,7 @@ def _one_bomb(path: str) -> dict:
     except fisherpack.FormatError as exc:
         outcome = f"FormatError: {exc}"
     seconds, wall = time.process_time() - start, time.perf_counter() - wall
-    grown = ((_kib("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) - before) / 1024
+    grown = ((proc_status_kib("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) - before) / 1024
     return {"file_bytes": len(data), "peak_rss_growth_mib": round(grown, 1), "cpu_seconds": round(seconds, 3),
             "wall_seconds": round(wall, 3), "outcome": outcome}  # fmt: skip
 

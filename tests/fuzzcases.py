@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from fisherpack import models
+from fisherpack.bench.environment import proc_status_kib
 from fisherpack.compression import compress
 from fisherpack.config import CompressConfig
 from fisherpack.errors import FormatError
@@ -213,26 +214,18 @@ def note(family: str, outcome: str, seconds: float, count: bool = True) -> None:
         OUTCOMES[outcome] += 1
 
 
-def _kib(field: str) -> int | None:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return None
-
-
 def peak_reset() -> int | None:
     """Reset the process's peak resident memory to its current size (KiB); None where unsupported."""
     try:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
         return None
-    return _kib("VmRSS")
+    return proc_status_kib("VmRSS")
 
 
 def peak_growth(before: int | None) -> float | None:
     """MiB the peak resident memory grew since :func:`peak_reset` returned ``before``."""
-    peak = _kib("VmHWM") if before is not None else None
+    peak = proc_status_kib("VmHWM") if before is not None else None
     return None if peak is None else (peak - before) / 1024
 
 

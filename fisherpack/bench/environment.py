@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import os
 import platform
@@ -63,3 +64,12 @@ def record(**extra: Any) -> dict[str, Any]:
         "git_commit": _git_commit(),
         **extra,
     }
+
+
+def proc_status_kib(field: str) -> int | None:
+    """A field of /proc/self/status (VmRSS, VmHWM, ...) in KiB; None where there is no /proc."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return None
