@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from . import quant_scale
-from .config import ALLOCATIONS
+from .config import ALLOCATIONS, CompressConfig
 from .errors import ConfigError
 from .fpk.tensors import MAX_BITS, MAX_EXP, MAX_GROUPS, MIN_EXP, QuantTensor
 
@@ -157,10 +157,10 @@ def quantize(
     masks: dict[str, torch.Tensor],
     fisher: dict[str, torch.Tensor] | None,
     *,
-    allocation: str = "waterfill",
-    bits: float = 5.0,
-    groups: int = 2,
-    group_bits: tuple[int, ...] = (6, 4, 2),
+    allocation: str = CompressConfig.allocation,
+    bits: float = CompressConfig.bits,
+    groups: int = CompressConfig.groups,
+    group_bits: tuple[int, ...] = CompressConfig.group_bits,
     widths: dict[str, int] | None = None,
 ) -> dict[str, QuantTensor]:
     """Quantize the kept entries of every weight tensor; returns a QuantTensor per name.
