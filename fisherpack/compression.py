@@ -96,9 +96,9 @@ def compress(
     for n, w in weights.items():
         if not torch.isfinite(w).all():
             raise ConfigError(f"weight {n!r} has NaN or Inf values; fix the model before compressing")
-    prunes_by_fisher = config.rate > 0 and masks is None and config.criterion in ("fisher", "obd", "two_stage")
-    if fisher is None and (prunes_by_fisher or config.allocation != "uniform"):
-        use = f"criterion {config.criterion!r}" if prunes_by_fisher else f"allocation {config.allocation!r}"
+    if fisher is None and config.needs_fisher(masks_given=masks is not None):
+        by_criterion = config.replace(allocation="uniform").needs_fisher(masks_given=masks is not None)
+        use = f"criterion {config.criterion!r}" if by_criterion else f"allocation {config.allocation!r}"
         raise ConfigError(f"{use} needs a Fisher estimate (see fisherpack.fisher); without one use criterion "
                           "magnitude or random and allocation uniform")  # fmt: skip
     frozen = [n for n in names if not params[n].requires_grad and isinstance(fisher, dict) and n not in fisher]

@@ -29,6 +29,7 @@ __all__ = [
     "SCOPES",
     "ALLOCATIONS",
     "FISHER_SOURCES",
+    "FISHER_CRITERIA",
     "OVERRIDE_KEYS",
 ]
 
@@ -72,6 +73,8 @@ CRITERIA = tuple(c.value for c in Criterion)
 SCOPES = tuple(s.value for s in Scope)
 ALLOCATIONS = tuple(a.value for a in Allocation)
 FISHER_SOURCES = tuple(f.value for f in FisherSource)
+# the criteria that rank weights by their Fisher information (magnitude and random need none)
+FISHER_CRITERIA = (Criterion.FISHER.value, Criterion.OBD.value, Criterion.TWO_STAGE.value)
 OVERRIDE_KEYS = ("rate", "bits")
 
 
@@ -170,6 +173,17 @@ class CompressConfig(_Versioned):
     entropy: bool = True
     seed: int = 0
     version: int = 1
+
+    def ranks_by_fisher(self) -> bool:
+        """Whether its pruning criterion ranks weights by their Fisher information."""
+        return self.criterion in FISHER_CRITERIA
+
+    def needs_fisher(self, masks_given: bool = False) -> bool:
+        """Whether compressing with this config needs a Fisher: to prune by a Fisher criterion (at
+        ``rate`` or an override's rate, unless the masks are given), or to give code widths by the
+        Fisher (every allocation but uniform)."""
+        prunes = not masks_given and (self.rate > 0 or any("rate" in s for _, s in self.overrides))
+        return (prunes and self.ranks_by_fisher()) or self.allocation != Allocation.UNIFORM
 
     def __post_init__(self) -> None:
         self._check_types()

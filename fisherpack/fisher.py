@@ -65,10 +65,11 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from . import dist
+from .config import FISHER_SOURCES
 from .errors import ConfigError, DataError, FisherpackError
 from .losses import check_targets, nll_sum, nll_sum_unchecked
 
-__all__ = ["from_adam", "from_adam_state", "empirical", "sampled", "per_sample_square_sum"]
+__all__ = ["estimate", "from_adam", "from_adam_state", "empirical", "sampled", "per_sample_square_sum"]
 
 Batches = Iterable[tuple[torch.Tensor | tuple[torch.Tensor, ...], torch.Tensor]]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -244,6 +245,33 @@ def _fisher(
         raise ConfigError("no samples to estimate the Fisher information from; give a non-empty data set")
     dtype = next(iter(model.parameters())).dtype
     return {name: (s / count).to(dtype) for name, s in sums.items()}
+
+
+def estimate(
+    source: str,
+    model: nn.Module,
+    *,
+    optimizer: torch.optim.Optimizer | dict | None = None,
+    batches: Batches | None = None,
+    n_samples: int | None = None,
+    seed: int = 0,
+    loss_fn: LossFn | None = None,
+    notice: Callable[[str], None] | None = None,
+) -> dict[str, torch.Tensor]:
+    """The Fisher information from ``source`` (a config.FisherSource): ``"adam"`` reads it off the
+    ``optimizer`` (an Adam/AdamW optimizer, or its saved ``state_dict()``); ``"empirical"`` and
+    ``"sampled"`` estimate it from ``batches`` (``seed`` draws the sampled labels)."""
+    if source not in FISHER_SOURCES:
+        raise ConfigError(f"unknown Fisher estimator {source!r}; choose one of: {', '.join(FISHER_SOURCES)}")
+    if source == "adam":
+        if optimizer is None:
+            raise ConfigError("the adam Fisher is read off the optimizer that trained the model; none was given")
+        return from_adam_state(optimizer, model) if isinstance(optimizer, dict) else from_adam(optimizer, model)
+    if batches is None:
+        raise ConfigError(f"the {source} Fisher is estimated from data; none was given")
+    if source == "empirical":
+        return empirical(model, batches, n_samples=n_samples, loss_fn=loss_fn, notice=notice)
+    return sampled(model, batches, n_samples=n_samples, seed=seed, loss_fn=loss_fn, notice=notice)
 
 
 def per_sample_square_sum(

@@ -105,12 +105,12 @@ def estimate_fisher(
     """The Fisher estimate ``cfg.fisher`` asks for; data estimators use a seeded subset of (x, y),
     the first ``fisher_samples`` of a permutation, sharded over ranks under torch.distributed."""
     if cfg.fisher == "adam":
-        return fisher_mod.from_adam(optimizer, model)
+        return fisher_mod.estimate("adam", model, optimizer=optimizer)
     first = itertools.islice(batches(x, y, cfg.fisher_samples, shuffle=True, seed=cfg.seed, epoch=10_000 + salt), 1)
     subset = [(dist.shard(xb), dist.shard(yb)) for xb, yb in first]  # this rank's share of the subset
-    if cfg.fisher == "empirical":
-        return fisher_mod.empirical(model, subset, n_samples=cfg.fisher_samples, loss_fn=loss)
-    return fisher_mod.sampled(model, subset, n_samples=cfg.fisher_samples, seed=cfg.seed + salt, loss_fn=loss)
+    return fisher_mod.estimate(
+        cfg.fisher, model, batches=subset, n_samples=cfg.fisher_samples, seed=cfg.seed + salt, loss_fn=loss
+    )
 
 
 @dataclass(frozen=True)

@@ -91,7 +91,7 @@ class Pruner:
         with ``config.criterion`` on the current Fisher; returns the pruned fraction."""
         if self._fake is not None:
             raise ConfigError("prune before prepare_qat: the quantized layout is frozen")
-        needs = self.config.criterion in ("fisher", "obd", "two_stage")
+        needs = self.config.ranks_by_fisher()
         weights = {n: self._params[n].detach() for n in self.names}
         self.masks = prune.select(
             self.config.criterion,
@@ -146,7 +146,7 @@ class Pruner:
     def prepare_qat(self, meta: dict[str, Any] | None = None) -> Compressed:
         """Quantize once (widths, steps and grids frozen from then on) and return that file's
         content; from now on :meth:`batch` runs on the quantized values."""
-        needs = self.config.allocation != "uniform"
+        needs = self.config.needs_fisher(masks_given=True)
         packed = compress(self.model, self.fisher() if needs else None, self.config.replace(rate=0.0),
                           masks=self.masks, meta=meta)  # fmt: skip
         self._layout = packed

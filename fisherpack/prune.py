@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from . import ranking
-from .config import CRITERIA, SCOPES
+from .config import CRITERIA, FISHER_CRITERIA, SCOPES
 from .errors import ConfigError
 
 __all__ = ["scores", "masks_for_rate", "select", "schedule", "apply_masks", "sparsity"]
@@ -39,7 +39,7 @@ Tensors = dict[str, torch.Tensor]
 
 def scores(criterion: str, weights: Tensors, fisher: Tensors | None = None, *, seed: int = 0) -> Tensors:
     """Importance of every weight under a one-stage criterion (not ``two_stage``; see :func:`select`)."""
-    if criterion in ("fisher", "obd", "two_stage") and fisher is None:
+    if criterion in FISHER_CRITERIA and fisher is None:
         raise ConfigError(f"criterion {criterion!r} needs a Fisher estimate")
     if criterion == "magnitude":
         return {n: w.detach().abs().double() for n, w in weights.items()}

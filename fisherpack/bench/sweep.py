@@ -116,13 +116,10 @@ class Sweep:
         k = (model, seed, source, epochs)
         if k not in self._fisher:
             net, opt = self.restore(model, seed, 1e-3, epochs)
-            if source == "adam":
-                self._fisher[k] = fisher_mod.from_adam(opt, net)
-            else:
-                data = batches(self.x, self.y, FISHER_SAMPLES, shuffle=True, seed=seed, epoch=20_000)
-                est = fisher_mod.empirical if source == "empirical" else fisher_mod.sampled
-                kwargs = {} if source == "empirical" else {"seed": seed}
-                self._fisher[k] = est(net, data, n_samples=FISHER_SAMPLES, **kwargs)
+            data = batches(self.x, self.y, FISHER_SAMPLES, shuffle=True, seed=seed, epoch=20_000)
+            self._fisher[k] = fisher_mod.estimate(
+                source, net, optimizer=opt, batches=data, n_samples=FISHER_SAMPLES, seed=seed
+            )
         return self._fisher[k]
 
     def errors(self, net: torch.nn.Module) -> dict[str, float]:

@@ -36,8 +36,6 @@ from .common import add_force_flag, out_path
 
 __all__ = ["add_layer_flags", "layer_changes", "add_model_flags", "add_export_command", "compress_user", "evaluate"]
 
-NEEDS_FISHER = ("fisher", "obd", "two_stage")
-
 
 def _override(text: str) -> tuple[str, dict[str, float]]:
     """``PATTERN:rate=R,bits=B`` -> (pattern, settings); values are checked by CompressConfig."""
@@ -133,14 +131,13 @@ def compress_user(args: argparse.Namespace, config: CompressConfig, log) -> tupl
     check_writable(out, overwrite=args.force, inputs=[ckpt])
     model = _model(args.user_model)
     optimizer = usermodel.load_checkpoint(model, ckpt)
-    prunes = config.rate > 0 or any("rate" in settings for _, settings in config.overrides)
-    needs = (prunes and config.criterion in NEEDS_FISHER) or config.allocation != "uniform"
+    needs = config.needs_fisher()
     source = args.fisher or ("adam" if optimizer is not None else "empirical")
     fisher = None
     if needs and source == "adam":
         if optimizer is None:
             raise ConfigError(f"{ckpt} has no optimizer state for --fisher adam; give --data or --data-dir instead")
-        fisher = fisher_mod.from_adam_state(optimizer, model)
+        fisher = fisher_mod.estimate("adam", model, optimizer=optimizer)
     elif needs:
         batches = _batches(args, "train", log)
         if batches is None and args.fisher:
@@ -150,9 +147,9 @@ def compress_user(args: argparse.Namespace, config: CompressConfig, log) -> tupl
                 f"{ckpt} has no Adam state to read the Fisher from; give a data source (--data or --data-dir), "
                 "or use --criterion magnitude --allocation uniform"
             )
-        estimate = fisher_mod.empirical if source == "empirical" else fisher_mod.sampled
         loss_fn = usermodel.resolve_callable(args.loss) if getattr(args, "loss", None) else None
-        fisher = estimate(model, batches, n_samples=args.fisher_samples or 1000, loss_fn=loss_fn, notice=_note)
+        n_samples = args.fisher_samples or 1000
+        fisher = fisher_mod.estimate(source, model, batches=batches, n_samples=n_samples, loss_fn=loss_fn, notice=_note)
     meta = {"model": args.user_model, "checkpoint": ckpt.name, "fisher": source if needs else None}
     return compress(model, fisher, config, meta=meta), out
 
