@@ -91,6 +91,23 @@ def load_state(path: Path, cfg: PipelineConfig, data: str, what: str = "data") -
     return state
 
 
+def training_checkpoint(cfg: PipelineConfig, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> bytes:
+    """The bytes of a ``fisherpack train`` checkpoint (read back by :func:`load_training_checkpoint`):
+    the registry model's name, its state dict, the Adam state and the config, no pickled code."""
+    buf = io.BytesIO()
+    torch.save(
+        {
+            "fisherpack_checkpoint": 1,
+            "model": cfg.model,
+            "state_dict": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "config": json.dumps(cfg.to_dict()),
+        },
+        buf,
+    )
+    return buf.getvalue()
+
+
 def load_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read a checkpoint written by ``fisherpack train`` (``torch.load(weights_only=True)``)."""
     path = Path(path)

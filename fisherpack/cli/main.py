@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import json
 import math
 import os
@@ -23,7 +22,7 @@ from typing import Any
 
 import torch
 
-from .. import data, dist, models, pipeline
+from .. import checkpoint, data, dist, models, pipeline
 from ..bench import environment
 from ..compression import load_into, summary
 from ..config import ALLOCATIONS, CRITERIA, FISHER_SOURCES, SCOPES, CompressConfig, PipelineConfig
@@ -170,20 +169,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         outcome = pipeline.run(cfg, x_train, y_train, x_test, y_test, checkpoint=ckpt, progress=bar, until="train")
     finally:
         bar.close()
-    buf = io.BytesIO()
-    torch.save(
-        {
-            "fisherpack_checkpoint": 1,
-            "model": cfg.model,
-            "state_dict": outcome.model.state_dict(),
-            "optimizer": outcome.optimizer.state_dict(),
-            "config": json.dumps(cfg.to_dict()),
-        },
-        buf,
-    )
-    _on_rank0(
-        f"writing {shown(out)}", lambda: atomic_write_bytes(out, buf.getvalue()), lambda: ckpt.unlink(missing_ok=True)
-    )
+    blob = checkpoint.training_checkpoint(cfg, outcome.model, outcome.optimizer)
+    _on_rank0(f"writing {shown(out)}", lambda: atomic_write_bytes(out, blob), lambda: ckpt.unlink(missing_ok=True))
     print(
         _table(
             [("model", cfg.model), ("test error", f"{outcome.figures['test_error_before']:.2%}"), ("wrote", shown(out))]
