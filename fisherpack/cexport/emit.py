@@ -9,7 +9,7 @@ as in docs/FORMAT.md "Bit strings"), decoded while computing, never expanded:
   and ``[group id][code]`` per kept entry;
 - per group: the width, the step as an exponent (step ``2**exp``) and the grid, so a code ``c`` of
   width ``b`` decodes to ``(c - 2**(b-1)) * 2**exp`` (grid int) or ``(2c + 1 - 2**b) * 2**(exp-1)``
-  (grid odd), exactly the value fisherpack decodes in Python (fisherpack.tensors).
+  (grid odd), exactly the value fisherpack decodes in Python (fisherpack.fpk.tensors).
 
 Tensors stored losslessly in the file (and the dense baselines of benchmarks/c_runtime.py) are
 float32 arrays (``f32``) or int8 arrays with one float scale (``i8``). The kernels read every weight

@@ -180,7 +180,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
-    if args.user_model:  # a user's own model: see cli_usermodel
+    if args.user_model:  # a user's own model: see cli/usermodel.py
         return _compress_user(args)
     args.checkpoint = args.checkpoint or args.checkpoint_flag
     if not args.checkpoint:
@@ -215,7 +215,7 @@ def _compress_user(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     path = Path(args.file)
-    if args.user_model or args.data:  # a user's own model or data: see cli_usermodel
+    if args.user_model or args.data:  # a user's own model or data: see cli/usermodel.py
         fig = cli_usermodel.evaluate(path, args, _log)
     else:
         fig = _evaluate_file(path, args.data_dir, max_elements=args.max_elements)
