@@ -26,7 +26,7 @@ __all__ = ["add_sensitivity_parser", "add_sweep_parser"]
 def cmd_sensitivity(args: argparse.Namespace) -> int:
     if dist.world_size() > 1:
         raise ConfigError("sensitivity runs in one process; start it without torchrun")
-    if args.model and ":" in args.model:  # your own model (issue 11): see cli_anymodel
+    if args.model and ":" in args.model:  # your own model: see cli/anymodel.py
         return cli_anymodel.sensitivity(args, _sensitivity_table)
     if args.checkpoint and (args.model is not None or args.epochs is not None):
         raise ConfigError("give a checkpoint, or --model/--epochs to train one here, not both")

@@ -124,7 +124,7 @@ def _check_outputs(out: Path, force: bool, *suffixes: str) -> None:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    if usermodel.is_spec(args.model):  # your own model: see cli_anymodel
+    if usermodel.is_spec(args.model):  # your own model: see cli/anymodel.py
         return cli_anymodel.reproduce(args, _compress_config, _log)
     cfg = _pipeline_config(args)
     out = out_path(args.out, f"{cfg.model}.fpk")
