@@ -196,21 +196,24 @@ def cmd_compress(args: argparse.Namespace) -> int:
     x_train, y_train, _, _ = data.load(args.data_dir, log=_log).tensors() if cfg.fisher != "adam" else (None,) * 4
     progress = Path(f"{out}.ckpt")  # a Fisher estimated from data survives a killed run
     compressed = pipeline.compress_checkpoint(ckpt, cfg, x_train, y_train, checkpoint=progress)
-    size, _ = dist.save(compressed, out, entropy=cfg.compress.entropy)
+    _write_compressed(compressed, out, cfg.model)
     _on_rank0(f"removing {shown(progress)}", lambda: progress.unlink(missing_ok=True))
-    fig = {"model": cfg.model, **summary(compressed, size)}
-    print(_figures_table(fig))
-    print(f"wrote {shown(out)}")
     return 0
 
 
 def _compress_user(args: argparse.Namespace) -> int:
     config = _compress_config(args, CompressConfig())
     compressed, out = cli_usermodel.compress_user(args, config, _log)
-    size = format.save(compressed, out, entropy=config.entropy)
-    print(_figures_table({"model": args.user_model, **summary(compressed, size)}))
-    print(f"wrote {shown(out)}")
+    _write_compressed(compressed, out, args.user_model)
     return 0
+
+
+def _write_compressed(compressed: Any, out: Path, model: str) -> None:
+    """The one way ``compress`` writes its file: rank 0 writes, every rank checks that the bytes
+    agree (dist.save; the entropy stage as the file's config says), then the figures are printed."""
+    size, _ = dist.save(compressed, out)
+    print(_figures_table({"model": model, **summary(compressed, size)}))
+    print(f"wrote {shown(out)}")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
