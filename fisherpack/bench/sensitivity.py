@@ -60,6 +60,10 @@ __all__ = ["SensitivityConfig", "Row", "Report", "estimate", "analyse", "predict
 Tensors = dict[str, torch.Tensor]
 
 
+# the SensitivityConfig fields a command line sets (flags left out take the defaults below)
+FLAGS = ("rates", "criteria", "bits", "fisher_samples", "rank_by")
+
+
 @dataclass(frozen=True)
 class SensitivityConfig:
     """Which single-layer changes to try, and how many training samples the empirical Fisher uses."""

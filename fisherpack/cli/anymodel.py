@@ -35,7 +35,7 @@ from ..fpk import container as format
 from ..fpk.fileio import atomic_write_bytes, check_writable
 from ..train import measure
 from . import naming as usermodel
-from .common import table
+from .common import given, table
 
 __all__ = ["add_flags", "reproduce", "splits_from"]
 
@@ -195,9 +195,10 @@ def _sensitivity(args: argparse.Namespace, render: Callable[[dict[str, Any]], st
         cfg = PipelineConfig(model=args.model, seed=seed, epochs=args.epochs if args.epochs is not None else 3)
         trained = pipeline.run(cfg, x_fit, y_fit, x_val, y_val, model=model, metric=losses.error, until="train")
         optimizer, batch_size = trained.optimizer, cfg.batch_size
-    rank_by = args.rank_by if optimizer is not None else "empirical"
-    cfg = sens.SensitivityConfig(rates=args.rates, criteria=args.criteria, bits=args.bits,
-                                 fisher_samples=args.fisher_samples, seed=seed, rank_by=rank_by)  # fmt: skip
+    flags = given(args, *sens.FLAGS)
+    if optimizer is None:  # no Adam state to rank by
+        flags["rank_by"] = "empirical"
+    cfg = sens.SensitivityConfig(seed=seed, **flags)
     fishers = sens.estimate(model, x_fit, y_fit, cfg, optimizer=optimizer, batch_size=batch_size)
     report = sens.analyse(model, fishers, x_val, y_val, cfg)
     result = {

@@ -16,7 +16,7 @@ from ..fpk.fileio import atomic_write_bytes, check_writable
 from ..train import evaluate
 from . import anymodel as cli_anymodel
 from .common import Bar as _Bar
-from .common import add_force_flag, out_path
+from .common import add_force_flag, given, out_path
 from .common import log as _log
 
 __all__ = ["add_sensitivity_parser", "add_sweep_parser"]
@@ -31,14 +31,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     if args.checkpoint and (args.model is not None or args.epochs is not None):
         raise ConfigError("give a checkpoint, or --model/--epochs to train one here, not both")
     seed = args.seed if args.seed is not None else 0
-    cfg = sensitivity.SensitivityConfig(
-        rates=args.rates,
-        criteria=args.criteria,
-        bits=args.bits,
-        fisher_samples=args.fisher_samples,
-        seed=seed,
-        rank_by=args.rank_by,
-    )
+    cfg = sensitivity.SensitivityConfig(seed=seed, **given(args, *sensitivity.FLAGS))
     if args.plot is not None:
         check_writable(out_path(args.plot, "", "--plot"), overwrite=args.force, inputs=filter(None, [args.checkpoint]))
     ckpt = pipeline.load_training_checkpoint(args.checkpoint) if args.checkpoint else None
@@ -108,12 +101,12 @@ def add_sensitivity_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--epochs", type=int, help="training epochs when training here")
     q.add_argument("--seed", type=int, help="seed of training, the validation split and the Fisher subset (default 0)")
     q.add_argument("--val", type=int, default=5000, help="training images held out to measure on (default 5000)")
-    q.add_argument("--rates", type=float, nargs="+", default=[0.5, 0.9], help="pruning rates (default 0.5 0.9)")
-    q.add_argument("--criteria", nargs="+", choices=CRITERIA, default=["magnitude", "obd"], help="pruning criteria")
-    q.add_argument("--bits", type=int, nargs="+", default=[2, 4, 6], help="code widths (default 2 4 6)")
-    q.add_argument("--fisher-samples", type=int, default=1000, help="samples of the empirical Fisher (default 1000)")
+    q.add_argument("--rates", type=float, nargs="+", help="pruning rates (default 0.5 0.9)")
+    q.add_argument("--criteria", nargs="+", choices=CRITERIA, help="pruning criteria (default magnitude obd)")
+    q.add_argument("--bits", type=int, nargs="+", help="code widths (default 2 4 6)")
+    q.add_argument("--fisher-samples", type=int, help="samples of the empirical Fisher (default 1000)")
     q.add_argument(
-        "--rank-by", choices=("adam", "empirical"), default="adam", help="Fisher that ranks OBD and picks steps"
+        "--rank-by", choices=("adam", "empirical"), help="Fisher that ranks OBD and picks steps (default adam)"
     )
     q.add_argument("--json", action="store_true", help="print one JSON object")
     q.add_argument("--plot", help="write a PNG scatter plot (predicted vs measured, log-log) to this file")

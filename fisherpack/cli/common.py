@@ -61,6 +61,12 @@ def on_rank0(what: str, *actions: Callable[[], object]) -> None:
     dist.from_rank0(run, what)
 
 
+def given(args: argparse.Namespace, *names: str) -> dict:
+    """The flags among ``names`` that the user gave (flags default to None), to pass to a config:
+    what the user leaves out takes the config's own default, so each default has one home."""
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
 def table(rows: list[tuple[str, str]]) -> str:
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
