@@ -12,10 +12,9 @@ The API in four calls::
 runs the whole iterative schedule, ``fisherpack.runtime`` runs pruned layers sparsely where that is
 measured faster, ``fisherpack.export`` writes safetensors and ONNX.
 
-Layers, each importing only from those below it: ``cli`` and ``bench`` (command line, sweeps and
-reports) on top; then ``pipeline``; then the method (``compression``, ``fisher``, ``prune``,
-``quant``, ``train``, ``runtime``, ``export``, ``dist``, ``models``, ``data``); then ``config``;
-then ``fpk`` (the file format) and ``errors`` at the bottom.
+Layers, each importing only from those below it: ``cli``; ``bench``; ``pipeline`` and its
+helpers; the method; ``config``; ``fpk`` (the file format) and ``errors`` at the bottom. The README
+("How the package is laid out") lists the modules of each; tests/test_layout.py checks every import.
 """
 
 from . import data, dist, export, fisher, models, pipeline, prune, quant, runtime
