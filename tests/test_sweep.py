@@ -95,6 +95,8 @@ def test_sweep_command_resumes_without_recomputing(tmp_path, monkeypatch):
     path = tmp_path / "res" / "sweep_lenet300.json"
     first = json.loads(path.read_text())
     assert len(first["points"]) == 2 and first["environment"]["seeds"] == [0, 1, 2] and first["complete"]
+    recorded = first["settings"][sweep.settings_id("lenet300")]  # what each point's "defaults" hash stands for
+    assert recorded == sweep.settings("lenet300") and recorded["compress"]["criterion"] == "obd"
     calls = []
     monkeypatch.setattr(sweep.Sweep, "run", lambda self, spec: calls.append(spec))
     assert main(argv) == 0

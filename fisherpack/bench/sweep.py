@@ -249,15 +249,20 @@ def weights_of(net: torch.nn.Module, names: list[str]) -> list[torch.Tensor]:
     return [params[n] for n in names]
 
 
-def settings_id(model: str) -> str:
-    """A short hash of the defaults a point depends on: ``pipeline.default_config(model)`` without
-    the seed and the pruning rate and bits (every pipeline point sets its own). Part of every
-    point's key, so a change of those defaults makes new points; a change of the default rate or
-    bits (chosen from the sweep itself) does not."""
+def settings(model: str) -> dict[str, Any]:
+    """The defaults a point depends on: ``pipeline.default_config(model)`` without the seed and the
+    pruning rate and bits (every pipeline point sets its own). The sweep's JSON records them under
+    ``settings``, keyed by :func:`settings_id`, so each point's ``defaults`` says what it used."""
     d = pipeline.default_config(model).to_dict()
     d.pop("seed")
     d["compress"] = {k: v for k, v in d["compress"].items() if k not in ("rate", "bits")}
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+    return d
+
+
+def settings_id(model: str) -> str:
+    """A short hash of :func:`settings`. Part of every point's key, so a change of those defaults
+    makes new points; a change of the default rate or bits (chosen from the sweep itself) does not."""
+    return hashlib.sha256(json.dumps(settings(model), sort_keys=True).encode()).hexdigest()[:10]
 
 
 def pipeline_config(spec: dict[str, Any]) -> PipelineConfig:

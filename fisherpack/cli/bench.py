@@ -156,6 +156,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         finally:
             bar.close()
         results["bases"] = sweep.base_figures(runner, specs)  # the dense models every point starts from
+        results.setdefault("settings", {})[sweep.settings_id(name)] = sweep.settings(name)  # what "defaults" means
         _write_results(path, results, complete=True)
         if not args.no_plots:
             _sweep_plots(results["points"], name, out_dir, suffix)
