@@ -194,7 +194,7 @@ def compressed_line(tensors: list[dict[str, Any]]) -> str:
 
 
 def add_export_command(sub: Any) -> None:
-    q = sub.add_parser("export", help="write the decoded model as safetensors and/or ONNX")
+    q = sub.add_parser("export", help="write the model as safetensors and/or ONNX, or as C99 source (--format c)")
     q.add_argument("file")
     q.add_argument("--safetensors", metavar="OUT", help="plain state dict for safetensors.torch.load_file")
     q.add_argument("--onnx", metavar="OUT", help="ONNX graph (dense fp32 weights), batch dimension dynamic")
