@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import fisherpack
-from fisherpack import fisher
+from fisherpack import fisher, persample
 from fisherpack.compression import compressible
 from fisherpack.errors import ConfigError, DataError
 
@@ -60,7 +60,7 @@ def test_gru_falls_back_to_the_exact_loop_with_one_notice():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         fisher.empirical(model, [(x, y)])
-    assert [w.category for w in caught] == [fisher.FallbackNotice]
+    assert [w.category for w in caught] == [persample.FallbackNotice]
 
 
 def test_sequence_logits_and_regression_have_a_fisher_by_default():

@@ -16,7 +16,7 @@ from fisherpack.fpk import container
 PKG = Path(fisherpack.__file__).parent
 
 # lower number = lower layer; a module may import from its own layer or any lower one
-METHOD = "compression fisher prune ranking quant quant_scale losses train plugin runtime export cexport dist"
+METHOD = "compression fisher persample prune ranking quant quant_scale losses train plugin runtime export cexport dist"
 METHOD += " models data"
 LAYERS = {
     "errors": 0,

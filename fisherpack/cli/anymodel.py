@@ -30,9 +30,9 @@ from ..bench import environment
 from ..compression import summary
 from ..config import CompressConfig, PipelineConfig
 from ..errors import ConfigError, DataError
-from ..fisher import FallbackNotice
 from ..fpk import container as format
 from ..fpk.fileio import atomic_write_bytes, check_writable
+from ..persample import FallbackNotice
 from ..train import measure
 from . import naming as usermodel
 from .common import given, table
