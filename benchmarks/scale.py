@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 import fisherpack  # noqa: E402
 from fisherpack.bench import environment  # noqa: E402
+from fisherpack.bench import readme as readme_mod  # noqa: E402
 from fisherpack.compression import load_into  # noqa: E402
 
 SIZES = {"10M": 10_000_000, "100M": 100_000_000, "1B": 1_000_000_000}
@@ -214,9 +215,7 @@ def main(argv: list[str] | None = None) -> dict | None:
 
 def update_readme(readme: Path, results: dict) -> None:
     """Replace the README's text between the scale markers by :func:`render`."""
-    text = readme.read_text()
-    start, end = text.index("<!-- scale:start -->\n"), text.index("<!-- scale:end -->")
-    readme.write_text(text[: start + len("<!-- scale:start -->\n")] + render(results) + "\n" + text[end:])
+    readme_mod.rewrite(readme, readme_mod.replace_section(readme.read_text(), "scale", render(results)), check=False)
 
 
 if __name__ == "__main__":

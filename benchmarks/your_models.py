@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 from examples import bytelm, dwcnn, rowgru  # noqa: E402
 from fisherpack import CompressConfig, PipelineConfig, losses, pipeline  # noqa: E402
 from fisherpack import fisher as fisher_mod  # noqa: E402
-from fisherpack.bench import environment  # noqa: E402
+from fisherpack.bench import environment, readme  # noqa: E402
 from fisherpack.budget import Budget, pipeline_search, reload_and_measure  # noqa: E402
 from fisherpack.compression import compress  # noqa: E402
 from fisherpack.fpk.fileio import atomic_write_bytes  # noqa: E402
@@ -173,12 +173,9 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_bytes(path, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
         plot(results, out / "your_models.png")  # after every model: a long run that stops keeps what it did
         atomic_write_bytes(out / "your_models.md", table(results).encode())
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    start, end = "<!-- your_models -->\n", "<!-- /your_models -->"
-    if not args.tiny and start in text and end in text:
-        head, rest = text.split(start, 1)
-        atomic_write_bytes(readme, (head + start + table(results) + end + rest.split(end, 1)[1]).encode())
+    if not args.tiny:
+        path = ROOT / "README.md"
+        readme.rewrite(path, readme.replace_section(path.read_text(), "your_models", table(results)), check=False)
     print(table(results))
     return 0
 

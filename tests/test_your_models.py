@@ -41,5 +41,5 @@ def test_the_readme_table_is_the_committed_json():
     spec.loader.exec_module(bench)
     record = json.loads((ROOT / "benchmarks" / "results" / "your_models.json").read_text())
     table = bench.table(record["models"])
-    assert f"<!-- your_models -->\n{table}<!-- /your_models -->" in (ROOT / "README.md").read_text()
+    assert f"<!-- your_models:start -->\n{table}<!-- your_models:end -->" in (ROOT / "README.md").read_text()
     assert (ROOT / "benchmarks" / "results" / "your_models.md").read_text() == table

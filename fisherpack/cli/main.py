@@ -17,6 +17,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -116,11 +117,12 @@ def _evaluate_file(
     return fig
 
 
-def _check_outputs(out: Path, force: bool, *suffixes: str) -> None:
+def _check_outputs(out: Path, force: bool, *suffixes: str, inputs: Iterable[str | os.PathLike] = ()) -> None:
     """Refuse, on rank 0 and before any work, an output (``out`` and ``out`` + each suffix) that
-    cannot or may not be written."""
+    cannot or may not be written, or that is one of the ``inputs``."""
     paths = [out, *(Path(f"{out}{suffix}") for suffix in suffixes)]
-    _on_rank0(f"checking {shown(out)}", *(lambda p=p: check_writable(p, overwrite=force) for p in paths))
+    checks = (lambda p=p: check_writable(p, overwrite=force, inputs=inputs) for p in paths)
+    _on_rank0(f"checking {shown(out)}", *checks)
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
@@ -188,11 +190,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     ckpt = pipeline.load_training_checkpoint(args.checkpoint)
     cfg = _pipeline_config(argparse.Namespace(**{**vars(args), "model": ckpt["model"]}))
     out = out_path(args.out, Path(args.checkpoint).with_suffix(".fpk"))
-    _on_rank0(
-        f"checking {shown(out)}",
-        lambda: check_writable(out, overwrite=args.force, inputs=[args.checkpoint]),
-        lambda: check_writable(Path(f"{out}.ckpt"), overwrite=args.force, inputs=[args.checkpoint]),
-    )
+    _check_outputs(out, args.force, ".ckpt", inputs=[args.checkpoint])
     x_train, y_train, _, _ = data.load(args.data_dir, log=_log).tensors() if cfg.fisher != "adam" else (None,) * 4
     progress = Path(f"{out}.ckpt")  # a Fisher estimated from data survives a killed run
     compressed = pipeline.compress_checkpoint(ckpt, cfg, x_train, y_train, checkpoint=progress)
