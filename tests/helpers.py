@@ -25,3 +25,15 @@ def small_models() -> dict[str, nn.Module]:
         "conv1d": nn.Sequential(nn.Conv1d(8, 32, 5), nn.ReLU(), nn.Conv1d(32, 32, 3, dilation=2)),
         "embedding": nn.Sequential(nn.Embedding(200, 48), nn.Linear(48, 48)),
     }
+
+
+def benchmark_script(name: str):
+    """A script of benchmarks/ as a module (the scripts that time whole processes stay scripts)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -4,20 +4,14 @@ import json
 from pathlib import Path
 
 import torch
+from helpers import benchmark_script
 
 from fisherpack.bench import inference, report
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _module(name: str):
-    """A benchmark script (decode.py and scale.py stay scripts: they time whole processes)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+_module = benchmark_script  # decode.py and scale.py stay scripts: they time whole processes
 
 
 def test_inference_benchmark_smoke_run(tmp_path):

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import benchmark_script
 from torch import nn
 from torch.nn import functional as F
 
@@ -325,12 +326,7 @@ def test_readme_c_section_runs_as_written(tmp_path):
 
 
 def _benchmark():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("c_runtime", ROOT / "benchmarks" / "c_runtime.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_script("c_runtime")
 
 
 def test_committed_c_runtime_results_meet_the_targets_and_the_readme_states_them():

@@ -1,11 +1,11 @@
 """benchmarks/your_models.py at tiny sizes: every model through the budget search, baselines at the
 chosen point, JSON, PNG and the Markdown table from the same numbers."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from helpers import benchmark_script
 
 import fisherpack
 
@@ -18,9 +18,7 @@ def _synthetic_mnist(monkeypatch):
 
 
 def test_your_models_benchmark_runs_tiny_and_its_table_matches_its_json(tmp_path):
-    spec = importlib.util.spec_from_file_location("your_models", ROOT / "benchmarks" / "your_models.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = benchmark_script("your_models")
     assert bench.main(["--tiny", "--out", str(tmp_path)]) == 0
     record = json.loads((tmp_path / "your_models.json").read_text())
     assert set(record["models"]) == {"bytelm", "dwcnn", "rowgru"} and "environment" in record
@@ -36,9 +34,7 @@ def test_your_models_benchmark_runs_tiny_and_its_table_matches_its_json(tmp_path
 
 
 def test_the_readme_table_is_the_committed_json():
-    spec = importlib.util.spec_from_file_location("your_models", ROOT / "benchmarks" / "your_models.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = benchmark_script("your_models")
     record = json.loads((ROOT / "benchmarks" / "results" / "your_models.json").read_text())
     table = bench.table(record["models"])
     assert f"<!-- your_models:start -->\n{table}<!-- your_models:end -->" in (ROOT / "README.md").read_text()
