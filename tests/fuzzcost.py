@@ -50,14 +50,21 @@ def measure(fn: Callable[[], object], limit: float = 30.0) -> tuple[str, float, 
     return outcome, time.process_time() - start, fz.peak_growth(before)
 
 
+def readers(data: bytes) -> dict[str, Callable[[], object]]:
+    """What inspect, load (and eval) and export --safetensors each do with a file's bytes."""
+
+    def safetensors() -> object:
+        with contextlib.suppress(ImportError):
+            return export.safetensors_bytes(fpk.decode(data), max_elements=header.default_max_elements(len(data)))
+
+    return {"inspect": lambda: fpk.describe(data), "load": lambda: fpk.decode(data).state_dict(),
+            "export": safetensors}  # fmt: skip
+
+
 def every_reader(data: bytes) -> None:
-    """What inspect, load, eval and export do with a file's bytes (FormatError where they refuse)."""
-    fpk.describe(data)
-    compressed = fpk.decode(data)
-    compressed.state_dict()
-    limit = header.default_max_elements(len(data))
-    with contextlib.suppress(ImportError):
-        export.safetensors_bytes(compressed, max_elements=limit)
+    """Every reader in turn (FormatError where they refuse)."""
+    for read in readers(data).values():
+        read()
 
 
 def _keys(n: int, tail: str) -> bytes:
@@ -92,9 +99,11 @@ def files() -> dict[str, bytes]:
     return out
 
 
-def tiny_rans_streams(count: int = 15_000) -> bytes:
-    """Many valid one-symbol rANS code streams (each builds its decoding tables), as many entries as
-    the header's separator cap lets through. Issue 12's case (its entropy coder is being replaced)."""
+def tiny_rans_streams() -> tuple[int, bytes]:
+    """(count, file): as many valid one-symbol rANS code streams (each with its own table) as the
+    header's separator cap lets through, one per tensor."""
+    import json
+
     import numpy as np
 
     from fisherpack.fpk import entropy
@@ -102,10 +111,14 @@ def tiny_rans_streams(count: int = 15_000) -> bytes:
     blob = entropy.encode_stream(np.zeros(1, np.int64), 2)
     assert blob is not None
     group = {"bits": 1, "exp": 0, "grid": "int", "count": 1}
-    entries = [{"kind": "quant", "name": f"w{i}", "shape": [1], "kept": 1, "groups": [group],
-                "mask": {"encoding": "all", "length": 0}, "codes": [{"encoding": "ans", "length": len(blob)}]}
-               for i in range(count)]  # fmt: skip
-    return fz.frame_json({"meta": {}, "tensors": entries}, blob * count)
+    streams = {"mask": {"encoding": "all", "length": 0}, "codes": [{"encoding": "ans", "length": len(blob)}]}
+
+    def entry(i: int) -> dict:
+        return {"kind": "quant", "name": f"w{i}", "shape": [1], "kept": 1, "groups": [group], **streams}
+
+    per_entry = sum(json.dumps(entry(0)).count(c) for c in "[{,:") + 1  # and the comma between entries
+    count = (header.MAX_SEPARATORS - 8) // per_entry
+    return count, fz.frame_json({"meta": {}, "tensors": [entry(i) for i in range(count)]}, blob * count)
 
 
 def read_through_pipe(data: bytes, tail: int | None) -> Callable[[], object]:

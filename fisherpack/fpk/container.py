@@ -34,6 +34,7 @@ from .header import (
     READ_VERSIONS,
     VERSION,
     inflate,
+    no_cycle_collection,
     read_bytes,
     split,
     validate,
@@ -296,15 +297,16 @@ def decode(data: bytes, max_elements: int | None = None) -> Compressed:
     """
     _, header, payload = split(data)
     version = PRE.unpack_from(data)[1]
-    meta, entries = validate(header, len(payload), len(data), max_elements)
-    tensors: dict[str, QuantTensor | RawTensor | Alias] = {}
-    offset = 0
-    for e in entries:
-        blobs = []
-        for s in e["_streams"]:  # offsets are cumulative lengths, so streams never overlap
-            blobs.append(payload[offset : offset + s["length"]])
-            offset += s["length"]
-        tensors[e["name"]] = decode_entry(e, blobs, version)
+    with no_cycle_collection():
+        meta, entries = validate(header, len(payload), len(data), max_elements)
+        tensors: dict[str, QuantTensor | RawTensor | Alias] = {}
+        offset = 0
+        for e in entries:
+            blobs = []
+            for s in e["_streams"]:  # offsets are cumulative lengths, so streams never overlap
+                blobs.append(payload[offset : offset + s["length"]])
+                offset += s["length"]
+            tensors[e["name"]] = decode_entry(e, blobs, version)
     return Compressed(tensors, meta)
 
 

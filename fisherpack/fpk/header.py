@@ -10,6 +10,8 @@ touched.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import math
 import os
@@ -17,11 +19,17 @@ import re
 import stat
 import struct
 import zlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 
 from ..errors import FisherpackError, FormatError
+
+try:  # zlib-ng inflates the same streams ~4x faster than the stdlib (files are still written by zlib)
+    from zlib_ng import zlib_ng as _inflater
+except ImportError:  # pragma: no cover - a platform without its wheels
+    _inflater = zlib
 from .tensors import GRIDS, MAX_BITS, MAX_EXP, MAX_GROUPS, MIN_EXP
 
 __all__ = ["MAGIC", "VERSION", "PRE", "DTYPES", "MAX_ANS_BITS", "MAX_NAME", "HEADER_CAP", "MAX_SEPARATORS"]
@@ -39,11 +47,13 @@ HEADER_CAP = 64 << 20  # bytes of decompressed header text
 MAX_STREAM = 4 << 30  # bytes a reader takes from a pipe or device (a regular file's size is checked instead)
 # The JSON parser builds an object of up to ~70 bytes per value, and a value costs as little as one
 # byte of text ("[]," or "{},"): capping the separators "[ { , :" caps the values, so a 64 MiB header
-# of empty lists (a 65 KB file) parses into ~35 MB instead of 1.6 GB. It also caps the entries a
-# header may list, and so the validator's and decoder's per-entry work: with 2**19 the most entries
-# a file can list (~30k raw tensors, ~75k aliases) decode in well under a second. A 16-group quant
-# entry has ~270 separators, a raw one ~16: the cap leaves room for ~1,900 of the former.
-MAX_SEPARATORS = 1 << 19
+# of empty lists (a 65 KB file) parses into ~18 MB instead of 1.6 GB. It also caps the entries a
+# header may list, and with them the per-entry work of every reader (10-30 us of Python per entry
+# in describe, decode, the state dict and the safetensors export): with 2**18 the most entries a
+# file can list (~16k raw tensors, ~7.7k one-group quant tensors, ~37k aliases) take well under a
+# second in each. A 16-group quant entry has ~270 separators, a one-group one ~34, a raw one ~16;
+# real models list hundreds to a few thousand tensors.
+MAX_SEPARATORS = 1 << 18
 # Entries (numel) of all tensors. A sparse tensor's dropped tail costs no bytes, so a tiny file could
 # declare 2**28 entries; by default a file may declare 4096 per byte of its size (a 1 KB file at
 # most 4M entries, ~20 MB decoded; a real LeNet-5 pruned to 2% has ~35 per byte), at least 2**20 and
@@ -70,7 +80,7 @@ def inflate(data: bytes | memoryview, size: int, what: str, exact: bool) -> byte
     Works 1 MiB at a time into one growing buffer, so memory follows the output actually produced
     (never ``size`` up front) and the result is writable without another copy.
     """
-    d, out, src = zlib.decompressobj(), bytearray(), data
+    d, out, src = _inflater.decompressobj(), bytearray(), data
     try:
         while len(out) <= size:  # one byte more than allowed reveals an oversized stream
             chunk = d.decompress(src, min(1 << 20, size + 1 - len(out)))
@@ -78,7 +88,7 @@ def inflate(data: bytes | memoryview, size: int, what: str, exact: bool) -> byte
                 break
             out += chunk
             src = d.unconsumed_tail
-    except zlib.error:
+    except (zlib.error, _inflater.error):
         raise FormatError(f"{what} is not valid zlib data") from None
     if len(out) > size or (exact and len(out) != size):
         raise FormatError(f"{what} decompresses to the wrong size (limit {size} bytes)")
@@ -162,6 +172,20 @@ def split(data: bytes) -> tuple[int, bytearray, memoryview]:
     return hlen, header, memoryview(data)[PRE.size + hlen : expected - 4]
 
 
+@contextlib.contextmanager
+def no_cycle_collection() -> Iterator[None]:
+    """Pause Python's cycle collector. A parsed header and what is decoded from it hold no cycles,
+    but each collection while they are built rescans every object made so far: with tens of
+    thousands of entries that doubled the time to parse and to decode."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
+
+
 def _no_constant(name: str) -> None:
     raise FormatError(f"bad header: JSON does not allow {name}")
 
@@ -199,7 +223,8 @@ def parse(header: bytes | bytearray) -> Any:
     if isinstance(header, bytearray):
         header.clear()
     try:
-        doc = json.loads(text, parse_constant=_no_constant, parse_float=_finite, object_pairs_hook=_no_duplicates)
+        with no_cycle_collection():
+            doc = json.loads(text, parse_constant=_no_constant, parse_float=_finite, object_pairs_hook=_no_duplicates)
     except (ValueError, RecursionError):
         raise FormatError("header is not valid UTF-8 JSON") from None
     if _SURROGATE_ESCAPE.search(text):  # the only way a lone surrogate gets in: text is valid UTF-8
@@ -221,13 +246,17 @@ def _no_surrogates(doc: Any) -> None:
         raise FormatError("bad header: a string holds a lone UTF-16 surrogate escape (like \\ud800)") from None
 
 
+# The rules below run once per entry, and a file may list tens of thousands of entries: a message
+# is formatted only once a rule fails (an f-string per check would double the cost of a valid file).
+
+
+def _bad(msg: str) -> FormatError:
+    return FormatError(f"bad header: {msg}")
+
+
 def _check(ok: bool, msg: str) -> None:
     if not ok:
-        raise FormatError(f"bad header: {msg}")
-
-
-def _one_of(v: Any, options: Any) -> bool:
-    return isinstance(v, str) and v in options  # str first: a JSON list or object is unhashable
+        raise _bad(msg)
 
 
 def _is_int(v: Any, lo: int, hi: int) -> bool:
@@ -235,20 +264,26 @@ def _is_int(v: Any, lo: int, hi: int) -> bool:
 
 
 def _keys(obj: Any, what: str, required: set[str], optional: frozenset[str] = frozenset()) -> None:
+    if type(obj) is dict:
+        keys = obj.keys()
+        if keys == required or (optional and required <= keys and keys <= required | optional):
+            return  # the common case, without building the sorted lists the messages need
     _check(isinstance(obj, dict), f"{what} must be a JSON object")
-    keys = obj.keys()
-    if keys == required or (optional and required <= keys and keys <= required | optional):
-        return  # the common case, without building the sorted lists the messages need
     for k in sorted(set(obj) - required - optional):
         _check(False, f"{what} has unknown key {k!r}")
     for k in sorted(required - set(obj)):
         _check(False, f"{what} is missing key {k!r}")
 
 
-def _stream(s: Any, what: str, encodings: dict[str, set[str]], limit: int) -> dict:
-    _check(isinstance(s, dict) and _one_of(s.get("encoding"), encodings), f"{what} has an unknown encoding")
-    _keys(s, what, encodings[s["encoding"]])
-    _check(_is_int(s["length"], 0, limit), f"{what} length is out of range")
+def _stream(s: Any, name: str, part: str, encodings: dict[str, set[str]], limit: int) -> dict:
+    """Tensor ``name``'s stream object ``part``, checked."""
+    encoding = s.get("encoding") if type(s) is dict else None
+    if type(encoding) is not str or encoding not in encodings:
+        raise _bad(f"tensor {name!r} {part} has an unknown encoding")
+    if s.keys() != encodings[encoding]:
+        _keys(s, f"tensor {name!r} {part}", encodings[encoding])
+    if not _is_int(s["length"], 0, limit):
+        raise _bad(f"tensor {name!r} {part} length is out of range")
     return s
 
 
@@ -258,13 +293,15 @@ def _too_many(what: str, limit: int, file_bytes: int | None) -> FormatError:
     return FormatError(f"{what} has more than {why}; pass a larger max_elements if you trust this file")
 
 
-def _numel(shape: Any, what: str, limit: int, file_bytes: int | None) -> int:
-    _check(isinstance(shape, list) and len(shape) <= MAX_NDIM, f"{what} shape must be a list of <= 8 ints")
+def _numel(shape: Any, name: str, limit: int, file_bytes: int | None) -> int:
+    if type(shape) is not list or len(shape) > MAX_NDIM:
+        raise _bad(f"tensor {name!r} shape must be a list of <= 8 ints")
     n = 1
     for d in shape:
-        _check(type(d) is int and d >= 0, f"{what} shape must hold ints >= 0")
+        if type(d) is not int or d < 0:
+            raise _bad(f"tensor {name!r} shape must hold ints >= 0")
         if d > limit or n * d > limit:
-            raise _too_many(what, limit, file_bytes)
+            raise _too_many(f"tensor {name!r}", limit, file_bytes)
         n *= d
     return n
 
@@ -274,6 +311,7 @@ _ENTRY_KEYS = {
     "raw": {"name", "kind", "dtype", "shape", "data"},
     "quant": {"name", "kind", "shape", "kept", "groups", "mask", "codes"},
 }
+_GROUP_KEYS = {"bits", "exp", "grid", "count"}
 # encoding -> every key its stream object has
 _MASK_ENCODINGS = {k: {"encoding", "length", *v} for k, v in
                    {"all": (), "bitmap": (), "gaps": ("width",), "gaps_ans": ("buckets_length",)}.items()}  # fmt: skip
@@ -299,50 +337,70 @@ def validate(header: bytes | bytearray, plen: int, file_bytes: int, max_elements
     names: dict[str, str] = {}
     total_elements = total_length = 0
     for i, e in enumerate(doc["tensors"]):
-        _check(isinstance(e, dict) and _one_of(e.get("kind"), _ENTRY_KEYS), f"tensor #{i} has an unknown kind")
+        kind = e.get("kind") if type(e) is dict else None
+        if type(kind) is not str or kind not in _ENTRY_KEYS:
+            raise _bad(f"tensor #{i} has an unknown kind")
         name = e.get("name")
-        _check(isinstance(name, str) and 1 <= len(name) <= MAX_NAME, f"tensor #{i} has a bad name")
-        what = f"tensor {name!r}"
-        _check(name not in names, f"{what} appears twice")
-        _keys(e, what, _ENTRY_KEYS[e["kind"]], _QUANT_OPTIONAL if e["kind"] == "quant" else _NONE)
-        names[name], e["_numel"], e["_streams"] = e["kind"], 0, []
-        if e["kind"] == "alias":
-            ok = _one_of(e["target"], names) and names[e["target"]] != "alias"
-            _check(ok, f"{what} must alias an earlier non-alias entry")
+        if type(name) is not str or not 1 <= len(name) <= MAX_NAME:
+            raise _bad(f"tensor #{i} has a bad name")
+        if name in names:
+            raise _bad(f"tensor {name!r} appears twice")
+        _keys(e, f"tensor {name!r}", _ENTRY_KEYS[kind], _QUANT_OPTIONAL if kind == "quant" else _NONE)
+        names[name], e["_numel"], e["_streams"] = kind, 0, []
+        if kind == "alias":
+            target = e["target"]
+            if type(target) is not str or names.get(target, "alias") == "alias":
+                raise _bad(f"tensor {name!r} must alias an earlier non-alias entry")
             continue
-        e["_numel"] = n = _numel(e["shape"], what, limit, shown_size)
+        e["_numel"] = n = _numel(e["shape"], name, limit, shown_size)
         total_elements += n
         if total_elements > limit:
             raise _too_many("the file", limit, shown_size)
-        if e["kind"] == "raw":
-            _check(_one_of(e["dtype"], DTYPES), f"{what} has an unknown dtype")
-            e["_streams"] = [_stream(e["data"], f"{what} data", _RAW_ENCODINGS, plen)]
+        if kind == "raw":
+            dtype = e["dtype"]
+            if type(dtype) is not str or dtype not in DTYPES:
+                raise _bad(f"tensor {name!r} has an unknown dtype")
+            data = _stream(e["data"], name, "data", _RAW_ENCODINGS, plen)
+            e["_streams"] = [data]
+            total_length += data["length"]
         else:
-            _validate_quant(e, what, n, plen)
-        total_length += sum(s["length"] for s in e["_streams"])
+            _validate_quant(e, name, n, plen)
+            total_length += sum(s["length"] for s in e["_streams"])
     _check(total_length == plen, f"stream lengths add up to {total_length} bytes, payload is {plen}")
     return doc["meta"], doc["tensors"]
 
 
-def _validate_quant(e: dict, what: str, n: int, plen: int) -> None:
-    _check(_is_int(e["kept"], 0, n), f"{what} kept must be 0..numel")
-    gs = e["groups"]
-    _check(isinstance(gs, list) and 1 <= len(gs) <= MAX_GROUPS, f"{what} needs 1..{MAX_GROUPS} groups")
+def _validate_quant(e: dict, name: str, n: int, plen: int) -> None:
+    kept, gs = e["kept"], e["groups"]
+    if not _is_int(kept, 0, n):
+        raise _bad(f"tensor {name!r} kept must be 0..numel")
+    if type(gs) is not list or not 1 <= len(gs) <= MAX_GROUPS:
+        raise _bad(f"tensor {name!r} needs 1..{MAX_GROUPS} groups")
+    counted = 0
     for g in gs:
-        _keys(g, f"{what} group", {"bits", "exp", "grid", "count"})
-        _check(_is_int(g["bits"], 1, MAX_BITS) and _is_int(g["exp"], MIN_EXP, MAX_EXP), f"{what} bad bits/exp")
-        _check(_one_of(g["grid"], GRIDS) and _is_int(g["count"], 0, n), f"{what} bad grid/count")
-    _check(sum(g["count"] for g in gs) == e["kept"], f"{what} group counts do not sum to kept")
-    mask = _stream(e["mask"], f"{what} mask", _MASK_ENCODINGS, plen)
-    if mask["encoding"] == "gaps":
-        _check(_is_int(mask["width"], 0, 32), f"{what} gap width must be 0..32")
-    if mask["encoding"] == "gaps_ans":
-        _check(_is_int(mask["buckets_length"], 0, mask["length"]), f"{what} buckets_length out of range")
-    _check(("ids" in e) == (len(gs) > 1), f"{what} must have group ids exactly when it has several groups")
-    ids = [_stream(e["ids"], f"{what} ids", _SYMBOL_ENCODINGS, plen)] if "ids" in e else []
+        if type(g) is not dict or g.keys() != _GROUP_KEYS:
+            _keys(g, f"tensor {name!r} group", _GROUP_KEYS)
+        if not (_is_int(g["bits"], 1, MAX_BITS) and _is_int(g["exp"], MIN_EXP, MAX_EXP)):
+            raise _bad(f"tensor {name!r} bad bits/exp")
+        grid, count = g["grid"], g["count"]
+        if not (type(grid) is str and grid in GRIDS and _is_int(count, 0, n)):
+            raise _bad(f"tensor {name!r} bad grid/count")
+        counted += count
+    if counted != kept:
+        raise _bad(f"tensor {name!r} group counts do not sum to kept")
+    mask = _stream(e["mask"], name, "mask", _MASK_ENCODINGS, plen)
+    if mask["encoding"] == "gaps" and not _is_int(mask["width"], 0, 32):
+        raise _bad(f"tensor {name!r} gap width must be 0..32")
+    if mask["encoding"] == "gaps_ans" and not _is_int(mask["buckets_length"], 0, mask["length"]):
+        raise _bad(f"tensor {name!r} buckets_length out of range")
+    if ("ids" in e) != (len(gs) > 1):
+        raise _bad(f"tensor {name!r} must have group ids exactly when it has several groups")
+    ids = [_stream(e["ids"], name, "ids", _SYMBOL_ENCODINGS, plen)] if "ids" in e else []
     codes = e["codes"]
-    _check(isinstance(codes, list) and len(codes) == len(gs), f"{what} needs one code stream per group")
+    if type(codes) is not list or len(codes) != len(gs):
+        raise _bad(f"tensor {name!r} needs one code stream per group")
     for g, s in zip(gs, codes):
-        _stream(s, f"{what} codes", _SYMBOL_ENCODINGS, plen)
-        _check(s["encoding"] == "packed" or g["bits"] <= MAX_ANS_BITS, f"{what} ans codes need bits <= 12")
+        _stream(s, name, "codes", _SYMBOL_ENCODINGS, plen)
+        if s["encoding"] != "packed" and g["bits"] > MAX_ANS_BITS:
+            raise _bad(f"tensor {name!r} ans codes need bits <= 12")
     e["_streams"] = [mask, *ids, *codes]

@@ -20,7 +20,7 @@ import zlib
 import torch
 
 from ..errors import FisherpackError, FormatError
-from .header import HEADER_CAP, PRE, check_preamble, inflate, read_from, split, validate
+from .header import HEADER_CAP, PRE, check_preamble, inflate, no_cycle_collection, read_from, split, validate
 from .tensors import Alias, QuantTensor, RawTensor
 
 __all__ = ["FpkReader", "open_file", "describe"]
@@ -129,7 +129,12 @@ def describe(data: bytes, max_elements: int | None = None) -> dict:
     kind, shape, numel, dtype or kept/groups, alias target, and every stream's role, encoding, bytes.
     """
     hlen, header, payload = split(data)
-    meta, entries = validate(header, len(payload), len(data), max_elements)
+    with no_cycle_collection():
+        meta, entries = validate(header, len(payload), len(data), max_elements)
+        return _layout(data, hlen, len(payload), meta, entries)
+
+
+def _layout(data: bytes, hlen: int, plen: int, meta: dict, entries: list[dict]) -> dict:
     shapes = {e["name"]: e.get("shape") for e in entries}
     out = []
     for e in entries:
@@ -144,4 +149,4 @@ def describe(data: bytes, max_elements: int | None = None) -> dict:
             d["numel"] = e["_numel"]
         out.append(d)
     return {"version": PRE.unpack_from(data)[1], "file_bytes": len(data), "header_bytes": hlen,
-            "payload_bytes": len(payload), "meta": meta, "tensors": out}  # fmt: skip
+            "payload_bytes": plen, "meta": meta, "tensors": out}  # fmt: skip

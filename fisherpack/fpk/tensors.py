@@ -114,6 +114,8 @@ class QuantTensor:
 
     def values(self) -> np.ndarray:
         """(kept,) float32 decoded values of the kept entries."""
+        if len(self.bits) == 1:  # every kept entry is in group 0: no selection to make
+            return dequantize_codes(self.codes, self.bits[0], self.exps[0], self.grids[0])
         out = np.zeros(self.kept, dtype=np.float32)
         for g, (b, e, grid) in enumerate(zip(self.bits, self.exps, self.grids)):
             sel = self.groups == g
