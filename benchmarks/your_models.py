@@ -8,10 +8,11 @@
 - ``rowgru``: a GRU reading MNIST images row by row (examples/rowgru.py); target >= 30x at
   <= +0.5 pp test error.
 
-For each: train once (Adam), then ``budget.pipeline_search``: for each width, bisect the rate grid
-for the highest rate whose *validation* metric is within the budget, each point the whole pipeline
-(prune in rounds with the Fisher re-estimated, fine-tune, QAT) from the trained model, measured by
-reloading the encoded file. The smallest file within budget is then measured once on *test*.
+For each: train once (Adam), then ``budget.pipeline_search``: climb a ladder of rates (each rung
+prunes the rung below further with the Fisher re-estimated and fine-tunes), stop at the first rung
+over the *validation* budget before quantization, then finish the two highest rungs within budget
+(final and quantization-aware fine-tuning) at narrower and narrower widths. Every point is a file
+reloaded and measured. The smallest file within budget is then measured once on *test*.
 Baselines at that point's rate and width, from the same trained model: one-shot ``compress``
 (OBD + waterfill widths, Adam's Fisher, no fine-tuning) and magnitude pruning + uniform widths.
 
@@ -49,19 +50,19 @@ MODELS = {
         "module": bytelm, "metric": "bits_per_token", "unit": "bits/byte", "budget": "0.05", "ratio": 10,
         "cfg": PipelineConfig(model="examples.bytelm:build", epochs=4, batch_size=32, lr=2e-3, rounds=3,
                               finetune_epochs=0.5, final_epochs=1, qat_epochs=1, qat_lr=1e-4, compress=_C),
-        "rates": (0.6, 0.7, 0.8, 0.85, 0.9), "widths": (5.0, 4.0, 3.0),
+        "rates": (0.5, 0.7, 0.8, 0.85, 0.9, 0.93), "widths": (5.0, 4.0, 3.0),
     },
     "dwcnn": {
         "module": dwcnn, "metric": "error", "unit": "error", "budget": "0.003", "ratio": 50,
         "cfg": PipelineConfig(model="examples.dwcnn:build", epochs=3, batch_size=64, rounds=4, finetune_epochs=0.5,
                               final_epochs=1, qat_epochs=1, compress=_C),
-        "rates": (0.9, 0.95, 0.97, 0.98), "widths": (4.0, 3.0),
+        "rates": (0.7, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98), "widths": (4.0, 3.0, 2.0),
     },
     "rowgru": {
         "module": rowgru, "metric": "error", "unit": "error", "budget": "0.005", "ratio": 30,
         "cfg": PipelineConfig(model="examples.rowgru:build", epochs=4, batch_size=64, lr=2e-3, rounds=4,
                               finetune_epochs=0.5, final_epochs=1, qat_epochs=1, compress=_C),
-        "rates": (0.8, 0.9, 0.95), "widths": (4.0, 3.0),
+        "rates": (0.5, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95), "widths": (4.0, 3.0, 2.0),
     },
 }  # fmt: skip
 TINY = {"epochs": 1, "rounds": 1, "final_epochs": 0, "qat_epochs": 1}

@@ -4,13 +4,20 @@ the budget of the dense model's, searched over pruning rate and bit width.
 A budget is absolute (``0.05``: at most 0.05 worse, in the metric's units, e.g. bits per byte)
 or relative (``"5%"``: at most 5% worse than the dense value). Lower metric values are better.
 
-:func:`search` is the policy alone: for each width (widest first) it bisects the sorted rate grid
-for the highest rate within budget, assuming that a higher rate never helps the metric at one
-width (points are measured, so a non-monotone model only makes the search miss a point, never
-report a wrong one); it stops lowering the width when no rate of a width is within budget. Every
-point it measures is returned, in the order tried. :func:`pipeline_search` trains once and
-measures each point by the whole pipeline (prune in rounds, fine-tune, QAT) from that model,
-reloading the encoded file: bytes are the file's, the value is the decoded model's.
+:func:`pipeline_search` trains once, then climbs a *ladder* of rates: each rung prunes the model
+of the rung below further (the Fisher re-estimated) and fine-tunes it, which is the pipeline's own
+schedule of rounds, so the climb costs one pipeline run, not one per rate. Each rung is also
+written at the widest width (no quantization-aware step) and measured: a point. The climb stops at
+the first rung whose unquantized model is over budget: pruning more only adds error. Then the
+highest rungs within budget (two by default) are finished as the pipeline finishes a run (final
+fine-tuning, quantization-aware fine-tuning) at narrower and narrower widths, until one is over
+budget; a lower rung tries only widths narrower than the best one found above it, the only ones
+that can give a smaller file. Every point is a file encoded, decoded and measured on validation:
+bytes are the file's, the value is the decoded model's.
+
+:func:`search` is the same policy for a caller who measures points another way (e.g. with
+``plugin.Pruner`` in their own loop): for each width it bisects the rate grid for the highest
+rate within budget, assuming a higher rate never helps at one width.
 """
 
 from __future__ import annotations
@@ -134,12 +141,19 @@ def pipeline_search(
     loss: Loss | None = None,
     metric: Metric | None = None,
     start: dict[str, Any] | None = None,
-    **options: Any,
+    rates: Sequence[float] = RATES,
+    widths: Sequence[float] = WIDTHS,
+    finish: int = 2,
+    on_point: Callable[[Point], None] | None = None,
 ) -> tuple[Point | None, list[Point], float, Compressed | None]:
-    """Train once (or start from ``start``, a trained state as ``run`` takes it), then :func:`search`
-    with the whole pipeline per point. ``options`` go to :func:`search`.
+    """Train once (or start from ``start``, a trained state as ``run`` takes it), climb the ladder of
+    ``rates`` and finish the ``finish`` highest rungs within budget (see the module docstring).
 
-    Returns (best point, points tried, dense validation value, the best point's Compressed)."""
+    Returns (best point, points tried in order, dense validation value, the best point's Compressed).
+    """
+    rates, widths = sorted(set(rates)), sorted(set(widths), reverse=True)
+    if not rates or not widths or finish < 1:
+        raise ConfigError("the budget search needs at least one rate, one width and one rung to finish")
     if start is None:
         torch.manual_seed(cfg.seed)
         trained = pipeline.run(cfg, *train, *val, model=build(), loss=loss, metric=metric, until="train")
@@ -148,15 +162,40 @@ def pipeline_search(
     dense_model = build()
     dense_model.load_state_dict(start["model"])
     dense = evaluate(dense_model, *val)[0] if metric is None else measure(dense_model, *val, metric)
+    ceiling = budget.ceiling(dense)
+    tried: list[Point] = []
+    files: list[Compressed] = []  # the file of each point tried
 
-    files: dict[tuple[float, float], Compressed] = {}
-
-    def measure_point(rate: float, bits: float) -> tuple[int, float]:
-        point_cfg = cfg.replace(compress=cfg.compress.replace(rate=rate, bits=bits))
+    def run(rate: float, bits: float, state: dict[str, Any], **stage: Any) -> tuple[pipeline.Outcome, Point]:
+        step = cfg.replace(rounds=1, **stage, compress=cfg.compress.replace(rate=rate, bits=bits))
         model = build()
-        out = pipeline.run(point_cfg, *train, *val, model=model, loss=loss, metric=metric, start=start)
-        files[rate, bits] = out.compressed
-        return reload_and_measure(out.compressed, model, *val, metric=metric)
+        out = pipeline.run(step, *train, *val, model=model, loss=loss, metric=metric, start=state)
+        out.compressed.meta["search"] = {"budget": str(budget), "dense": dense, "finetune_epochs": cfg.finetune_epochs,
+                                         "ladder": [r for r in rates if r <= rate]}  # fmt: skip
+        size, value = reload_and_measure(out.compressed, model, *val, metric=metric)  # the file as written
+        point = Point(rate, bits, size, value, value <= ceiling)
+        tried.append(point)
+        files.append(out.compressed)
+        if on_point is not None:
+            on_point(point)
+        return out, point
 
-    best, tried = search(measure_point, dense, budget, **options)
-    return best, tried, dense, files[best.rate, best.bits] if best is not None else None
+    rungs: list[tuple[float, dict[str, Any]]] = []  # (rate, state) of each rung within budget unquantized
+    state = start
+    for rate in rates:  # one pruning round per rung, fine-tuned; written at the widest width, no QAT
+        out, _ = run(rate, widths[0], state, final_epochs=0, qat_epochs=0)
+        state = {"model": out.model.state_dict(), "optimizer": out.optimizer.state_dict(), "masks": out.masks,
+                 "figures": {}}  # fmt: skip
+        if out.figures["test_error_pruned"] > ceiling:
+            break  # unquantized and already over budget: higher rates only prune more
+        rungs.append((rate, state))
+        del rungs[:-finish]  # a rung holds a model and its optimizer: keep only those to finish
+    narrowest = -1  # index of the narrowest width within budget on a higher rung
+    for rate, state in reversed(rungs[-finish:]):  # the pipeline's own finish: final and QAT fine-tuning
+        for w in range(narrowest + 1, len(widths)):
+            if not run(rate, widths[w], state, finetune_epochs=0.0)[1].within:
+                break
+            narrowest = w
+    within = [i for i, p in enumerate(tried) if p.within]
+    best = min(within, key=lambda i: (tried[i].file_bytes, tried[i].value)) if within else None
+    return (tried[best], tried, dense, files[best]) if best is not None else (None, tried, dense, None)

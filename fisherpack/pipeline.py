@@ -91,6 +91,7 @@ class Outcome:
     optimizer: torch.optim.Optimizer
     compressed: Compressed | None  # None when the run stopped after training
     figures: dict[str, Any]
+    masks: dict[str, torch.Tensor] | None = None  # the pruning masks, None when nothing was pruned
 
 
 def estimate_fisher(
@@ -181,7 +182,8 @@ def run(
 
     ``until="train"`` stops after training (``fisherpack train``), with ``compressed`` None.
     ``start`` skips training: ``{"model": state_dict, "optimizer": state_dict, "figures": dict}`` of
-    a model trained with ``cfg``'s training settings (as ``until="train"`` returns them).
+    a model trained with ``cfg``'s training settings (as ``until="train"`` returns them), and
+    optionally ``"masks"`` of a model already pruned (its pruned weights stay pruned).
 
     Any model: ``model`` (changed in place) replaces the registry's ``cfg.model``, which then only
     names it in the file; ``loss(output, target)`` (a mini-batch mean, see losses.py) replaces
@@ -209,14 +211,18 @@ def run(
     index, figures, quantized, teacher = 0, {}, None, None
     data_key = fingerprint(x_train, y_train, x_test, y_test) if ckpt is not None else ""
     state = load_state(ckpt, cfg, data_key) if ckpt is not None else None
-    if state is None and start is not None:
-        state = {**start, "index": cfg.epochs, "masks": {}, "figures": json.dumps(start.get("figures", {}))}
+    from_start = state is None and start is not None
+    if from_start:
+        state = {**start, "index": cfg.epochs, "masks": start.get("masks") or {},
+                 "figures": json.dumps(start.get("figures", {}))}  # fmt: skip
         state.update(quantized=torch.zeros(0), teacher={})
         if cfg.distill > 0:
             state["teacher"] = start["model"]
     if state is not None:
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        # torch shares the given state's tensors and Adam updates them in place: a copy keeps the
+        # caller's ``start`` intact, so that several runs from one start are independent
+        optimizer.load_state_dict(copy.deepcopy(state["optimizer"]) if from_start else state["optimizer"])
         masks = state["masks"] or None
         index, figures = state["index"], json.loads(state["figures"])
         if "rng" in state:  # a checkpoint, not ``start``: nothing draws from it today; dropout would
@@ -321,12 +327,12 @@ def run(
     if "test_error_before" not in figures:  # no training epochs: the model as initialised
         figures["test_error_before"] = score(model)
     if until == "train":
-        return Outcome(model, optimizer, None, figures)
+        return Outcome(model, optimizer, None, figures, masks)
     if quantized is None:
-        return Outcome(model, optimizer, quantize(salt=len(steps)), figures)
+        return Outcome(model, optimizer, quantize(salt=len(steps)), figures, masks)
     # after quantization-aware fine-tuning: the frozen layout, codes of the fine-tuned weights
     tensors = {n: requantize(q, params[n]) if isinstance(q, QuantTensor) else q for n, q in quantized.tensors.items()}
-    return Outcome(model, optimizer, Compressed(tensors, quantized.meta), figures)
+    return Outcome(model, optimizer, Compressed(tensors, quantized.meta), figures, masks)
 
 
 def _decoded(compressed: Compressed, like: torch.nn.Module) -> torch.nn.Module:
