@@ -10,10 +10,10 @@ schedule of rounds, so the climb costs one pipeline run, not one per rate. Each 
 written at the widest width (no quantization-aware step) and measured: a point. The climb stops at
 the first rung whose unquantized model is over budget: pruning more only adds error. Then the
 highest rungs within budget (two by default) are finished as the pipeline finishes a run (final
-fine-tuning, quantization-aware fine-tuning) at narrower and narrower widths, until one is over
-budget; a lower rung tries only widths narrower than the best one found above it, the only ones
-that can give a smaller file. Every point is a file encoded, decoded and measured on validation:
-bytes are the file's, the value is the decoded model's.
+fine-tuning, quantization-aware fine-tuning), bisecting the widths for the narrowest within
+budget (a narrower width never helps the metric); a lower rung tries only widths narrower than the
+best one found above it, the only ones that can give a smaller file. Every point is a file
+encoded, decoded and measured on validation: bytes are the file's, the value is the decoded model's.
 
 :func:`search` is the same policy for a caller who measures points another way (e.g. with
 ``plugin.Pruner`` in their own loop): for each width it bisects the rate grid for the highest
@@ -192,10 +192,13 @@ def pipeline_search(
         del rungs[:-finish]  # a rung holds a model and its optimizer: keep only those to finish
     narrowest = -1  # index of the narrowest width within budget on a higher rung
     for rate, state in reversed(rungs[-finish:]):  # the pipeline's own finish: final and QAT fine-tuning
-        for w in range(narrowest + 1, len(widths)):
-            if not run(rate, widths[w], state, finetune_epochs=0.0)[1].within:
-                break
-            narrowest = w
+        lo, hi = narrowest + 1, len(widths) - 1  # bisect for the narrowest width within budget
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            if run(rate, widths[mid], state, finetune_epochs=0.0)[1].within:
+                narrowest, lo = mid, mid + 1
+            else:
+                hi = mid - 1
     within = [i for i, p in enumerate(tried) if p.within]
     best = min(within, key=lambda i: (tried[i].file_bytes, tried[i].value)) if within else None
     return (tried[best], tried, dense, files[best]) if best is not None else (None, tried, dense, None)

@@ -52,9 +52,9 @@ def test_a_generous_budget_climbs_every_rung_then_finishes_the_top_one_at_every_
     best, tried, dense, compressed = pipeline_search(
         CFG, _build, *tensors, Budget(10.0), start=start, rates=RATES, widths=WIDTHS, on_point=seen.append
     )
-    # the ladder: each rate once, written at the widest width; then the top rung at 5, 4 and 3 bits;
-    # the rung below would only try widths under 3 bits, and there are none
-    assert [(p.rate, p.bits) for p in tried] == [(0.5, 5.0), (0.8, 5.0), (0.9, 5.0), (0.9, 5.0), (0.9, 4.0), (0.9, 3.0)]
+    # the ladder: each rate once, written at the widest width; then the top rung's widths bisected
+    # (4 bits, then 3); the rung below would only try widths under 3 bits, and there are none
+    assert [(p.rate, p.bits) for p in tried] == [(0.5, 5.0), (0.8, 5.0), (0.9, 5.0), (0.9, 4.0), (0.9, 3.0)]
     assert seen == tried and all(p.within for p in tried)
     assert best == min(tried, key=lambda p: (p.file_bytes, p.value)) and best.bits == 3.0
     size, value = reload_and_measure(compressed, _build(), *tensors[1])
