@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import prune, quant
+from . import prune, quant, structured
 from .config import CompressConfig
 from .errors import ConfigError
 from .fpk.container import DTYPES
@@ -233,17 +233,28 @@ def load_into(model: nn.Module, source: Compressed | str | os.PathLike, max_elem
     """
     if isinstance(source, Compressed):
         decoded = source.state_dict()
+        _fit_if_shrunk(model, decoded, source.meta)
         check_state_dict(model, decoded, "the file")
         model.load_state_dict(decoded)
         return model
     with open_file(source, max_elements=max_elements) as reader:
         shapes = {n: torch.empty(reader.shape(n), device="meta") for n in reader.names()}  # no memory
+        _fit_if_shrunk(model, shapes, reader.meta)
         check_state_dict(model, shapes, "the file")
         targets = model.state_dict(keep_vars=True)
         with torch.no_grad():
             for name in reader.names():
                 _copy_into(targets, reader, name)
     return model
+
+
+def _fit_if_shrunk(model: nn.Module, shapes: dict[str, Any], meta: dict[str, Any]) -> None:
+    """A file written after structured pruning holds smaller layers: give ``model`` their shapes
+    (only then: for any other file a shape mismatch is the user's mistake, and is named)."""
+    pipeline_cfg = meta.get("pipeline")
+    if isinstance(pipeline_cfg, dict) and isinstance(pipeline_cfg.get("structured"), (int, float)):
+        if pipeline_cfg["structured"] > 0:
+            structured.fit(model, shapes)
 
 
 def _copy_into(targets: dict[str, torch.Tensor], reader: FpkReader, name: str) -> None:

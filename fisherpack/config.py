@@ -267,7 +267,10 @@ class PipelineConfig(_Versioned):
     ``qat_epochs`` of quantization-aware fine-tuning (straight-through estimator, widths and steps
     frozen, cosine from ``qat_lr``). With ``distill`` > 0 every step after training learns from
     the trained dense model's soft targets as well (knowledge distillation, see train.py).
-    ``augment`` = k shifts training images by up to k pixels (0 = off)."""
+    ``augment`` = k shifts training images by up to k pixels (0 = off). ``structured`` > 0 also
+    removes whole output neurons and filters (see structured.py) in the same rounds, until that
+    fraction of the weights in removable channels is gone; ``compress.rate`` still counts the
+    weights pruned of the original model."""
 
     model: str = "lenet5"
     seed: int = 0
@@ -287,6 +290,11 @@ class PipelineConfig(_Versioned):
     fisher_samples: int = 1000
     compress: CompressConfig = field(default_factory=CompressConfig)
     version: int = 1
+    structured: float = 0.0
+
+    # Fields added after version 1, written only when set: a record made before a field existed
+    # keeps its identity (sweep keys, a file's recorded config) and still means the same.
+    _LATER = {"structured": 0.0}
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -309,6 +317,7 @@ class PipelineConfig(_Versioned):
         _choice(self.lr_schedule, ("cosine", "constant"), "learning-rate schedule")
         _choice(self.fisher, FISHER_SOURCES, "Fisher estimator")
         _check(self.fisher_samples >= 1, f"fisher_samples must be >= 1, got {self.fisher_samples}")
+        _check(0.0 <= self.structured < 1.0, f"structured must be in [0, 1), got {self.structured}")
         if isinstance(self.compress, dict):
             object.__setattr__(self, "compress", CompressConfig.from_dict(self.compress))
         _check(isinstance(self.compress, CompressConfig), f"compress must be a CompressConfig, got {self.compress!r}")
@@ -317,4 +326,4 @@ class PipelineConfig(_Versioned):
     def to_dict(self) -> dict[str, Any]:
         d = super().to_dict()
         d["compress"] = self.compress.to_dict()
-        return d
+        return {k: v for k, v in d.items() if k not in self._LATER or v != self._LATER[k]}

@@ -36,7 +36,7 @@ from typing import Any, Protocol
 
 import torch
 
-from . import dist, models, prune
+from . import dist, models, prune, structured
 from . import fisher as fisher_mod
 from .checkpoint import (
     fingerprint,
@@ -125,6 +125,7 @@ class _Step:
     fraction: float = 1.0
     rate: float = 0.0
     label: str = ""
+    structured: float = 0.0  # of a prune step: the fraction of removable weights gone after it
 
 
 def _cosine(lr: float, i: int, n: int) -> float:
@@ -146,11 +147,14 @@ def plan(cfg: PipelineConfig, *, until: str = "quantize") -> list[_Step]:
         steps.append(_Step("train", e, lr, label=f"train epoch {e + 1}/{cfg.epochs}"))
     if until == "train":
         return steps
-    rates = prune.schedule(cfg.compress.rate, cfg.rounds) if cfg.compress.rate > 0 else []
-    for r, rate in enumerate(rates):
+    rates = prune.schedule(cfg.compress.rate, cfg.rounds) if cfg.compress.rate > 0 or cfg.structured > 0 else []
+    shares = prune.schedule(cfg.structured, cfg.rounds) if cfg.structured > 0 else [0.0] * len(rates)
+    for r, (rate, share) in enumerate(zip(rates, shares)):
         label = f"prune to {rate:.1%} ({r + 1}/{len(rates)})"
+        if share:
+            label += f", {share:.0%} of removable channels' weights"
         passes = _passes(cfg.finetune_epochs)  # e.g. 2.5 -> [1.0, 1.0, 0.5]: one step per pass over the data
-        steps.append(_Step("prune", len(steps), cfg.finetune_lr, passes[0], rate, label))
+        steps.append(_Step("prune", len(steps), cfg.finetune_lr, passes[0], rate, label, share))
         for p, fraction in enumerate(passes[1:], start=2):
             steps.append(_Step("tune", len(steps), cfg.finetune_lr, fraction, rate, f"{label}, epoch {p}"))
     for f in range(cfg.final_epochs):
@@ -219,6 +223,8 @@ def run(
         if cfg.distill > 0:
             state["teacher"] = start["model"]
     if state is not None:
+        if structured.fit(model, state["model"]):  # a model shrunk by structured pruning
+            optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
         model.load_state_dict(state["model"])
         # torch shares the given state's tensors and Adam updates them in place: a copy keeps the
         # caller's ``start`` intact, so that several runs from one start are independent
@@ -277,11 +283,23 @@ def run(
         if step.kind == "prune":
             progress.stage(step.label)
             fisher = estimate_fisher(cfg, model, optimizer, x_train, y_train, salt=i, loss=loss)
+            rate = step.rate
+            if step.structured:
+                example = x_train[:2]
+                figures.setdefault("weights_before", sum(params[n].numel() for n in names))
+                figures.setdefault("removable_before", structured.removable(model, example))
+                optimizer, masks, fisher, figures["removable_left"] = structured.shrink_step(
+                    model, optimizer, fisher, masks, step.structured, figures["removable_before"], example
+                )
+                params, net = dict(model.named_parameters()), dist.wrap(model)
+                # compress.rate counts the weights of the original model: prune the rest of the way
+                left = sum(params[n].numel() for n in names)
+                rate = max(0.0, 1.0 - (1.0 - step.rate) * figures["weights_before"] / left)
             masks = prune.select(
                 cfg.compress.criterion,
                 {n: params[n].detach() for n in names},
                 fisher,
-                step.rate,
+                rate,
                 scope=cfg.compress.scope,
                 current=masks,
                 magnitude_share=cfg.compress.magnitude_share,

@@ -17,6 +17,7 @@ PKG = Path(fisherpack.__file__).parent
 
 # lower number = lower layer; a module may import from its own layer or any lower one
 METHOD = "compression fisher persample prune ranking quant quant_scale losses train plugin runtime export cexport dist"
+METHOD += " structured"
 METHOD += " models data"
 LAYERS = {
     "errors": 0,

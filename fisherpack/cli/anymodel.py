@@ -35,7 +35,7 @@ from ..fpk.fileio import atomic_write_bytes, check_writable
 from ..persample import FallbackNotice
 from ..train import measure
 from . import naming as usermodel
-from .common import given, table
+from .common import given, pipeline_changes, table
 
 __all__ = ["add_flags", "reproduce", "splits_from"]
 
@@ -83,9 +83,7 @@ def _config(args: argparse.Namespace, compress_config: Callable[[argparse.Namesp
     changes: dict[str, Any] = {"compress": compress_config(args, base.compress)}
     if args.checkpoint:
         changes["epochs"] = 0
-    for key in ("seed", "epochs", "rounds", "finetune_epochs", "fisher", "augment", "distill"):
-        if getattr(args, key, None) is not None:
-            changes[key] = getattr(args, key)
+    changes.update(pipeline_changes(args))
     return base.replace(**changes)
 
 

@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from .. import dist
 from ..errors import ConfigError
@@ -83,11 +84,20 @@ def add_force_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="replace a read-only output file or a symlink named as output")
 
 
+# PipelineConfig fields that reproduce's flags of the same name set (train and compress take some)
+PIPELINE_FLAGS = ("seed", "epochs", "rounds", "finetune_epochs", "fisher", "augment", "distill", "structured")
+
+
+def pipeline_changes(args: argparse.Namespace, keys: tuple[str, ...] = PIPELINE_FLAGS) -> dict[str, Any]:
+    """The PipelineConfig fields the command line gave (flags left out are None)."""
+    return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+
+
 # Numeric flags: (smallest, largest) allowed, checked before any work. Bounds far beyond any sensible
 # run keep absurd values from reaching torch, numpy or a plan built in memory as tracebacks.
 RANGES: dict[str, tuple[float, float]] = {
     "threads": (1, 1024), "timeout": (0.001, 1e7), "seed": (0, 2**32 - 1), "epochs": (0, 10_000),
-    "rounds": (1, 1000), "finetune_epochs": (0, 10_000), "augment": (0, 8), "distill": (0, 1),
+    "rounds": (1, 1000), "finetune_epochs": (0, 10_000), "augment": (0, 8), "distill": (0, 1), "structured": (0, 0.99),
     "max_elements": (1, 2**34), "fisher_samples": (1, 10**7), "val": (1, 10**7),
 }  # fmt: skip
 

@@ -36,9 +36,9 @@ from . import anymodel as cli_anymodel
 from . import bench as cli_bench
 from . import naming as usermodel
 from . import usermodel as cli_usermodel
+from .common import PIPELINE_FLAGS, add_force_flag, check_ranges, out_path, pipeline_changes
 from .common import Bar as _Bar
 from .common import Parser as _Parser
-from .common import add_force_flag, check_ranges, out_path
 from .common import log as _log
 from .common import on_rank0 as _on_rank0
 from .common import table as _table
@@ -73,9 +73,7 @@ def _compress_config(args: argparse.Namespace, base: CompressConfig) -> Compress
 def _pipeline_config(args: argparse.Namespace) -> PipelineConfig:
     cfg = pipeline.default_config(args.model)
     changes: dict[str, Any] = {"compress": _compress_config(args, cfg.compress)}
-    for key in ("seed", "epochs", "rounds", "finetune_epochs", "fisher", "augment", "distill", "fisher_samples"):
-        if getattr(args, key, None) is not None:
-            changes[key] = getattr(args, key)
+    changes.update(pipeline_changes(args, (*PIPELINE_FLAGS, "fisher_samples")))
     return cfg.replace(**changes)
 
 
@@ -285,6 +283,8 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--finetune-epochs", type=float, help="fine-tuning epochs per round")
     q.add_argument("--augment", type=int, help="shift training images by up to this many pixels (0: off)")
     q.add_argument("--distill", type=float, help="weight of the dense model's soft targets in fine-tuning (0: off)")
+    q.add_argument("--structured", type=float, help="also remove whole neurons and filters: this fraction of the "
+                   "weights in removable channels (0: off; the model that loads the file is smaller)")  # fmt: skip
     q.add_argument("--fisher", choices=FISHER_SOURCES, help="Fisher estimator (default: adam)")
     _add_compress_flags(q)
     cli_anymodel.add_flags(q)  # --model package.module:factory --data ... --budget ...
