@@ -204,3 +204,14 @@ def test_structured_is_a_fraction_and_is_recorded_only_when_set():
         PipelineConfig(structured=1.0)
     assert "structured" not in PipelineConfig().to_dict()
     assert PipelineConfig.from_dict(CFG.to_dict()) == CFG
+
+
+def test_the_inference_benchmark_times_a_shrunk_file_against_the_full_size_model(outcome, tmp_path):
+    from fisherpack.bench import inference
+
+    path = tmp_path / "small.fpk"
+    fmt.save(outcome.compressed, path)
+    r = inference.run_network("lenet5-structured", lambda: build("lenet5"), path, 1, tmp_path, (1,))
+    assert r["params"] == 431_080 and r["loaded_params"] == sum(p.numel() for p in outcome.model.parameters())
+    assert r["loaded_params"] < 0.6 * r["params"] and r["fp32_bytes"] == 4 * 431_080
+    assert r["batches"]["1"]["dense_ms"] > 0 and r["batches"]["1"]["runtime_ms"] > 0

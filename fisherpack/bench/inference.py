@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import models, runtime
+from .. import models, runtime, structured
 from ..compression import compress, load_into, summary
 from ..config import CompressConfig
 from ..fpk.container import load, save
@@ -55,10 +55,11 @@ def wide_mlp(width: int = 4096) -> nn.Module:
     )
 
 
-def networks(quick: bool, reference: Path | None) -> dict[str, tuple]:
+def networks(quick: bool, reference: Path | None, structured: Path | None = None) -> dict[str, tuple]:
     """name -> (factory, CompressConfig or an existing .fpk). ``quick`` shrinks the MLP for a smoke
     test; ``reference`` is a LeNet-5 file to measure (random weights at Deep Compression's rates
-    when it is None or missing)."""
+    when it is None or missing); ``structured``, if it exists, a LeNet-5 file made with structured
+    pruning (measured against the full-size dense LeNet-5)."""
     lenet = CompressConfig(
         criterion="magnitude",
         allocation="uniform",
@@ -68,10 +69,11 @@ def networks(quick: bool, reference: Path | None) -> dict[str, tuple]:
     mlp = CompressConfig(rate=0.95, criterion="magnitude", scope="layer", allocation="uniform", bits=5)
     width = 256 if quick else 4096
     lenet_source = reference if reference is not None and reference.is_file() else lenet
-    return {
-        "lenet5": (lambda: models.build("lenet5"), lenet_source),
-        f"mlp{width}": (lambda: wide_mlp(width), mlp),
-    }
+    out = {"lenet5": (lambda: models.build("lenet5"), lenet_source)}
+    if structured is not None and structured.is_file():
+        out["lenet5-structured"] = (lambda: models.build("lenet5"), structured)
+    out[f"mlp{width}"] = (lambda: wide_mlp(width), mlp)
+    return out
 
 
 def _sample(fn, x: torch.Tensor, inner: int) -> tuple[float, float]:
@@ -82,8 +84,11 @@ def _sample(fn, x: torch.Tensor, inner: int) -> tuple[float, float]:
     return 1e3 * (time.perf_counter() - wall) / inner, 1e3 * (time.thread_time() - cpu) / inner
 
 
-def compare(dense: nn.Module, fast: nn.Module, x: torch.Tensor, repeats: int) -> dict[str, float]:
-    """Median ms per forward pass of both models, samples interleaved, each about SAMPLE_MS long."""
+def compare(
+    dense: nn.Module, fast: nn.Module, x: torch.Tensor, repeats: int, same_as: nn.Module | None = None
+) -> dict[str, float]:
+    """Median ms per forward pass of both models, samples interleaved, each about SAMPLE_MS long.
+    ``fast`` must compute what ``same_as`` (default ``dense``) computes."""
     models = {"dense": dense, "runtime": fast}
     with torch.no_grad():
         # warm-up (first calls at a new shape allocate and pick kernels) and the duration of a call
@@ -93,7 +98,7 @@ def compare(dense: nn.Module, fast: nn.Module, x: torch.Tensor, repeats: int) ->
         for _ in range(repeats):
             for k, m in models.items():
                 samples[k].append(_sample(m, x, inner[k]))
-        torch.testing.assert_close(fast(x), dense(x), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(fast(x), (same_as or dense)(x), rtol=1e-4, atol=1e-4)
     wall = {k: statistics.median(w for w, _ in v) for k, v in samples.items()}
     cpu = {k: statistics.median(c for _, c in v) for k, v in samples.items()}
     return {
@@ -123,6 +128,8 @@ def run_network(
     state = load(path).state_dict()  # read, check, decode to a dense state dict
     decode_s = time.perf_counter() - start
     dense = factory().eval()
+    full_size = sum(p.numel() for p in dense.parameters())
+    shrunk = bool(structured.fit(dense, state))  # structured pruning: the file's layers are smaller
     start = time.perf_counter()
     dense.load_state_dict(state)
     load_s = time.perf_counter() - start
@@ -139,10 +146,11 @@ def run_network(
 
     result = {
         "source": (label or source.name) if isinstance(source, Path) else "random weights",
-        "params": sum(p.numel() for p in dense.parameters()),
-        "kept_fraction": summary(packed, file_bytes)["kept_fraction"],
+        "params": full_size,
+        "loaded_params": sum(p.numel() for p in dense.parameters()),  # fewer after structured pruning
+        "kept_fraction": summary(packed, file_bytes)["nonzero_params"] / full_size,
         "file_bytes": file_bytes,
-        "fp32_bytes": 4 * sum(p.numel() for p in dense.parameters()),
+        "fp32_bytes": 4 * full_size,
         "decode_s": decode_s,
         "file_bytes_plain": plain_bytes,
         "decode_plain_s": decode_plain_s,
@@ -153,7 +161,9 @@ def run_network(
     }
     for b in batches:
         x = torch.randn(b, 1, 28, 28, generator=torch.Generator().manual_seed(b))
-        result["batches"][str(b)] = compare(dense, fast, x, repeats)
+        # after structured pruning the baseline is the full-size dense model the user had
+        baseline = factory().eval() if shrunk else dense
+        result["batches"][str(b)] = compare(baseline, fast, x, repeats, same_as=dense)
     return result
 
 
@@ -190,6 +200,7 @@ def run(
     out: Path,
     reference: Path | None = None,
     reference_label: str = "",
+    structured_file: Path | None = None,
     threads: int = 1,
     repeats: int = 21,
     batches: tuple[int, ...] = BATCHES,
@@ -203,8 +214,9 @@ def run(
     env = environment.record(date=time.strftime("%Y-%m-%d %H:%M:%S %z"), mkl=torch.backends.mkl.is_available())
     results = {"environment": env, "repeats": repeats, "networks": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, (factory, config) in networks(quick, reference).items():
-            results["networks"][name] = run_network(name, factory, config, repeats, Path(tmp), batches, reference_label)
+        for name, (factory, config) in networks(quick, reference, structured_file).items():
+            label = reference_label if config == reference else ""
+            results["networks"][name] = run_network(name, factory, config, repeats, Path(tmp), batches, label)
     atomic_write_bytes(out / "inference.json", (json.dumps(results, indent=2, sort_keys=True) + "\n").encode())
     plot(results, out / "inference.png")
     return results

@@ -9,7 +9,7 @@ from __future__ import annotations
 from .readme import replace_section
 
 SECTION = "inference"
-NAMES = {"lenet5": "LeNet-5", "mlp4096": "MLP 784-4096-4096-10"}
+NAMES = {"lenet5": "LeNet-5", "lenet5-structured": "LeNet-5, structured", "mlp4096": "MLP 784-4096-4096-10"}
 
 
 def _size(n: float) -> str:
@@ -28,8 +28,10 @@ def render(results: dict) -> str:
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in results["networks"].items():
         source = r.get("source", "random weights")
+        loaded = r.get("loaded_params", r["params"])
+        smaller = f" (loads as {loaded / r['params']:.0%} of the weights)" if loaded < r["params"] else ""
         cells = [
-            NAMES.get(name, name) + ("" if source == "random weights" else f", `{source}`"),
+            NAMES.get(name, name) + ("" if source == "random weights" else f", `{source}`") + smaller,
             f"{r['kept_fraction']:.1%} of {r['params'] / 1e6:.2f}M",
             f"{_size(r['file_bytes'])} ({_size(r['fp32_bytes'])})",
             f"{1e3 * (r['decode_s'] + r['load_s']):.0f} ms "
