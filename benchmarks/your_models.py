@@ -10,9 +10,10 @@
 
 For each: train once (Adam), then ``budget.pipeline_search``: climb a ladder of rates (each rung
 prunes the rung below further with the Fisher re-estimated and fine-tunes), stop at the first rung
-over the *validation* budget before quantization, then finish the two highest rungs within budget
-(final and quantization-aware fine-tuning), bisecting the widths. Every point is a file
-reloaded and measured. The smallest file within budget is then measured once on *test*.
+far over the *validation* budget before quantization, then finish rungs from the top (final and
+quantization-aware fine-tuning), bisecting the widths, until two have a point within budget.
+Every point is a file reloaded and measured. The smallest file within budget is then measured once
+on *test*.
 Baselines at that point's rate and width, from the same trained model: one-shot ``compress``
 (OBD + waterfill widths, Adam's Fisher, no fine-tuning) and magnitude pruning + uniform widths.
 

@@ -8,12 +8,14 @@ or relative (``"5%"``: at most 5% worse than the dense value). Lower metric valu
 of the rung below further (the Fisher re-estimated) and fine-tunes it, which is the pipeline's own
 schedule of rounds, so the climb costs one pipeline run, not one per rate. Each rung is also
 written at the widest width (no quantization-aware step) and measured: a point. The climb stops at
-the first rung whose unquantized model is over budget: pruning more only adds error. Then the
-highest rungs within budget (two by default) are finished as the pipeline finishes a run (final
-fine-tuning, quantization-aware fine-tuning), bisecting the widths for the narrowest within
-budget (a narrower width never helps the metric); a lower rung tries only widths narrower than the
-best one found above it, the only ones that can give a smaller file. Every point is a file
-encoded, decoded and measured on validation: bytes are the file's, the value is the decoded model's.
+the first rung whose unquantized model is over ``slack`` (2) times the budget: a rung measured
+after its short fine-tuning is worse than after the finish, but one that far over does not come
+back. Then rungs are finished from the top, as the pipeline finishes a run (final fine-tuning,
+quantization-aware fine-tuning), bisecting the widths for the narrowest within budget (a narrower
+width never helps the metric), until two rungs (``finish``) have a point within budget; a lower
+rung tries only widths narrower than the best one found above it, the only ones that can give a
+smaller file. Every point is a file encoded, decoded and measured on validation: bytes are the
+file's, the value is the decoded model's.
 
 :func:`search` is the same policy for a caller who measures points another way (e.g. with
 ``plugin.Pruner`` in their own loop): for each width it bisects the rate grid for the highest
@@ -144,6 +146,7 @@ def pipeline_search(
     rates: Sequence[float] = RATES,
     widths: Sequence[float] = WIDTHS,
     finish: int = 2,
+    slack: float = 2.0,
     on_point: Callable[[Point], None] | None = None,
 ) -> tuple[Point | None, list[Point], float, Compressed | None]:
     """Train once (or start from ``start``, a trained state as ``run`` takes it), climb the ladder of
@@ -180,25 +183,29 @@ def pipeline_search(
             on_point(point)
         return out, point
 
-    rungs: list[tuple[float, dict[str, Any]]] = []  # (rate, state) of each rung within budget unquantized
-    state = start
+    rungs: list[tuple[float, dict[str, Any]]] = []  # (rate, state) of the rungs climbed, the top ones
+    state, over = start, dense + slack * (ceiling - dense)
     for rate in rates:  # one pruning round per rung, fine-tuned; written at the widest width, no QAT
         out, _ = run(rate, widths[0], state, final_epochs=0, qat_epochs=0)
+        if out.figures["test_error_pruned"] > over:
+            break  # unquantized and far over budget: the finish will not bring it back, more pruning less
         state = {"model": out.model.state_dict(), "optimizer": out.optimizer.state_dict(), "masks": out.masks,
                  "figures": {}}  # fmt: skip
-        if out.figures["test_error_pruned"] > ceiling:
-            break  # unquantized and already over budget: higher rates only prune more
         rungs.append((rate, state))
-        del rungs[:-finish]  # a rung holds a model and its optimizer: keep only those to finish
-    narrowest = -1  # index of the narrowest width within budget on a higher rung
-    for rate, state in reversed(rungs[-finish:]):  # the pipeline's own finish: final and QAT fine-tuning
+        del rungs[: -(finish + 2)]  # a rung holds a model and its optimizer: keep only those to finish
+    narrowest, finished = -1, 0  # index of the narrowest width within budget on a higher rung
+    for rate, state in reversed(rungs):  # the pipeline's own finish: final and QAT fine-tuning
         lo, hi = narrowest + 1, len(widths) - 1  # bisect for the narrowest width within budget
+        found = False
         while lo <= hi:
             mid = (lo + hi) // 2
             if run(rate, widths[mid], state, finetune_epochs=0.0)[1].within:
-                narrowest, lo = mid, mid + 1
+                narrowest, lo, found = mid, mid + 1, True
             else:
                 hi = mid - 1
+        finished += found
+        if finished >= finish or narrowest == len(widths) - 1:
+            break  # enough rungs within budget, or no narrower width left to try below
     within = [i for i, p in enumerate(tried) if p.within]
     best = min(within, key=lambda i: (tried[i].file_bytes, tried[i].value)) if within else None
     return (tried[best], tried, dense, files[best]) if best is not None else (None, tried, dense, None)

@@ -79,3 +79,26 @@ def test_a_search_needs_a_rate_a_width_and_a_rung_to_finish(tensors, start):
     for options in ({"rates": ()}, {"widths": ()}, {"finish": 0}):
         with pytest.raises(ConfigError, match="at least one rate"):
             pipeline_search(CFG, _build, *tensors, Budget(1.0), start=start, **options)
+
+
+def test_a_top_rung_with_no_width_in_budget_hands_over_to_the_rungs_below(tensors, start, monkeypatch):
+    from fisherpack import budget
+
+    good = {(0.5, 5.0), (0.5, 4.0), (0.5, 3.0), (0.8, 5.0), (0.8, 4.0)}  # what is within budget
+
+    def fake_measure(compressed, like, x, y, metric=None):
+        c = compressed.meta["pipeline"]["compress"]
+        return len(fmt.encode(compressed)), 0.0 if (c["rate"], c["bits"]) in good else 99.0
+
+    monkeypatch.setattr(budget, "reload_and_measure", fake_measure)
+    best, tried, _, compressed = pipeline_search(
+        CFG, _build, *tensors, Budget(10.0), start=start, rates=RATES, widths=WIDTHS
+    )
+    assert [(p.rate, p.bits) for p in tried] == [
+        (0.5, 5.0), (0.8, 5.0), (0.9, 5.0),  # the ladder
+        (0.9, 4.0), (0.9, 5.0),  # the top rung: nothing within
+        (0.8, 4.0), (0.8, 3.0),  # the next: 4 bits within, 3 over
+        (0.5, 3.0),  # the last only tries narrower than 4 bits: within, and two rungs are done
+    ]  # fmt: skip
+    assert best == min((p for p in tried if p.within), key=lambda p: p.file_bytes)
+    assert len(fmt.encode(compressed)) == best.file_bytes
