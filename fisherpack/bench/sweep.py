@@ -26,6 +26,7 @@ any other model's ``PipelineConfig()``; none when it arrives trained), cached in
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import json
@@ -84,6 +85,7 @@ class Sweep:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._fisher: dict[tuple, dict[str, torch.Tensor]] = {}
+        self._bases: dict[Path, dict[str, Any]] = {}  # read once; restore() copies what it changes
 
     # ------------------------------------------------------------------ shared pieces
     def base(self, model: str, seed: int, epochs: int | None = None) -> dict[str, Any]:
@@ -95,8 +97,11 @@ class Sweep:
         cfg = cfg if epochs is None else cfg.replace(epochs=epochs)
         name = f"{slug(model)}-{settings_id(subject.defaults)}-{subject.cache_id}"
         path = self.workdir / f"base-{name}-seed{seed}{'' if epochs is None else f'-e{epochs}'}.pt"
+        if path in self._bases:
+            return self._bases[path]
         if path.exists():
-            return torch.load(path, weights_only=True)
+            self._bases[path] = torch.load(path, weights_only=True)
+            return self._bases[path]
         torch.manual_seed(cfg.seed)  # the initial weights, as pipeline.run draws them
         train, val = subject.train, subject.val
         out = pipeline.run(cfg, *train, *val, model=subject.build(), loss=subject.loss, metric=subject.metric,
@@ -115,7 +120,7 @@ class Sweep:
         net = self.subjects[model].build()
         net.load_state_dict(state["model"])
         opt = torch.optim.Adam(net.parameters(), lr=lr)
-        opt.load_state_dict(state["optimizer"])
+        opt.load_state_dict(copy.deepcopy(state["optimizer"]))  # Adam would update the cached tensors in place
         for group in opt.param_groups:
             group["lr"] = lr
         return net, opt

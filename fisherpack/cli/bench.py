@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from ..bench.subject import slug
 from ..config import CRITERIA
 from ..errors import ConfigError, FisherpackError
 from ..fpk.fileio import atomic_write_bytes, check_writable
+from ..persample import FallbackNotice
 from ..train import evaluate
 from . import anymodel as cli_anymodel
 from . import sweepparts
@@ -136,6 +138,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         check_writable(path, overwrite=args.force)
     parts = [_read_part(Path(other)) for other in args.merge]  # bad parts fail before any work
     with cli_anymodel.notes():  # e.g. a GRU's Fisher by the exact path: one line, not a warning
+        warnings.filterwarnings("once", category=FallbackNotice)  # a sweep estimates it many times
         subjects = sweepparts.subjects(names, args)
         runner = sweep.Sweep(subjects, Path(args.workdir))
         for subject in subjects:
