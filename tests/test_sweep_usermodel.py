@@ -3,6 +3,8 @@ through the same sweep as the LeNets (issue 11, item 2), resumable, keyed by its
 
 import json
 import math
+import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from fisherpack.bench import subject, sweep
 from fisherpack.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
 GRU = ["--model", "examples.rowgru:tiny", "--data", "examples.rowgru:splits"]
 
 
@@ -32,8 +35,11 @@ def _splits():
     return splits()
 
 
-def test_a_gru_sweeps_end_to_end_then_resumes_without_recomputing(tmp_path, monkeypatch, capsys):
-    assert main([*_argv(tmp_path, *GRU), "--no-plots"]) == 0
+def test_the_readme_sweep_of_a_gru_runs_end_to_end_then_resumes_without_recomputing(tmp_path, monkeypatch, capsys):
+    (command,) = re.findall(r"`(fisherpack sweep --model examples\.rowgru:tiny [^`]*)`", README)
+    readme_argv = shlex.split(command)[1:]  # as written (then in a test folder, quietly, without plots)
+    assert readme_argv == ["sweep", *GRU, "--quick"]
+    assert main([*readme_argv, *_argv(tmp_path)[2:], "--no-plots"]) == 0
     path = tmp_path / "res" / "sweep_examples.rowgru-tiny_quick.json"
     results = json.loads(path.read_bytes())
     assert results["complete"] and results["metric"] == "error"
