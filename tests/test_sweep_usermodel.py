@@ -129,6 +129,7 @@ def test_user_model_sweep_mistakes_get_one_line(tmp_path, capsys):
         (["--model", "examples.rowgru:nosuch", "--data", "examples.rowgru:splits"], "has no attribute 'nosuch'"),
         (["--model", "examples.rowgru:splits", "--data", "examples.rowgru:splits"], "not a torch.nn.Module"),
         ([*GRU[:2], "--data", "examples.rowgru:build"], "must return"),
+        ([*GRU[:2], "--data", "examples.bytelm:tiny_splits"], "tiny_splits()['train'] failed: RuntimeError: shape"),
         ([*GRU, "--metric", "accuracy"], "--metric wants"),
         ([*GRU, "--loss", "examples.rowgru:nope"], "has no attribute 'nope'"),
         ([*GRU, "--checkpoint", str(tmp_path / "other.pt")], "checkpoint other.pt"),

@@ -29,7 +29,7 @@ from .. import losses, pipeline
 from ..bench import environment
 from ..compression import summary
 from ..config import CompressConfig, PipelineConfig
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, FisherpackError
 from ..fpk import container as format
 from ..fpk.fileio import atomic_write_bytes, check_writable
 from ..persample import FallbackNotice
@@ -37,7 +37,7 @@ from ..train import measure
 from . import naming as usermodel
 from .common import given, table
 
-__all__ = ["add_flags", "reproduce", "splits_from", "metric_from", "NEEDS_DATA"]
+__all__ = ["add_flags", "reproduce", "splits_from", "metric_from", "check_fits", "NEEDS_DATA"]
 
 SPLITS = ("train", "val", "test")
 NEEDS_DATA = "your own model needs its data: --data package.module:function (train/val splits)"
@@ -70,6 +70,24 @@ def splits_from(spec: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
             raise DataError(f"{spec}()[{name!r}] must be a non-empty (x, y) pair of tensors of equal length")
         out[name] = (pair[0], pair[1])
     return out
+
+
+def check_fits(model_spec: str, data_spec: str, model: torch.nn.Module, splits: dict, loss=None, metric=None) -> None:
+    """DataError in one line, before any work, unless the model runs on the first two samples of
+    every split and the loss (default cross-entropy) and the metric (default error) take its output."""
+    model.eval()  # a fresh model built for the check: BatchNorm's statistics stay as they were
+    for name, (x, y) in splits.items():
+        what = f"{model_spec} on {data_spec}()[{name!r}]"
+        try:
+            with torch.no_grad():
+                out = model(x[:2])
+            (loss or losses.cross_entropy)(out, y[:2])
+            (metric or losses.error)(out, y[:2])
+        except FisherpackError as exc:
+            raise DataError(f"{what}: {exc}") from None
+        except Exception as exc:
+            reason = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise DataError(f"{what} failed: {type(exc).__name__}: {reason}") from None
 
 
 def metric_from(name: str | None) -> losses.Metric:

@@ -68,6 +68,8 @@ def subjects(names: list[str], args: argparse.Namespace) -> list[subject_mod.Sub
         tags["loss"] = args.loss
     if args.metric not in (None, "error"):
         tags["metric"] = args.metric
+    for name, factory in factories.items():
+        anymodel.check_fits(name, args.data or "mnist", factory(), splits, loss, metric)
     out = []
     for name, factory in factories.items():
         defaults = PipelineConfig(model=name) if is_user_model(name) else pipeline.default_config(name)
