@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fisherpack import data
-from fisherpack.bench import subject, sweep
+from fisherpack.bench import subject, sweep, sweepplan
 from fisherpack.cli.main import main
 
 
@@ -20,8 +20,8 @@ def test_plans_cover_every_method_rate_scheme_and_seed():
     specs = sweep.plan("lenet5")
     prune = [s for s in specs if s["sweep"] == "prune"]
     assert {s["method"] for s in prune} == set(sweep.PRUNE_METHODS)
-    assert {s["rate"] for s in prune} == set(sweep.PRUNE_RATES) and min(sweep.PRUNE_RATES) == 0.5
-    assert max(sweep.PRUNE_RATES) == 0.995 and {s["scope"] for s in prune} == {"global", "layer"}
+    assert {s["rate"] for s in prune} == set(sweepplan.PRUNE_RATES) and min(sweepplan.PRUNE_RATES) == 0.5
+    assert max(sweepplan.PRUNE_RATES) == 0.995 and {s["scope"] for s in prune} == {"global", "layer"}
     assert {s["seed"] for s in specs} == {0, 1, 2}
     quant = [s for s in specs if s["sweep"] == "quant"]
     assert {s["scheme"] for s in quant} == set(sweep.QUANT_SCHEMES) and {s["bits"] for s in quant} == set(range(1, 9))
