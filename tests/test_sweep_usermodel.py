@@ -171,3 +171,17 @@ def test_a_language_model_from_its_checkpoint_in_bits_per_byte(tmp_path, capsys)
         assert Path(f"{stem}_{kind}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     out = capsys.readouterr()
     assert "bits_per_token (lower is better)" in out.out and out.err.count("fisherpack: note:") <= 1
+
+
+def test_a_subject_without_a_test_split_is_measured_and_plotted_on_validation(tmp_path):
+    from examples.rowgru import tiny
+    from fisherpack.bench import plots
+
+    s = _splits()
+    target = subject.Subject("examples.rowgru:tiny", tiny, fisherpack.PipelineConfig(epochs=1), s["train"], s["val"])
+    (spec,) = [p for p in sweep.plan(target, (0,), quick=True) if p.get("method") == "fisherpack"]
+    result = sweep.Sweep([target], tmp_path / "w").run(spec)
+    assert "test_error" not in result and 0 <= result["val_error"] <= 1
+    assert result["val_error"] * len(s["val"][0]) == pytest.approx(round(result["val_error"] * len(s["val"][0])))
+    plots.plot_front({sweep.key(spec): result}, target.name, tmp_path / "front.png", metric="error")
+    assert (tmp_path / "front.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
