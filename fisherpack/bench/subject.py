@@ -4,10 +4,10 @@ A registry model is one subject like any other: ``models.build(name)``, MNIST wi
 training images held out (a fixed permutation, the same for every seed), the settings of
 ``pipeline.default_config(name)``, cross-entropy and the error rate (:func:`registry`). A user's
 model (``package.module:factory``) brings its own splits, and optionally a checkpoint, a loss and
-a metric; the command line makes its Subject from those (cli/bench.py) and the sweep runs both the
-same way.
+a metric; the command line makes its Subject from those (cli/sweepparts.py) and the sweep runs
+both the same way.
 
-Identity. A point's key names its model and the settings hash (sweep.py); ``tags`` adds what else
+Identity. A point's key names its model and the settings hash (sweepplan.py); ``tags`` adds what else
 decides its result when it is not the registry's default: a fingerprint of the data, of the
 checkpoint, the loss and the metric. A registry model on its own MNIST has no tags, so its keys are
 those of every sweep before subjects existed. The base models cached in the work folder are named
