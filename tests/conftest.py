@@ -40,6 +40,8 @@ SLOW_TESTS = {
     "test_onnx_export_errors_are_one_line",
     "test_plots_draw_every_sweep",
     "test_sweep_command_resumes_without_recomputing",
+    "test_a_language_model_from_its_checkpoint_in_bits_per_byte",
+    "test_a_subject_without_a_test_split_is_measured_and_plotted_on_validation",
     "test_module_entry_point",
     "test_reproduce_writes_a_file_and_figures_that_agree",
     "test_reproduce_is_byte_for_byte_reproducible",

@@ -144,6 +144,19 @@ CLI = [
 
 
 CLI += badinputs.CLI_MORE
+CLI += [  # your own model in fisherpack sweep (issue 11)
+    ("sweep", "your model without --data", ["sweep", "--model", "examples.rowgru:tiny", "--out", "DIR/out"]),
+    (
+        "sweep",
+        "your data function returns no splits",
+        ["sweep", "--model", "examples.rowgru:tiny", "--data", "examples.rowgru:build", "--out", "DIR/out"],
+    ),
+    (
+        "sweep",
+        "your model cannot run on your data",
+        ["sweep", "--model", "examples.rowgru:tiny", "--data", "examples.bytelm:tiny_splits", "--out", "DIR/out"],
+    ),
+]
 
 
 def _model(**weights: float) -> nn.Module:

@@ -3,23 +3,25 @@
 import json
 
 import pytest
+import torch
 
 from fisherpack import data
-from fisherpack.bench import sweep
+from fisherpack.bench import subject, sweep, sweepplan
 from fisherpack.cli.main import main
 
 
 @pytest.fixture(scope="module")
 def runner(tmp_path_factory):
-    return sweep.Sweep(data.synthetic(400, 100, seed=0), tmp_path_factory.mktemp("work"), val_size=100)
+    splits = subject.mnist_splits(data.synthetic(400, 100, seed=0), 100)
+    return sweep.Sweep([subject.registry("lenet300", splits)], tmp_path_factory.mktemp("work"))
 
 
 def test_plans_cover_every_method_rate_scheme_and_seed():
     specs = sweep.plan("lenet5")
     prune = [s for s in specs if s["sweep"] == "prune"]
     assert {s["method"] for s in prune} == set(sweep.PRUNE_METHODS)
-    assert {s["rate"] for s in prune} == set(sweep.PRUNE_RATES) and min(sweep.PRUNE_RATES) == 0.5
-    assert max(sweep.PRUNE_RATES) == 0.995 and {s["scope"] for s in prune} == {"global", "layer"}
+    assert {s["rate"] for s in prune} == set(sweepplan.PRUNE_RATES) and min(sweepplan.PRUNE_RATES) == 0.5
+    assert max(sweepplan.PRUNE_RATES) == 0.995 and {s["scope"] for s in prune} == {"global", "layer"}
     assert {s["seed"] for s in specs} == {0, 1, 2}
     quant = [s for s in specs if s["sweep"] == "quant"]
     assert {s["scheme"] for s in quant} == set(sweep.QUANT_SCHEMES) and {s["bits"] for s in quant} == set(range(1, 9))
@@ -77,7 +79,6 @@ def test_sweep_command_resumes_without_recomputing(tmp_path, monkeypatch):
     ]
     monkeypatch.setattr(sweep, "plan", lambda model, seeds, quick: few)
     monkeypatch.setattr(sweep, "VAL_SIZE", 50)
-    monkeypatch.setattr(sweep.Sweep.__init__, "__defaults__", (50,))
     argv = [
         "sweep",
         "--model",
@@ -121,13 +122,13 @@ def test_sweep_command_resumes_without_recomputing(tmp_path, monkeypatch):
 def test_sweep_parts_run_apart_then_merge(tmp_path, monkeypatch, capsys):
     idx = data.write_dataset(tmp_path / "idx", data.synthetic(300, 60, seed=1))
 
-    def plan(model, seeds, quick):
-        return [{"sweep": "quant", "model": model, "seed": s, "scheme": "uniform", "bits": 3} for s in seeds]
+    def plan(target, seeds, quick):
+        return [{"sweep": "quant", "model": target.name, "seed": s, "scheme": "uniform", "bits": 3} for s in seeds]
 
     monkeypatch.setattr(sweep, "plan", plan)
     monkeypatch.setattr(sweep.Sweep, "run", lambda self, spec: {"seed": spec["seed"]})
     monkeypatch.setattr(sweep, "base_figures", lambda runner, specs: {})
-    monkeypatch.setattr(sweep.Sweep.__init__, "__defaults__", (50,))
+    monkeypatch.setattr(sweep, "VAL_SIZE", 50)
     common = ["sweep", "--model", "lenet300", "--data-dir", str(idx), "--workdir", str(tmp_path / "w"), "--quiet"]
     for seed in (0, 1, 2):
         assert main([*common, "--no-plots", "--seeds", str(seed), "--out", str(tmp_path / f"s{seed}")]) == 0
@@ -184,3 +185,15 @@ def test_plots_draw_every_sweep(tmp_path):
         path = tmp_path / f"{draw.__name__}.png"
         draw(points, "lenet5", path)
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
+def test_restored_models_start_from_the_cached_base_however_often(runner):
+    """Bases are read once and kept; fine-tuning one restored copy must not move the next one's
+    Adam moments (torch's load_state_dict shares the given tensors)."""
+    net, opt = runner.restore("lenet300", 0, 1e-3, 1)
+    before = {i: {k: v.clone() for k, v in s.items()} for i, s in opt.state_dict()["state"].items()}
+    runner.finetune("lenet300", net, opt, 0.2, seed=0, salt=1)
+    _, again = runner.restore("lenet300", 0, 1e-3, 1)
+    after = again.state_dict()["state"]
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[i][k], after[i][k]) for i in before for k in before[i])

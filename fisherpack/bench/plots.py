@@ -80,8 +80,8 @@ def _line(ax, xs, mean, lo, hi, label, **kw) -> None:
     ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15)
 
 
-def plot_prune(results: dict[str, Any], model: str, path: str | Path) -> None:
-    """Validation error against pruning rate, every method; one-shot and fine-tuned, by scope."""
+def plot_prune(results: dict[str, Any], model: str, path: str | Path, metric: str = "error") -> None:
+    """Validation error (``metric``) against pruning rate, every method; one-shot and fine-tuned, by scope."""
     plt = _pyplot()
     fig, axes = plt.subplots(2, 2, figsize=(12, 9), sharey=True)
     for col, mode in enumerate(("oneshot", "finetuned")):
@@ -99,16 +99,16 @@ def plot_prune(results: dict[str, Any], model: str, path: str | Path) -> None:
             )
             ax.invert_xaxis()
             ax.grid(True, which="both", alpha=0.3)
-    axes[0][0].set_ylabel("validation error")
-    axes[1][0].set_ylabel("validation error")
+    axes[0][0].set_ylabel(f"validation {metric}")
+    axes[1][0].set_ylabel(f"validation {metric}")
     axes[0][1].legend(fontsize=8)
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)
 
 
-def plot_quant(results: dict[str, Any], model: str, path: str | Path) -> None:
-    """Validation error against average code bits for every scheme, before and after fine-tuning."""
+def plot_quant(results: dict[str, Any], model: str, path: str | Path, metric: str = "error") -> None:
+    """Validation error (``metric``) against average code bits for every scheme, before and after fine-tuning."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
     for ax, mode in zip(axes, ("ptq", "qat")):
@@ -124,24 +124,26 @@ def plot_quant(results: dict[str, Any], model: str, path: str | Path) -> None:
         title = "after quantization" if mode == "ptq" else "after fine-tuning the quantized model"
         ax.set(yscale="log", title=f"{model}: {title}", xlabel="average bits per weight (codes)")
         ax.grid(True, which="both", alpha=0.3)
-    axes[0].set_ylabel("validation error")
+    axes[0].set_ylabel(f"validation {metric}")
     axes[1].legend(fontsize=8)
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)
 
 
-def plot_front(results: dict[str, Any], model: str, path: str | Path) -> None:
-    """Test error against file bytes: fisherpack and magnitude + uniform (whole pipeline, mean over
-    seeds with min..max bars), and the published points of other methods on the same axes."""
+def plot_front(results: dict[str, Any], model: str, path: str | Path, metric: str = "error") -> None:
+    """Test error (``metric``; on validation when a point has no test figure) against file bytes:
+    fisherpack and magnitude + uniform (whole pipeline, mean over seeds with min..max bars), and the
+    published points of other methods on the same axes."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 5.5))
     cells: dict[str, list[tuple[float, float]]] = defaultdict(list)
     by_point: dict[tuple, list[tuple[float, float]]] = defaultdict(list)
-    for k, r in results.items():
+    pipelines = {k: r for k, r in results.items() if json.loads(k).get("sweep") == "pipeline"}
+    split = "test" if all("test_error" in r for r in pipelines.values()) else "val"
+    for k, r in pipelines.items():
         spec = json.loads(k)
-        if spec.get("sweep") == "pipeline":
-            by_point[(spec["method"], spec["rate"], spec["bits"])].append((r["file_bytes"], r["test_error"]))
+        by_point[(spec["method"], spec["rate"], spec["bits"])].append((r["file_bytes"], r[f"{split}_error"]))
     for (method, _, _), pts in sorted(by_point.items()):
         b, e = np.array(pts).T
         cells[method].append((b.mean(), e.mean(), e.min(), e.max()))
@@ -151,12 +153,11 @@ def plot_front(results: dict[str, Any], model: str, path: str | Path) -> None:
         # equal seeds: the float mean may land a hair outside min..max
         yerr = np.clip([e - lo, hi - e], 0.0, None)
         ax.errorbar(b, e, yerr=yerr, marker="o", capsize=3, label=method)
-    for label, nbytes, err in ANCHORS.get(model, []):
+    for label, nbytes, err in ANCHORS.get(model, []) if (metric, split) == ("error", "test") else []:
         ax.scatter([nbytes], [err], marker="*", s=120, zorder=3)
         ax.annotate(label, (nbytes, err), textcoords="offset points", xytext=(6, 4), fontsize=8)
-    ax.set(
-        xscale="log", xlabel="bytes on disk", ylabel="test error", title=f"{model}: size against error (whole pipeline)"
-    )
+    ylabel = f"{'test' if split == 'test' else 'validation'} {metric}"
+    ax.set(xscale="log", xlabel="bytes on disk", ylabel=ylabel, title=f"{model}: size against error (whole pipeline)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -1,14 +1,18 @@
 """Sweeps: the same measurements for every method, resumable point by point.
 
-A sweep is a list of *points*, each a JSON spec such as
-``{"sweep": "prune", "model": "lenet5", "seed": 0, "method": "obd-adam", "scope": "global",
-"rate": 0.9, "finetune_epochs": 0.5}``. A point's result is stored under its canonical JSON key as
-soon as it is measured; a finished point is never recomputed, so a killed sweep resumes.
+A sweep is a list of *points* (sweepplan.py: what they are, their keys, the plan of one model). A
+point's result is stored under its key as soon as it is measured; a finished point is never
+recomputed, so a killed sweep resumes.
 
-Every choice is measured on a validation split held out from the training set (the last
-``VAL_SIZE`` of a fixed permutation, the same for every seed); test errors are recorded beside it
-for reporting only. Each (model, seed) starts from one base model trained with the training
-settings of ``pipeline.default_config(model)``, cached in the work folder.
+Every point measures one *subject* (subject.py): a model factory with its train, validation and
+optional test splits, its default settings, its loss and its metric. A registry model is a subject
+like any other (MNIST, the last ``VAL_SIZE`` of a fixed permutation of the training images held
+out, the same for every seed); a user's ``package.module:factory`` with its data is another, run by
+the same code. Every choice is measured on the validation split; the test split, if any, is
+recorded beside it for reporting only. The records' ``val_error`` and ``test_error`` hold the
+subject's metric (the error rate unless it says otherwise). Each (model, seed) starts from one base
+model trained with the subject's ``defaults`` (a registry model's ``pipeline.default_config``,
+any other model's ``PipelineConfig()``; none when it arrives trained), cached in the work folder.
 
 - ``prune``: one-shot pruning of the base model at ``rate`` by ``method`` (criterion x Fisher
   source), errors before and after ``finetune_epochs`` of masked fine-tuning (same budget for all).
@@ -21,11 +25,11 @@ settings of ``pipeline.default_config(model)``, cached in the work folder.
 
 from __future__ import annotations
 
-import hashlib
+import copy
 import io
-import json
 import os
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -33,65 +37,66 @@ import numpy as np
 import torch
 
 from .. import fisher as fisher_mod
-from .. import models, pipeline, prune, quant
+from .. import losses, pipeline, prune, quant
 from ..compression import compress, compressible, summary
-from ..config import CompressConfig, PipelineConfig
-from ..data import Dataset, batches, split_validation
+from ..config import CompressConfig
+from ..data import batches
 from ..fpk import container as fmt
 from ..fpk.fileio import atomic_write_bytes
-from ..train import Recipe, evaluate, train_epoch
+from ..train import Recipe, measure, train_epoch
 from .baselines import SharedWeights
+from .subject import Subject, slug
+from .sweepplan import (  # noqa: F401  (the sweep's whole vocabulary, from one module)
+    PIPELINE_METHODS,
+    PRUNE_METHODS,
+    QUANT_SCHEMES,
+    key,
+    pending,
+    pipeline_config,
+    plan,
+    settings,
+    settings_id,
+)
 
-__all__ = ["PRUNE_METHODS", "QUANT_SCHEMES", "PIPELINE_METHODS", "VAL_SIZE", "key", "Sweep"]
+__all__ = ["VAL_SIZE", "Sweep", "base_figures", "key", "plan", "pending", "settings", "settings_id"]
 
 VAL_SIZE = 10_000
-PRUNE_METHODS = {  # name -> (criterion, Fisher source)
-    "fisher-adam": ("fisher", "adam"),
-    "fisher-empirical": ("fisher", "empirical"),
-    "fisher-sampled": ("fisher", "sampled"),
-    "obd-adam": ("obd", "adam"),
-    "obd-empirical": ("obd", "empirical"),
-    "two_stage-adam": ("two_stage", "adam"),
-    "magnitude": ("magnitude", None),
-    "random": ("random", None),
-}
-QUANT_SCHEMES = ("quantile", "waterfill", "waterfill-g4", "uniform", "kmeans")
-PIPELINE_METHODS = ("fisherpack", "magnitude-uniform")
 FISHER_SAMPLES = 1000
 
 
-def key(spec: dict[str, Any]) -> str:
-    """The canonical JSON of a point's spec: its identity in the results."""
-    return json.dumps(spec, sort_keys=True, separators=(",", ":"))
-
-
 class Sweep:
-    """Runs points against a data set, caching base models under ``workdir``.
+    """Runs points against their subjects (by the spec's ``model``), caching base models under ``workdir``.
 
     ``results`` maps keys to results and is updated in place; ``on_result(results)`` is called
     after each new point (the caller persists it). The class touches only ``workdir``.
     """
 
-    def __init__(self, dataset: Dataset, workdir: str | os.PathLike, val_size: int = VAL_SIZE) -> None:
-        x, y, self.x_test, self.y_test = dataset.tensors()
-        self.x, self.y, self.x_val, self.y_val = split_validation(x, y, val_size, seed=0)
+    def __init__(self, subjects: Iterable[Subject], workdir: str | os.PathLike) -> None:
+        self.subjects = {s.name: s for s in subjects}
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._fisher: dict[tuple, dict[str, torch.Tensor]] = {}
+        self._bases: dict[Path, dict[str, Any]] = {}  # read once; restore() copies what it changes
 
     # ------------------------------------------------------------------ shared pieces
     def base(self, model: str, seed: int, epochs: int | None = None) -> dict[str, Any]:
         """The trained dense model of (model, seed): state dicts and figures, cached on disk.
 
         ``epochs`` replaces the default number of training epochs (the quick sweep trains less)."""
-        cfg = pipeline.default_config(model).replace(seed=seed)
+        subject = self.subjects[model]
+        cfg = subject.defaults.replace(seed=seed)
         cfg = cfg if epochs is None else cfg.replace(epochs=epochs)
-        path = (
-            self.workdir / f"base-{model}-{settings_id(model)}-seed{seed}{'' if epochs is None else f'-e{epochs}'}.pt"
-        )
+        name = f"{slug(model)}-{settings_id(subject.defaults)}-{subject.cache_id}"
+        path = self.workdir / f"base-{name}-seed{seed}{'' if epochs is None else f'-e{epochs}'}.pt"
+        if path in self._bases:
+            return self._bases[path]
         if path.exists():
-            return torch.load(path, weights_only=True)
-        out = pipeline.run(cfg, self.x, self.y, self.x_val, self.y_val, checkpoint=f"{path}.ckpt", until="train")
+            self._bases[path] = torch.load(path, weights_only=True)
+            return self._bases[path]
+        torch.manual_seed(cfg.seed)  # the initial weights, as pipeline.run draws them
+        train, val = subject.train, subject.val
+        out = pipeline.run(cfg, *train, *val, model=subject.build(), loss=subject.loss, metric=subject.metric,
+                           checkpoint=f"{path}.ckpt", until="train")  # fmt: skip
         state = {"model": out.model.state_dict(), "optimizer": out.optimizer.state_dict(), "figures": out.figures}
         buf = io.BytesIO()
         torch.save(state, buf)
@@ -103,10 +108,10 @@ class Sweep:
         self, model: str, seed: int, lr: float, epochs: int | None = None
     ) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
         state = self.base(model, seed, epochs)
-        net = models.build(model)
+        net = self.subjects[model].build()
         net.load_state_dict(state["model"])
         opt = torch.optim.Adam(net.parameters(), lr=lr)
-        opt.load_state_dict(state["optimizer"])
+        opt.load_state_dict(copy.deepcopy(state["optimizer"]))  # Adam would update the cached tensors in place
         for group in opt.param_groups:
             group["lr"] = lr
         return net, opt
@@ -116,28 +121,46 @@ class Sweep:
         k = (model, seed, source, epochs)
         if k not in self._fisher:
             net, opt = self.restore(model, seed, 1e-3, epochs)
-            data = batches(self.x, self.y, FISHER_SAMPLES, shuffle=True, seed=seed, epoch=20_000)
+            subject = self.subjects[model]
+            data = batches(*subject.train, FISHER_SAMPLES, shuffle=True, seed=seed, epoch=20_000)
             self._fisher[k] = fisher_mod.estimate(
-                source, net, optimizer=opt, batches=data, n_samples=FISHER_SAMPLES, seed=seed
+                source, net, optimizer=opt, batches=data, n_samples=FISHER_SAMPLES, seed=seed, loss_fn=subject.loss
             )
         return self._fisher[k]
 
-    def errors(self, net: torch.nn.Module) -> dict[str, float]:
-        val_error, val_loss = evaluate(net, self.x_val, self.y_val)
-        return {"val_error": val_error, "val_loss": val_loss, "test_error": evaluate(net, self.x_test, self.y_test)[0]}
+    def errors(self, model: str, net: torch.nn.Module) -> dict[str, float]:
+        """The subject's metric on validation (and test, if it has one) and the mean loss on validation."""
+        subject = self.subjects[model]
+        loss = subject.loss or losses.cross_entropy
 
-    def finetune(self, net, opt, epochs: float, seed: int, salt: int, masks=None, fake_quant=None) -> None:
+        def mean_loss(out: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
+            return float(loss(out, y)) * len(y), len(y)
+
+        out = {"val_error": measure(net, *subject.val, subject.metric)}
+        out["val_loss"] = measure(net, *subject.val, mean_loss)
+        if subject.test is not None:
+            out["test_error"] = measure(net, *subject.test, subject.metric)
+        return out
+
+    def finetune(self, model: str, net, opt, epochs: float, seed: int, salt: int, masks=None, fake_quant=None) -> None:
         """``epochs`` of (masked, or fake-quantized) fine-tuning at the optimizer's lr, cosine-decayed."""
+        subject = self.subjects[model]
         lr, done, e = opt.param_groups[0]["lr"], 0.0, 0
         while done < epochs - 1e-9:
             part = min(1.0, epochs - done)
             for group in opt.param_groups:
                 group["lr"] = lr * 0.5 * (1 + np.cos(np.pi * done / epochs))
             train_epoch(
-                net, opt, self.x, self.y, batch_size=64, seed=seed, epoch=1000 + 100 * salt + e,
-                masks=masks, fraction=part, recipe=Recipe(fake_quant=fake_quant),
+                net, opt, *subject.train, batch_size=subject.defaults.batch_size, seed=seed,
+                epoch=1000 + 100 * salt + e, masks=masks, fraction=part,
+                recipe=Recipe(fake_quant=fake_quant, loss=subject.loss),
             )  # fmt: skip
             done, e = done + part, e + 1
+
+    def _weights(self, model: str, net: torch.nn.Module) -> list[str]:
+        """The names of the parameters the subject's settings compress."""
+        settings = self.subjects[model].defaults.compress
+        return compressible(net, settings.include, settings.exclude)
 
     # ------------------------------------------------------------------ points
     def run(self, spec: dict[str, Any]) -> dict[str, Any]:
@@ -151,69 +174,73 @@ class Sweep:
         model, seed = spec["model"], spec["seed"]
         criterion, source = PRUNE_METHODS[spec["method"]]
         epochs = spec.get("train_epochs")
-        net, opt = self.restore(model, seed, pipeline.default_config(model).finetune_lr, epochs)
-        names = compressible(net)
+        net, opt = self.restore(model, seed, self.subjects[model].defaults.finetune_lr, epochs)
+        names = self._weights(model, net)
         params = dict(net.named_parameters())
         fisher = self.fisher(model, seed, source, epochs) if source else None
         weights = {n: params[n].detach() for n in names}
         masks = prune.select(criterion, weights, fisher, spec["rate"], scope=spec["scope"], seed=seed)
         prune.apply_masks(net, masks)
-        out = {"oneshot": self.errors(net), "kept": {n: float(m.float().mean()) for n, m in masks.items()}}
+        out = {"oneshot": self.errors(model, net), "kept": {n: float(m.float().mean()) for n, m in masks.items()}}
         if spec["finetune_epochs"] > 0:
-            self.finetune(net, opt, spec["finetune_epochs"], seed, salt=1, masks=masks)
-            out["finetuned"] = self.errors(net)
+            self.finetune(model, net, opt, spec["finetune_epochs"], seed, salt=1, masks=masks)
+            out["finetuned"] = self.errors(model, net)
         return out
 
     def _quant(self, spec: dict[str, Any]) -> dict[str, Any]:
         model, seed, scheme, bits = spec["model"], spec["seed"], spec["scheme"], spec["bits"]
         epochs = spec.get("train_epochs")
         net, opt = self.restore(model, seed, 1e-4, epochs)
-        names = compressible(net)
+        names = self._weights(model, net)
         params = dict(net.named_parameters())
         if scheme == "kmeans":
             shared = {n: SharedWeights(params[n].detach(), params[n].detach() != 0, bits) for n in names}
             with torch.no_grad():
                 for n, sw in shared.items():
                     params[n].copy_(sw())
-            out = {"avg_bits": float(bits), "ptq": self.errors(net)}
+            out = {"avg_bits": float(bits), "ptq": self.errors(model, net)}
             codebook_bytes = 4 * (1 << bits) * len(names)
             out["est_bytes"] = int(sum(p.numel() for p in weights_of(net, names)) * bits / 8 + codebook_bytes)
             if spec["qat_epochs"] > 0:
-                self._finetune_codebooks(net, shared, spec["qat_epochs"], seed)
-                out["qat"] = self.errors(net)
+                self._finetune_codebooks(model, net, shared, spec["qat_epochs"], seed)
+                out["qat"] = self.errors(model, net)
             return out
+        defaults = self.subjects[model].defaults
         allocation = {"quantile": "quantile", "uniform": "uniform"}.get(scheme, "waterfill")
         cfg = CompressConfig(
             allocation=allocation, bits=float(bits), groups=4 if scheme == "waterfill-g4" else 1,
-            group_bits=(bits + 1, bits, max(bits - 1, 1)),
+            group_bits=(bits + 1, bits, max(bits - 1, 1)), include=defaults.compress.include,
+            exclude=defaults.compress.exclude,
         )  # fmt: skip
-        packed = compress(net, self.fisher(model, seed, "adam", epochs), cfg)
+        packed = compress(net, self.fisher(model, seed, defaults.fisher, epochs), cfg)
         figures = summary(packed, len(fmt.encode(packed)))
         out = {"avg_bits": figures["avg_bits"], "file_bytes": figures["file_bytes"]}
         net.load_state_dict(packed.state_dict())
-        out["ptq"] = self.errors(net)
+        out["ptq"] = self.errors(model, net)
         if spec["qat_epochs"] > 0:
             q = {n: t for n, t in packed.tensors.items() if isinstance(t, quant.QuantTensor)}
             net.load_state_dict(self.base(model, seed, epochs)["model"])  # latent weights start at the float ones
-            self.finetune(
-                net, opt, spec["qat_epochs"], seed, salt=2, fake_quant={n: quant.FakeQuant(t) for n, t in q.items()}
-            )
+            fake_quant = {n: quant.FakeQuant(t) for n, t in q.items()}
+            self.finetune(model, net, opt, spec["qat_epochs"], seed, salt=2, fake_quant=fake_quant)
             with torch.no_grad():
                 for n, t in q.items():
                     params[n].copy_(quant.requantize(t, params[n]).dequantize())
-            out["qat"] = self.errors(net)
+            out["qat"] = self.errors(model, net)
         return out
 
-    def _finetune_codebooks(self, net, shared: dict[str, SharedWeights], epochs: float, seed: int) -> None:
+    def _finetune_codebooks(self, model: str, net, shared: dict[str, SharedWeights], epochs: float, seed: int) -> None:
+        subject = self.subjects[model]
+        loss = subject.loss or losses.cross_entropy
         opt = torch.optim.Adam([sw.codebook for sw in shared.values()], lr=1e-4)
+        x, y = subject.train
         for e in range(int(np.ceil(epochs))):
             fraction = min(1.0, epochs - e)
-            for i, (xb, yb) in enumerate(batches(self.x, self.y, 64, shuffle=True, seed=seed, epoch=3000 + e)):
-                if i >= fraction * len(self.x) / 64:
+            for i, (xb, yb) in enumerate(batches(x, y, 64, shuffle=True, seed=seed, epoch=3000 + e)):
+                if i >= fraction * len(x) / 64:
                     break
                 opt.zero_grad()
                 out = torch.func.functional_call(net, {n: sw() for n, sw in shared.items()}, (xb,))
-                torch.nn.functional.cross_entropy(out, yb).backward()
+                loss(out, yb).backward()
                 opt.step()
         with torch.no_grad():
             params = dict(net.named_parameters())
@@ -221,112 +248,32 @@ class Sweep:
                 params[n].copy_(sw())
 
     def _pipeline(self, spec: dict[str, Any]) -> dict[str, Any]:
-        cfg = pipeline_config(spec)
+        subject = self.subjects[spec["model"]]
+        cfg = pipeline_config(spec, subject.defaults)
         start = self.base(spec["model"], spec["seed"], spec.get("train_epochs"))
-        out = pipeline.run(cfg, self.x, self.y, self.x_val, self.y_val, start=start)
+        out = pipeline.run(cfg, *subject.train, *subject.val, start=start, model=subject.build(), loss=subject.loss,
+                           metric=subject.metric)  # fmt: skip
         blob = fmt.encode(out.compressed, entropy=cfg.compress.entropy)
-        net = models.build(spec["model"])
+        net = subject.build()
         net.load_state_dict(fmt.decode(blob).state_dict())
         figures = summary(out.compressed, len(blob))
-        return {**self.errors(net), **{k: figures[k] for k in ("file_bytes", "ratio", "avg_bits", "kept_fraction")}}
+        errors = self.errors(spec["model"], net)
+        return {**errors, **{k: figures[k] for k in ("file_bytes", "ratio", "avg_bits", "kept_fraction")}}
 
 
 def base_figures(runner: Sweep, specs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Validation and test error of the dense base model of every (model, seed) in ``specs``, keyed
-    "model/seed": the reference the sweep's points are measured against."""
+    """The metric on validation (and test) of the dense base model of every (model, seed) in
+    ``specs``, keyed "model/seed": the reference the sweep's points are measured against."""
     out = {}
     for spec in specs:
         name = f"{spec['model']}/{spec['seed']}"
         if name not in out:
             net, _ = runner.restore(spec["model"], spec["seed"], 1e-3, spec.get("train_epochs"))
-            errors = runner.errors(net)
-            out[name] = {"val_error": errors["val_error"], "test_error": errors["test_error"]}
+            errors = runner.errors(spec["model"], net)
+            out[name] = {k: errors[k] for k in ("val_error", "test_error") if k in errors}
     return out
 
 
 def weights_of(net: torch.nn.Module, names: list[str]) -> list[torch.Tensor]:
     params = dict(net.named_parameters())
     return [params[n] for n in names]
-
-
-def settings(model: str) -> dict[str, Any]:
-    """The defaults a point depends on: ``pipeline.default_config(model)`` without the seed and the
-    pruning rate and bits (every pipeline point sets its own). The sweep's JSON records them under
-    ``settings``, keyed by :func:`settings_id`, so each point's ``defaults`` says what it used."""
-    d = pipeline.default_config(model).to_dict()
-    d.pop("seed")
-    d["compress"] = {k: v for k, v in d["compress"].items() if k not in ("rate", "bits")}
-    return d
-
-
-def settings_id(model: str) -> str:
-    """A short hash of :func:`settings`. Part of every point's key, so a change of those defaults
-    makes new points; a change of the default rate or bits (chosen from the sweep itself) does not."""
-    return hashlib.sha256(json.dumps(settings(model), sort_keys=True).encode()).hexdigest()[:10]
-
-
-def pipeline_config(spec: dict[str, Any]) -> PipelineConfig:
-    """The pipeline settings of a ``pipeline`` point: fisherpack's defaults, or the same schedule
-    with magnitude pruning and uniform fixed point (the fair baseline)."""
-    base = pipeline.default_config(spec["model"]).replace(seed=spec["seed"])
-    base = base.replace(**{k: spec[k] for k in ("rounds", "final_epochs", "qat_epochs") if k in spec})
-    if "train_epochs" in spec:
-        base = base.replace(epochs=spec["train_epochs"])
-    changes = {"rate": spec["rate"], "bits": float(spec["bits"])}
-    if spec["method"] == "magnitude-uniform":
-        changes.update(criterion="magnitude", allocation="uniform", groups=1, quantize_biases=False)
-    return base.replace(compress=base.compress.replace(**changes))
-
-
-def pending(specs: list[dict[str, Any]], results: dict[str, Any]) -> list[dict[str, Any]]:
-    """The specs whose results are not in ``results`` yet, in order."""
-    return [s for s in specs if key(s) not in results]
-
-
-PRUNE_RATES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995)
-QUANT_BITS = (1, 2, 3, 4, 5, 6, 7, 8)
-PIPELINE_POINTS = {  # (rate, average bits) per model, spanning the size/error front
-    "lenet5": ((0.95, 4), (0.98, 4), (0.99, 4), (0.995, 4)),
-    "lenet300": ((0.9, 4), (0.95, 4), (0.97, 4), (0.98, 4)),
-}
-FINETUNE = {"lenet5": 0.25, "lenet300": 1.0}  # epochs of fine-tuning per prune or quant point
-QUICK_TRAIN_EPOCHS = {"lenet5": 2, "lenet300": 6}
-
-
-def plan(model: str, seeds: tuple[int, ...] = (0, 1, 2), quick: bool = False) -> list[dict[str, Any]]:
-    """Every point of the sweep of one model; ``quick`` is a thin slice that runs in minutes."""
-    rates = (0.5, 0.9, 0.98) if quick else PRUNE_RATES
-    scopes = ("global",) if quick else ("global", "layer")
-    bits = (2, 4, 6) if quick else QUANT_BITS
-    ft = 0.1 if quick else FINETUNE.get(model, 1.0)
-    points = PIPELINE_POINTS.get(model, ((0.9, 4),))
-    points = points[1:2] if quick else points
-    seeds = seeds[:1] if quick else seeds
-    specs: list[dict[str, Any]] = []
-    for seed in seeds:
-        common = {"model": model, "seed": seed, "defaults": settings_id(model)}
-        if quick:  # a base model trained for a few epochs only
-            common["train_epochs"] = QUICK_TRAIN_EPOCHS.get(model, 2)
-        for method in PRUNE_METHODS:
-            for scope in scopes:
-                for rate in rates:
-                    specs.append(
-                        {
-                            "sweep": "prune",
-                            **common,
-                            "method": method,
-                            "scope": scope,
-                            "rate": rate,
-                            "finetune_epochs": ft,
-                        }
-                    )
-        for scheme in QUANT_SCHEMES:
-            for b in bits:
-                specs.append({"sweep": "quant", **common, "scheme": scheme, "bits": b, "qat_epochs": ft})
-        for method in PIPELINE_METHODS:
-            for rate, b in points:
-                spec = {"sweep": "pipeline", **common, "method": method, "rate": rate, "bits": b}
-                if quick:
-                    spec.update(rounds=2, final_epochs=1, qat_epochs=1)
-                specs.append(spec)
-    return specs

@@ -29,7 +29,7 @@ from .. import losses, pipeline
 from ..bench import environment
 from ..compression import summary
 from ..config import CompressConfig, PipelineConfig
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, FisherpackError
 from ..fpk import container as format
 from ..fpk.fileio import atomic_write_bytes, check_writable
 from ..persample import FallbackNotice
@@ -37,18 +37,22 @@ from ..train import measure
 from . import naming as usermodel
 from .common import given, pipeline_changes, table
 
-__all__ = ["add_flags", "reproduce", "splits_from"]
+__all__ = ["add_flags", "reproduce", "splits_from", "metric_from", "check_fits", "NEEDS_DATA"]
 
 SPLITS = ("train", "val", "test")
+NEEDS_DATA = "your own model needs its data: --data package.module:function (train/val splits)"
 
 
-def add_flags(q: argparse.ArgumentParser) -> None:
+def add_flags(q: argparse.ArgumentParser, budget: bool = True) -> None:
     g = q.add_argument_group("your own model (--model package.module:factory)")
     g.add_argument("--data", metavar="PKG.MOD:FN", help='function returning {"train": (x, y), "val": (x, y)[, "test"]}')
     g.add_argument("--checkpoint", metavar="CKPT", help="start from these trained weights (no training)")
     g.add_argument("--loss", metavar="PKG.MOD:FN", help="mini-batch mean loss(output, target) (default cross-entropy)")
     g.add_argument("--metric", help="error | bits_per_token | mse | PKG.MOD:FN (default error; lower is better)")
-    g.add_argument("--budget", help="smallest file within this much worse on val: 0.05 (absolute) or 5%% (relative)")
+    if budget:
+        g.add_argument(
+            "--budget", help="smallest file within this much worse on val: 0.05 (absolute) or 5%% (relative)"
+        )
 
 
 def splits_from(spec: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -68,7 +72,26 @@ def splits_from(spec: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     return out
 
 
-def _metric(name: str | None) -> losses.Metric:
+def check_fits(model_spec: str, data_spec: str, model: torch.nn.Module, splits: dict, loss=None, metric=None) -> None:
+    """DataError in one line, before any work, unless the model runs on the first two samples of
+    every split and the loss (default cross-entropy) and the metric (default error) take its output."""
+    model.eval()  # a fresh model built for the check: BatchNorm's statistics stay as they were
+    for name, (x, y) in splits.items():
+        what = f"{model_spec} on {data_spec}()[{name!r}]"
+        try:
+            with torch.no_grad():
+                out = model(x[:2])
+            (loss or losses.cross_entropy)(out, y[:2])
+            (metric or losses.error)(out, y[:2])
+        except FisherpackError as exc:
+            raise DataError(f"{what}: {exc}") from None
+        except Exception as exc:
+            reason = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise DataError(f"{what} failed: {type(exc).__name__}: {reason}") from None
+
+
+def metric_from(name: str | None) -> losses.Metric:
+    """The metric ``--metric`` names (error by default); ConfigError in one line otherwise."""
     if name is None:
         return losses.error
     if name in losses.METRICS:
@@ -94,14 +117,14 @@ def reproduce(args: argparse.Namespace, compress_config: Callable, log: Callable
 
 def _reproduce(args: argparse.Namespace, compress_config: Callable, log: Callable[[str], None]) -> int:
     if not args.data:
-        raise ConfigError("your own model needs its data: --data package.module:function (train/val splits)")
+        raise ConfigError(NEEDS_DATA)
     cfg = _config(args, compress_config)
     out = Path(args.out or f"{args.model.rpartition(':')[2]}.fpk")
     check_writable(out)
     check_writable(Path(f"{out}.json"))
     data = splits_from(args.data)
     loss = usermodel.resolve_callable(args.loss) if args.loss else None
-    metric = _metric(args.metric)
+    metric = metric_from(args.metric)
 
     def build() -> torch.nn.Module:
         torch.manual_seed(cfg.seed)
@@ -180,7 +203,7 @@ def sensitivity(args: argparse.Namespace, render: Callable[[dict[str, Any]], str
 
 def _sensitivity(args: argparse.Namespace, render: Callable[[dict[str, Any]], str], sens: Any) -> int:
     if not args.data:
-        raise ConfigError("your own model needs its data: --data package.module:function (train/val splits)")
+        raise ConfigError(NEEDS_DATA)
     data = splits_from(args.data)
     (x_fit, y_fit), (x_val, y_val) = data["train"], data["val"]
     seed = args.seed if args.seed is not None else 0

@@ -5,16 +5,20 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
 from .. import data, dist, models, pipeline
 from ..bench import environment, sensitivity, sweep
+from ..bench.subject import slug
 from ..config import CRITERIA
 from ..errors import ConfigError, FisherpackError
 from ..fpk.fileio import atomic_write_bytes, check_writable
+from ..persample import FallbackNotice
 from ..train import evaluate
 from . import anymodel as cli_anymodel
+from . import sweepparts
 from .common import Bar as _Bar
 from .common import add_force_flag, given, out_path
 from .common import log as _log
@@ -120,7 +124,8 @@ def add_sensitivity_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_sweep(args: argparse.Namespace) -> int:
     names = sorted(models.MODELS) if args.model == "all" else [args.model]
     for name in names:
-        models.build(name)  # unknown model: one-line error before any work
+        if not sweepparts.is_user_model(name):
+            models.build(name)  # unknown model: one-line error before any work
     try:
         seeds = tuple(int(s) for s in args.seeds.split(","))
     except ValueError:
@@ -128,40 +133,49 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     suffix = "_quick" if args.quick else ""
-    paths = {name: out_dir / f"sweep_{name}{suffix}.json" for name in names}
+    paths = {name: out_dir / f"sweep_{slug(name)}{suffix}.json" for name in names}
     for path in paths.values():
         check_writable(path, overwrite=args.force)
     parts = [_read_part(Path(other)) for other in args.merge]  # bad parts fail before any work
-    runner = sweep.Sweep(data.load(args.data_dir, log=_log), Path(args.workdir))
-    for name in names:
-        path = paths[name]
-        results = _read_results(path)
-        specs = sweep.plan(name, seeds, quick=args.quick)
-        current = {sweep.key(s) for s in specs}
-        results["points"] = _set_aside_stale(path, results["points"], current)
-        for other, theirs in parts:
-            _merge(results, other, theirs, current)
-        todo = sweep.pending(specs, results["points"])
-        if todo or "environment" not in results:  # the code and machine that measure the points to do
-            results["environment"] = environment.record(seeds=list(seeds), quick=args.quick)
-        bar = _Bar(not args.quiet, unit="point")
-        bar.start(len(todo), 0)
-
-        try:
-            for spec in todo:
-                bar.stage(f"{name} {spec['sweep']} {spec.get('method', spec.get('scheme'))}")
-                results["points"][sweep.key(spec)] = runner.run(spec)
-                _write_results(path, results, complete=False)
-                bar.advance(1)
-        finally:
-            bar.close()
-        results["bases"] = sweep.base_figures(runner, specs)  # the dense models every point starts from
-        results.setdefault("settings", {})[sweep.settings_id(name)] = sweep.settings(name)  # what "defaults" means
-        _write_results(path, results, complete=True)
-        if not args.no_plots:
-            _sweep_plots(results["points"], name, out_dir, suffix)
-        print(f"{name}: {len(results['points'])} points in {path}")
+    with cli_anymodel.notes():  # e.g. a GRU's Fisher by the exact path: one line, not a warning
+        warnings.filterwarnings("once", category=FallbackNotice)  # a sweep estimates it many times
+        subjects = sweepparts.subjects(names, args)
+        runner = sweep.Sweep(subjects, Path(args.workdir))
+        for subject in subjects:
+            _sweep_one(runner, subject, paths[subject.name], seeds, parts, args, out_dir, suffix)
     return 0
+
+
+def _sweep_one(runner, subject, path: Path, seeds, parts, args: argparse.Namespace, out_dir: Path, suffix: str) -> None:
+    name = subject.name
+    results = _read_results(path)
+    specs = sweep.plan(subject, seeds, quick=args.quick)
+    current = {sweep.key(s) for s in specs}
+    results["points"] = _set_aside_stale(path, results["points"], current)
+    for other, theirs in parts:
+        _merge(results, other, theirs, current)
+    todo = sweep.pending(specs, results["points"])
+    if todo or "environment" not in results:  # the code and machine that measure the points to do
+        results["environment"] = environment.record(seeds=list(seeds), quick=args.quick)
+    results["metric"] = subject.metric_name  # what every val_error and test_error holds
+    results["subject"] = {"model": name, "data": args.data, "checkpoint": args.checkpoint, "tags": subject.tags}
+    bar = _Bar(not args.quiet, unit="point")
+    bar.start(len(todo), 0)
+    try:
+        for spec in todo:
+            bar.stage(f"{name} {spec['sweep']} {spec.get('method', spec.get('scheme'))}")
+            results["points"][sweep.key(spec)] = runner.run(spec)
+            _write_results(path, results, complete=False)
+            bar.advance(1)
+    finally:
+        bar.close()
+    results["bases"] = sweep.base_figures(runner, specs)  # the dense models every point starts from
+    results.setdefault("settings", {})[sweep.settings_id(subject.defaults)] = sweep.settings(subject.defaults)
+    _write_results(path, results, complete=True)
+    if not args.no_plots:
+        _sweep_plots(results["points"], name, out_dir / f"sweep_{slug(name)}{suffix}", subject.metric_name)
+    print(sweepparts.summary(results, name))
+    print(f"{name}: {len(results['points'])} points in {path}")
 
 
 def _set_aside_stale(path: Path, points: dict[str, Any], current: set[str]) -> dict[str, Any]:
@@ -222,17 +236,17 @@ def _read_results(path: Path) -> dict[str, Any]:
     return results
 
 
-def _sweep_plots(points: dict[str, Any], name: str, out_dir: Path, suffix: str) -> None:
+def _sweep_plots(points: dict[str, Any], name: str, stem: Path, metric: str) -> None:
     from ..bench import plots
 
-    plots.plot_prune(points, name, out_dir / f"sweep_{name}{suffix}_prune.png")
-    plots.plot_quant(points, name, out_dir / f"sweep_{name}{suffix}_quant.png")
-    plots.plot_front(points, name, out_dir / f"sweep_{name}{suffix}_front.png")
+    plots.plot_prune(points, name, f"{stem}_prune.png", metric=metric)
+    plots.plot_quant(points, name, f"{stem}_quant.png", metric=metric)
+    plots.plot_front(points, name, f"{stem}_front.png", metric=metric)
 
 
 def add_sweep_parser(sub: argparse._SubParsersAction) -> None:
     q = sub.add_parser("sweep", help="measure every method the same way: pruning, quantization, whole pipeline")
-    q.add_argument("--model", default="all", help="lenet5, lenet300 or all")
+    q.add_argument("--model", default="all", help="lenet5, lenet300, all, or your own package.module:factory")
     q.add_argument("--quick", action="store_true", help="a thin slice of the sweep that runs in minutes")
     q.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     q.add_argument("--out", default="benchmarks/results", help="folder for the JSON results and PNG plots")
@@ -248,4 +262,5 @@ def add_sweep_parser(sub: argparse._SubParsersAction) -> None:
         metavar="FILE",
         help="first take the finished points of these result files of the same sweep (e.g. one --seeds N per process)",
     )
+    cli_anymodel.add_flags(q, budget=False)
     q.set_defaults(func=cmd_sweep)
