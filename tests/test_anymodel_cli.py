@@ -47,11 +47,16 @@ def test_reproduce_with_a_budget_prints_the_points_and_keeps_the_smallest_within
 def test_user_model_reproduce_mistakes_get_one_line(tmp_path, capsys):
     for extra, words in (([], "needs its data"), (["--data", "examples.rowgru:build"], "must return"),
                          (["--data", "examples.rowgru:splits", "--budget", "lots"], "budget"),
-                         (["--data", "examples.rowgru:splits", "--metric", "accuracy"], "--metric wants")):  # fmt: skip
+                         (["--data", "examples.rowgru:splits", "--metric", "accuracy"], "--metric wants"),
+                         (["--data", "examples.bytelm:tiny_splits"], "rowgru:tiny on examples.bytelm")):  # fmt: skip
         argv = ["reproduce", "--model", "examples.rowgru:tiny", *extra, "--out", str(tmp_path / "x.fpk")]
         assert main(argv) == 1
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and words in err, err
+    argv = ["sensitivity", "--model", "examples.rowgru:tiny", "--data", "examples.bytelm:tiny_splits"]
+    assert main(argv) == 1  # a model that cannot take the data: one line before training, not a traceback
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "failed" in err, err
 
 
 def test_the_readme_budget_command_runs_as_written(tmp_path, monkeypatch, capsys):

@@ -156,6 +156,21 @@ CLI += [  # your own model in fisherpack sweep (issue 11)
         "your model cannot run on your data",
         ["sweep", "--model", "examples.rowgru:tiny", "--data", "examples.bytelm:tiny_splits", "--out", "DIR/out"],
     ),
+    (
+        "reproduce",
+        "your model cannot run on your data",
+        ["reproduce", "--model", "examples.rowgru:tiny", "--data", "examples.bytelm:tiny_splits", "--out", "DIR/x.fpk"],
+    ),
+    (
+        "sensitivity",
+        "your model cannot run on your data",
+        ["sensitivity", "--model", "examples.rowgru:tiny", "--data", "examples.bytelm:tiny_splits"],
+    ),
+    (
+        "reproduce",
+        "a structured fraction of 1",
+        ["reproduce", "--structured", "1", "--epochs", "1", "--out", "DIR/x.fpk"],
+    ),
 ]
 
 

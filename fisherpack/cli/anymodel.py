@@ -133,6 +133,7 @@ def _reproduce(args: argparse.Namespace, compress_config: Callable, log: Callabl
             usermodel.load_checkpoint(model, args.checkpoint)
         return model
 
+    check_fits(args.model, args.data, build(), data, loss, metric)  # one line, before any work
     if args.budget:
         budget = budget_mod.Budget.parse(args.budget)
         log(f"searching rate and width for the smallest file within {budget} of the dense model on val")
@@ -207,6 +208,7 @@ def _sensitivity(args: argparse.Namespace, render: Callable[[dict[str, Any]], st
     data = splits_from(args.data)
     (x_fit, y_fit), (x_val, y_val) = data["train"], data["val"]
     seed = args.seed if args.seed is not None else 0
+    check_fits(args.model, args.data, usermodel.build_model(args.model), data)  # one line, before any work
     torch.manual_seed(seed)
     model = usermodel.build_model(args.model)
     optimizer, batch_size = None, None
