@@ -95,7 +95,7 @@ def compress(
     params = dict(model.named_parameters())
     weights = {n: params[n].detach().float() for n in names}
     for n, w in weights.items():
-        if not torch.isfinite(w).all():
+        if not -math.inf < (bounds := prune.value_range(w))[0] <= bounds[1] < math.inf:
             raise ConfigError(f"weight {n!r} has NaN or Inf values; fix the model before compressing")
     if fisher is None and config.needs_fisher(masks_given=masks is not None):
         by_criterion = config.replace(allocation="uniform").needs_fisher(masks_given=masks is not None)

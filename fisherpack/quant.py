@@ -50,7 +50,7 @@ _EXP_CANDIDATES = 6  # how many steps below the smallest step that covers the la
 
 
 def _codes(w: np.ndarray, bits: int, exp: int, grid: str) -> np.ndarray:
-    scaled = np.ldexp(w, -exp)  # exact: power-of-two scaling of float64
+    scaled = w * 2.0**-exp  # exact: the same number as np.ldexp(w, -exp), several times faster
     if grid == "int":
         half = 1 << (bits - 1)
         return (np.clip(np.rint(scaled), -half, half - 1) + half).astype(np.uint16)
@@ -67,38 +67,68 @@ def quantize_group(w: np.ndarray, weight: np.ndarray | None, bits: int) -> tuple
     w = np.asarray(w, dtype=np.float64)
     max_abs = float(np.abs(w).max()) if w.size else 0.0
     if max_abs == 0.0:
-        grid = "int"
-        return np.full(w.size, 1 << (bits - 1), dtype=np.uint16), 0, grid, 0.0
-    best: tuple[float, int, str, np.ndarray] | None = None
+        return np.full(w.size, 1 << (bits - 1), dtype=np.uint16), 0, "int", 0.0
+    err, exp, grid = _best_step(w, weight, bits, max_abs, np.empty_like(w))
+    return _codes(w, bits, exp, grid), exp, grid, err
+
+
+def _best_step(w: np.ndarray, weight: np.ndarray | None, bits: int, max_abs: float, buf: np.ndarray):
+    """(weighted error, exp, grid) of the best step for ``w`` (max |w| = ``max_abs`` > 0) at ``bits``;
+    ``buf`` is scratch of w's size. Ties go to the first candidate (grid "int" first, lower exp first)."""
+    best: tuple[float, int, str] | None = None
     for grid in ("int", "odd"):
         top_level = max((1 << (bits - 1)) - 1, 1) if grid == "int" else ((1 << bits) - 1) / 2
         cover = math.ceil(math.log2(max_abs / top_level))  # smallest exp whose grid reaches max|w|
         for exp in range(cover - _EXP_CANDIDATES, cover + 1):
             exp = min(max(exp, MIN_EXP), MAX_EXP)
-            err_sq = (w - _levels(w, bits, exp, grid)) ** 2
-            err = float(err_sq.sum() if weight is None else (weight * err_sq).sum())
+            err = _error(w, weight, bits, exp, grid, buf)
             if best is None or err < best[0]:
                 best = (err, exp, grid)
-    err, exp, grid = best
-    return _codes(w, bits, exp, grid), exp, grid, err
+    return best
 
 
-def _levels(w: np.ndarray, bits: int, exp: int, grid: str) -> np.ndarray:
-    """float64 values ``dequantize_codes(_codes(w, ...))`` without the codes (exactly equal: the
-    levels are integers below 2**16 times powers of two that float32 holds exactly)."""
-    scaled = np.ldexp(w, -exp)
+def _error(w: np.ndarray, weight: np.ndarray | None, bits: int, exp: int, grid: str, buf: np.ndarray) -> float:
+    """``sum weight * (w - level(w))**2`` at one width, step and grid, computed in ``buf``."""
+    np.subtract(w, _levels(w, bits, exp, grid, out=buf), out=buf)
+    np.square(buf, out=buf)
+    if weight is not None:
+        buf *= weight
+    return float(buf.sum())
+
+
+def _levels(w: np.ndarray, bits: int, exp: int, grid: str, out: np.ndarray | None = None) -> np.ndarray:
+    """float64 values ``dequantize_codes(_codes(w, ...))`` without the codes, in ``out`` if given
+    (exactly equal: the levels are integers below 2**16 times powers of two; scaling by 2.0**k is
+    exact, as ldexp is)."""
+    buf = np.multiply(w, 2.0**-exp, out=out)
     if grid == "int":
         half = 1 << (bits - 1)
-        return np.ldexp(np.clip(np.rint(scaled), -half, half - 1, out=scaled), exp)
-    code = np.clip(np.floor(scaled + (1 << (bits - 1))), 0, (1 << bits) - 1)
-    return np.ldexp(2 * code + (1 - (1 << bits)), exp - 1)
+        np.rint(buf, out=buf)
+        np.maximum(buf, -half, out=buf)
+        np.minimum(buf, half - 1, out=buf)
+        buf *= 2.0**exp
+        return buf
+    buf += 1 << (bits - 1)
+    np.floor(buf, out=buf)
+    np.maximum(buf, 0, out=buf)
+    np.minimum(buf, (1 << bits) - 1, out=buf)
+    buf *= 2
+    buf += 1 - (1 << bits)
+    buf *= 2.0 ** (exp - 1)
+    return buf
 
 
 def group_error_table(w: np.ndarray, weight: np.ndarray | None, max_bits: int = MAX_BITS) -> np.ndarray:
     """(max_bits + 1,) best weighted error at each width 1..max_bits (index 0 unused, +inf)."""
     table = np.full(max_bits + 1, np.inf)
+    w = np.asarray(w, dtype=np.float64)
+    max_abs = float(np.abs(w).max()) if w.size else 0.0
+    if max_abs == 0.0:
+        table[1:] = 0.0
+        return table
+    buf = np.empty_like(w)
     for b in range(1, max_bits + 1):
-        table[b] = quantize_group(w, weight, b)[3]
+        table[b] = _best_step(w, weight, b, max_abs, buf)[0]
         if table[b] == 0.0:
             table[b + 1 :] = 0.0
             break
@@ -183,7 +213,7 @@ def quantize(
         mask = masks[name].flatten().numpy()
         kept_w[name] = quant_scale.kept(w, mask)
         kept_f[name] = None if fisher is None else quant_scale.kept(fisher[name], mask)
-        if not np.isfinite(kept_w[name]).all():
+        if kept_w[name].size and not (np.isfinite(kept_w[name].min()) and np.isfinite(kept_w[name].max())):
             raise ConfigError(f"weight {name!r} has NaN or Inf values; fix the model before compressing")
 
     gids = _assign_groups(

@@ -100,6 +100,15 @@ class QuantTensor:
             if np.any(self.codes.astype(np.int64) >= limits):
                 raise ValueError("code does not fit its group's width")
 
+    @classmethod
+    def checked_elsewhere(cls, shape, mask, groups, codes, bits, exps, grids) -> QuantTensor:
+        """A QuantTensor built without ``__post_init__``'s checks, for the decoder, which has checked
+        every one of them against the file already (the fuzz suite re-checks what it decodes): on
+        a small file those checks cost as much as decoding a tensor's streams."""
+        obj = cls.__new__(cls)
+        obj.__dict__.update(shape=shape, mask=mask, groups=groups, codes=codes, bits=bits, exps=exps, grids=grids)
+        return obj
+
     @property
     def numel(self) -> int:
         return int(self.mask.size)
