@@ -19,6 +19,7 @@ records a tied parameter stored once.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,15 +48,29 @@ MAX_GROUPS = 16
 
 def dequantize_codes(codes: np.ndarray, bits: int, exp: int, grid: str) -> np.ndarray:
     """Map unsigned codes of one group to float32 values (exact; see the module docstring)."""
+    if grid not in GRIDS:
+        raise ValueError(f"unknown grid {grid!r}")
+    if codes.size >= 1 << max(bits - 2, 0):  # many codes: look each one up in the group's table
+        return np.take(_levels(bits, exp, grid), codes)
+    return _dequantize(codes, bits, exp, grid)
+
+
+def _dequantize(codes: np.ndarray, bits: int, exp: int, grid: str) -> np.ndarray:
     c = codes.astype(np.int64)
     if grid == "int":
         level, scale_exp = c - (1 << (bits - 1)), exp
-    elif grid == "odd":
-        level, scale_exp = 2 * c + 1 - (1 << bits), exp - 1
     else:
-        raise ValueError(f"unknown grid {grid!r}")
+        level, scale_exp = 2 * c + 1 - (1 << bits), exp - 1
     # level is an integer with |level| < 2**16 and the scale a power of two: the product is exact.
     return np.ldexp(level.astype(np.float32), np.int32(scale_exp)).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=64)
+def _levels(bits: int, exp: int, grid: str) -> np.ndarray:
+    """(2**bits,) float32: the value of every code of a group (read-only: it is shared)."""
+    table = _dequantize(np.arange(1 << bits), bits, exp, grid)
+    table.flags.writeable = False
+    return table
 
 
 @dataclass(frozen=True, eq=False)
