@@ -72,50 +72,65 @@ def quantize_group(w: np.ndarray, weight: np.ndarray | None, bits: int) -> tuple
     return _codes(w, bits, exp, grid), exp, grid, err
 
 
-def _best_step(w: np.ndarray, weight: np.ndarray | None, bits: int, max_abs: float, buf: np.ndarray):
+def _best_step(w: np.ndarray, weight: np.ndarray | None, bits: int, max_abs: float, buf: np.ndarray, cache=None):
     """(weighted error, exp, grid) of the best step for ``w`` (max |w| = ``max_abs`` > 0) at ``bits``;
-    ``buf`` is scratch of w's size. Ties go to the first candidate (grid "int" first, lower exp first)."""
+    ``buf`` is scratch of w's size, ``cache`` a dict for :func:`_scaled` or None. Ties go to the
+    first candidate (grid "int" first, lower exp first)."""
     best: tuple[float, int, str] | None = None
     for grid in ("int", "odd"):
         top_level = max((1 << (bits - 1)) - 1, 1) if grid == "int" else ((1 << bits) - 1) / 2
         cover = math.ceil(math.log2(max_abs / top_level))  # smallest exp whose grid reaches max|w|
         for exp in range(cover - _EXP_CANDIDATES, cover + 1):
             exp = min(max(exp, MIN_EXP), MAX_EXP)
-            err = _error(w, weight, bits, exp, grid, buf)
+            err = _error(w, weight, bits, exp, grid, buf, _scaled(w, exp, cache))
             if best is None or err < best[0]:
                 best = (err, exp, grid)
     return best
 
 
-def _error(w: np.ndarray, weight: np.ndarray | None, bits: int, exp: int, grid: str, buf: np.ndarray) -> float:
+def _error(w, weight, bits: int, exp: int, grid: str, buf: np.ndarray, scaled: np.ndarray | None = None) -> float:
     """``sum weight * (w - level(w))**2`` at one width, step and grid, computed in ``buf``."""
-    np.subtract(w, _levels(w, bits, exp, grid, out=buf), out=buf)
+    np.subtract(w, _levels(w, bits, exp, grid, out=buf, scaled=scaled), out=buf)
     np.square(buf, out=buf)
     if weight is not None:
         buf *= weight
     return float(buf.sum())
 
 
-def _levels(w: np.ndarray, bits: int, exp: int, grid: str, out: np.ndarray | None = None) -> np.ndarray:
+def _levels(w, bits: int, exp: int, grid: str, out: np.ndarray | None = None, scaled: np.ndarray | None = None):
     """float64 values ``dequantize_codes(_codes(w, ...))`` without the codes, in ``out`` if given
     (exactly equal: the levels are integers below 2**16 times powers of two; scaling by 2.0**k is
-    exact, as ldexp is)."""
-    buf = np.multiply(w, 2.0**-exp, out=out)
+    exact, as ldexp is). ``scaled``, if given, is ``w * 2.0**-exp``, computed before."""
     if grid == "int":
         half = 1 << (bits - 1)
-        np.rint(buf, out=buf)
-        np.maximum(buf, -half, out=buf)
-        np.minimum(buf, half - 1, out=buf)
+        buf = np.rint(np.multiply(w, 2.0**-exp, out=out) if scaled is None else scaled, out=out)
+        np.clip(buf, -half, half - 1, out=buf)
         buf *= 2.0**exp
         return buf
-    buf += 1 << (bits - 1)
-    np.floor(buf, out=buf)
-    np.maximum(buf, 0, out=buf)
-    np.minimum(buf, (1 << bits) - 1, out=buf)
-    buf *= 2
-    buf += 1 - (1 << bits)
-    buf *= 2.0 ** (exp - 1)
+    if scaled is None:
+        buf = np.multiply(w, 2.0**-exp, out=out)
+        buf += 1 << (bits - 1)
+    else:
+        buf = np.add(scaled, 1 << (bits - 1), out=out)
+    np.clip(np.floor(buf, out=buf), 0, (1 << bits) - 1, out=buf)  # the code c
+    buf *= 2.0**exp  # (2c + 1 - 2**bits) * 2**(exp-1), as two exact steps
+    buf += (1 - (1 << bits)) * 2.0 ** (exp - 1)
     return buf
+
+
+_CACHED_SIZE, _CACHED_STEPS = 1 << 17, 16  # group size up to which, and how many, scaled copies are kept
+
+
+def _scaled(w: np.ndarray, exp: int, cache: dict | None) -> np.ndarray | None:
+    """``w * 2.0**-exp`` from ``cache`` (kept for the latest steps: a table tries each step at up to
+    seven widths and both grids), or None without a cache."""
+    if cache is None:
+        return None
+    if exp not in cache:
+        if len(cache) >= _CACHED_STEPS:
+            del cache[next(iter(cache))]  # the oldest: steps only go down as the width grows
+        cache[exp] = w * 2.0**-exp
+    return cache[exp]
 
 
 def group_error_table(w: np.ndarray, weight: np.ndarray | None, max_bits: int = MAX_BITS) -> np.ndarray:
@@ -127,8 +142,9 @@ def group_error_table(w: np.ndarray, weight: np.ndarray | None, max_bits: int = 
         table[1:] = 0.0
         return table
     buf = np.empty_like(w)
+    cache = {} if w.size <= _CACHED_SIZE else None
     for b in range(1, max_bits + 1):
-        table[b] = _best_step(w, weight, b, max_abs, buf)[0]
+        table[b] = _best_step(w, weight, b, max_abs, buf, cache)[0]
         if table[b] == 0.0:
             table[b + 1 :] = 0.0
             break

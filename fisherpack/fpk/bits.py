@@ -143,9 +143,9 @@ def _words(buf: np.ndarray, first: int, last: int) -> np.ndarray:
     return np.ndarray((last - first + 1,), dtype=">u8", buffer=padded, strides=(1,))
 
 
-def _read_windows(buf: np.ndarray, starts: np.ndarray, widths: np.ndarray) -> np.ndarray:
-    """(n,) uint64 values of ``widths[i] <= 57`` bits at bit offsets ``starts[i]`` (ascending, int64)
-    of ``buf``: each read from the big-endian 64-bit word of the 8 bytes holding its first bit."""
+def _read_windows(buf: np.ndarray, starts: np.ndarray, widths: np.ndarray | int) -> np.ndarray:
+    """(n,) uint64 values of ``widths[i] <= 57`` bits (or all ``widths``) at bit offsets ``starts[i]`` (int64,
+    ascending) of ``buf``: each read from the big-endian 64-bit word of the 8 bytes holding its first bit."""
     if not starts.size:
         return np.zeros(0, dtype=np.uint64)
     first = int(starts[0]) >> 3

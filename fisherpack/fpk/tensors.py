@@ -149,13 +149,21 @@ class QuantTensor:
     def dequantize(self) -> torch.Tensor:
         """The dense float32 tensor this encodes; pruned entries are 0."""
         dense = np.zeros(self.numel, dtype=np.float32)
-        dense[self.mask] = self.values()
+        self._scatter(dense)
         return torch.from_numpy(dense.reshape(self.shape))
 
     def dequantize_into(self, out: np.ndarray) -> None:
         """Write the dense values into ``out``, a flat float32 array of ``numel`` entries (no copy)."""
         out[:] = 0.0
-        out[self.mask] = self.values()
+        self._scatter(out)
+
+    def _scatter(self, dense: np.ndarray) -> None:
+        if self.kept == self.numel:
+            dense[:] = self.values()
+        elif 8 * self.kept < self.numel:  # sparse: the positions' int64s take less than the mask
+            dense[np.flatnonzero(self.mask)] = self.values()  # about twice as fast as boolean indexing
+        else:
+            dense[self.mask] = self.values()
 
 
 @dataclass(frozen=True, eq=False)
