@@ -300,8 +300,10 @@ def exp_golomb_join(buckets: np.ndarray, extra: bytes | memoryview, what: str) -
     check_bit_stream(extra, int(starts[-1]), what)
     if k.size and int(low.max()) > _WINDOW_BITS:
         return unpack_varbits(extra, low) | np.take(_TOP_BITS, k)
-    out, starts = np.empty(k.size, dtype=np.uint64), starts[:-1]
-    buf, step = _byte_view(extra), 16 * _CHUNK  # in chunks: ~40 bytes of scratch per value
+    buf, step, starts = _byte_view(extra), 16 * _CHUNK, starts[:-1]  # in chunks: ~40 bytes of scratch per value
+    if k.size <= step:
+        return _join_values(buf, starts, k) if k.size else np.zeros(0, dtype=np.uint64)
+    out = np.empty(k.size, dtype=np.uint64)
     for i in range(0, k.size, step):
         out[i : i + step] = _join_values(buf, starts[i : i + step], k[i : i + step])
     return out
