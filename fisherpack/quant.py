@@ -7,7 +7,7 @@ power-of-two grid (see tensors.py): ``"int"`` levels ``q * 2**e`` with ``q`` in
 away from zero). For each width the grid and exponent are chosen to minimise the Fisher-weighted
 squared error ``sum_i F_i (w_i - Q(w_i))**2``, a second-order estimate of the loss increase
 (``F`` = 1 gives plain MSE). Rounding is to nearest (half to even on the "int" grid); values
-beyond the grid saturate.
+beyond the grid saturate. The per-group arithmetic is in quant_grid.py.
 
 Allocations of widths to groups:
 
@@ -35,7 +35,8 @@ import torch
 from . import quant_scale
 from .config import ALLOCATIONS, CompressConfig
 from .errors import ConfigError
-from .fpk.tensors import MAX_BITS, MAX_EXP, MAX_GROUPS, MIN_EXP, QuantTensor
+from .fpk.tensors import MAX_BITS, MAX_GROUPS, QuantTensor
+from .quant_grid import codes_of, group_error_table, quantize_group
 
 __all__ = [
     "quantize_group",
@@ -45,110 +46,6 @@ __all__ = [
     "FakeQuant",
     "requantize",
 ]
-
-_EXP_CANDIDATES = 6  # how many steps below the smallest step that covers the largest |w| to try
-
-
-def _codes(w: np.ndarray, bits: int, exp: int, grid: str) -> np.ndarray:
-    scaled = w * 2.0**-exp  # exact: the same number as np.ldexp(w, -exp), several times faster
-    if grid == "int":
-        half = 1 << (bits - 1)
-        return (np.clip(np.rint(scaled), -half, half - 1) + half).astype(np.uint16)
-    return np.clip(np.floor(scaled + (1 << (bits - 1))), 0, (1 << bits) - 1).astype(np.uint16)
-
-
-def quantize_group(w: np.ndarray, weight: np.ndarray | None, bits: int) -> tuple[np.ndarray, int, str, float]:
-    """Best codes for one group at ``bits``: returns (codes uint16, exp, grid, weighted error).
-
-    ``w`` and ``weight`` are 1-D float64 arrays of equal length (``weight`` None means all ones).
-    """
-    if not 1 <= bits <= MAX_BITS:
-        raise ConfigError(f"bit width must be in 1..{MAX_BITS}, got {bits}")
-    w = np.asarray(w, dtype=np.float64)
-    max_abs = float(np.abs(w).max()) if w.size else 0.0
-    if max_abs == 0.0:
-        return np.full(w.size, 1 << (bits - 1), dtype=np.uint16), 0, "int", 0.0
-    err, exp, grid = _best_step(w, weight, bits, max_abs, np.empty_like(w))
-    return _codes(w, bits, exp, grid), exp, grid, err
-
-
-def _best_step(w: np.ndarray, weight: np.ndarray | None, bits: int, max_abs: float, buf: np.ndarray, cache=None):
-    """(weighted error, exp, grid) of the best step for ``w`` (max |w| = ``max_abs`` > 0) at ``bits``;
-    ``buf`` is scratch of w's size, ``cache`` a dict for :func:`_scaled` or None. Ties go to the
-    first candidate (grid "int" first, lower exp first)."""
-    best: tuple[float, int, str] | None = None
-    for grid in ("int", "odd"):
-        top_level = max((1 << (bits - 1)) - 1, 1) if grid == "int" else ((1 << bits) - 1) / 2
-        cover = math.ceil(math.log2(max_abs / top_level))  # smallest exp whose grid reaches max|w|
-        for exp in range(cover - _EXP_CANDIDATES, cover + 1):
-            exp = min(max(exp, MIN_EXP), MAX_EXP)
-            err = _error(w, weight, bits, exp, grid, buf, _scaled(w, exp, cache))
-            if best is None or err < best[0]:
-                best = (err, exp, grid)
-    return best
-
-
-def _error(w, weight, bits: int, exp: int, grid: str, buf: np.ndarray, scaled: np.ndarray | None = None) -> float:
-    """``sum weight * (w - level(w))**2`` at one width, step and grid, computed in ``buf``."""
-    np.subtract(w, _levels(w, bits, exp, grid, out=buf, scaled=scaled), out=buf)
-    np.square(buf, out=buf)
-    if weight is not None:
-        buf *= weight
-    return float(buf.sum())
-
-
-def _levels(w, bits: int, exp: int, grid: str, out: np.ndarray | None = None, scaled: np.ndarray | None = None):
-    """float64 values ``dequantize_codes(_codes(w, ...))`` without the codes, in ``out`` if given
-    (exactly equal: the levels are integers below 2**16 times powers of two; scaling by 2.0**k is
-    exact, as ldexp is). ``scaled``, if given, is ``w * 2.0**-exp``, computed before."""
-    if grid == "int":
-        half = 1 << (bits - 1)
-        buf = np.rint(np.multiply(w, 2.0**-exp, out=out) if scaled is None else scaled, out=out)
-        np.clip(buf, -half, half - 1, out=buf)
-        buf *= 2.0**exp
-        return buf
-    if scaled is None:
-        buf = np.multiply(w, 2.0**-exp, out=out)
-        buf += 1 << (bits - 1)
-    else:
-        buf = np.add(scaled, 1 << (bits - 1), out=out)
-    np.clip(np.floor(buf, out=buf), 0, (1 << bits) - 1, out=buf)  # the code c
-    buf *= 2.0**exp  # (2c + 1 - 2**bits) * 2**(exp-1), as two exact steps
-    buf += (1 - (1 << bits)) * 2.0 ** (exp - 1)
-    return buf
-
-
-_CACHED_SIZE, _CACHED_STEPS = 1 << 17, 16  # group size up to which, and how many, scaled copies are kept
-
-
-def _scaled(w: np.ndarray, exp: int, cache: dict | None) -> np.ndarray | None:
-    """``w * 2.0**-exp`` from ``cache`` (kept for the latest steps: a table tries each step at up to
-    seven widths and both grids), or None without a cache."""
-    if cache is None:
-        return None
-    if exp not in cache:
-        if len(cache) >= _CACHED_STEPS:
-            del cache[next(iter(cache))]  # the oldest: steps only go down as the width grows
-        cache[exp] = w * 2.0**-exp
-    return cache[exp]
-
-
-def group_error_table(w: np.ndarray, weight: np.ndarray | None, max_bits: int = MAX_BITS) -> np.ndarray:
-    """(max_bits + 1,) best weighted error at each width 1..max_bits (index 0 unused, +inf)."""
-    table = np.full(max_bits + 1, np.inf)
-    w = np.asarray(w, dtype=np.float64)
-    max_abs = float(np.abs(w).max()) if w.size else 0.0
-    if max_abs == 0.0:
-        table[1:] = 0.0
-        return table
-    buf = np.empty_like(w)
-    cache = {} if w.size <= _CACHED_SIZE else None
-    for b in range(1, max_bits + 1):
-        table[b] = _best_step(w, weight, b, max_abs, buf, cache)[0]
-        if table[b] == 0.0:
-            table[b + 1 :] = 0.0
-            break
-    return table
 
 
 def allocate_waterfill(tables: list[np.ndarray], sizes: list[int], target_bits: float, min_bits: int = 1) -> list[int]:
@@ -259,7 +156,7 @@ def quantize(
         for g, (_, b) in enumerate(n_groups):
             sel = gid == g
             f = None if kept_f[name] is None or allocation == "uniform" else kept_f[name][sel]
-            c, e, grid = quant_scale.quantize_large(quantize_group, _codes, kept_w[name][sel], f, b, sample)
+            c, e, grid = quant_scale.quantize_large(quantize_group, codes_of, kept_w[name][sel], f, b, sample)
             codes[sel] = c
             bits_l.append(b), exps.append(e), grids.append(grid)
         mask = masks[name].flatten().numpy().astype(bool, copy=False)  # a view of the bool mask, not a copy
@@ -351,5 +248,5 @@ def requantize(qt: QuantTensor, weight: torch.Tensor) -> QuantTensor:
     codes = np.zeros(qt.kept, dtype=np.uint16)
     for g, (b, e, grid) in enumerate(zip(qt.bits, qt.exps, qt.grids)):
         sel = qt.groups == g
-        codes[sel] = _codes(kept[sel], b, e, grid)
+        codes[sel] = codes_of(kept[sel], b, e, grid)
     return QuantTensor(qt.shape, qt.mask, qt.groups, codes, qt.bits, qt.exps, qt.grids)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from fisherpack import prune, quant, ranking
+from fisherpack import prune, quant_grid, ranking
 from fisherpack.errors import ConfigError, FormatError
 from fisherpack.fpk import bits
 from fisherpack.fpk import tensors as fpt
@@ -176,7 +176,7 @@ def test_error_tables_equal_the_ldexp_formulas_bit_for_bit():
         for exp in (-64, -30, -9, -4, 0, 5, 64):
             for grid in ("int", "odd"):
                 for f in (None, weight):
-                    assert quant._error(w, f, b, exp, grid, buf) == _error_reference(w, f, b, exp, grid)
+                    assert quant_grid.error(w, f, b, exp, grid, buf) == _error_reference(w, f, b, exp, grid)
 
 
 @pytest.mark.parametrize("grid", ["int", "odd"])
