@@ -8,6 +8,11 @@ re-encoded in format version 1 (the pure-Python rANS decoder of fisherpack 0.1's
 for comparison. Targets (issue 12): the LeNet-5 reference file reads in under 1 ms, the MLP file
 in under 20 ms.
 
+``--baseline REV`` also compares with the fisherpack of git revision ``REV`` (``git archive``d to a
+temporary folder) in the same run: child processes time ``read`` and ``load`` with that code and
+with this checkout's, alternating for ``--rounds`` rounds; the minimum over rounds is recorded under
+``ab`` (the machine is shared, so the two are measured under the same conditions).
+
 Writes ``decode.json`` and ``decode.png`` into ``--out`` (default benchmarks/results).
 """
 
@@ -16,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -69,6 +75,52 @@ def measure(path: Path, repeats: int, workdir: Path) -> dict:
     }
 
 
+# Run in a child process with the fisherpack to time first on sys.path: argv = [code folder, repeats, *name=path].
+_CHILD = """
+import json, statistics, sys, time
+sys.path.insert(0, sys.argv[1])
+import torch
+torch.set_num_threads(1)
+import fisherpack
+from fisherpack.fpk import container as fpk
+assert fisherpack.__file__.startswith(sys.argv[1]), fisherpack.__file__
+def times(fn, repeats):
+    fn()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        samples.append(1e3 * (time.perf_counter() - start))
+    return {"min_ms": min(samples), "median_ms": statistics.median(samples)}
+out = {}
+for arg in sys.argv[3:]:
+    name, path = arg.split("=", 1)
+    n = int(sys.argv[2]) if name == "lenet5" else max(3, int(sys.argv[2]) // 10)
+    out[name] = {"read": times(lambda: fpk.load(path), n), "load": times(lambda: fisherpack.load(path).state_dict(), n)}
+print(json.dumps(out))
+"""
+
+
+def compare(rev: str, paths: dict[str, Path], repeats: int, rounds: int, workdir: Path) -> dict:
+    """read/load times of ``rev``'s fisherpack and this checkout's, alternating in child processes."""
+    base = workdir / "baseline"
+    base.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "fisherpack"], capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(base)], input=archive.stdout, check=True)
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", rev], capture_output=True, text=True, check=True)
+    args = [str(repeats), *(f"{n}={p}" for n, p in paths.items())]
+    best: dict = {"baseline": {}, "current": {}}
+    for _ in range(rounds):
+        for which, code in (("baseline", base), ("current", ROOT)):
+            done = subprocess.run([sys.executable, "-c", _CHILD, str(code), *args], capture_output=True, text=True,
+                                  cwd=workdir, check=True)  # fmt: skip
+            for name, r in json.loads(done.stdout).items():
+                for key, t in r.items():
+                    old = best[which].setdefault(name, {}).setdefault(key, t)
+                    best[which][name][key] = {k: min(old[k], t[k]) for k in t}
+    return {"baseline_rev": rev, "baseline_commit": commit.stdout.strip(), "rounds": rounds, **best}
+
+
 def plot(results: dict, path: Path) -> None:
     import matplotlib
 
@@ -76,13 +128,19 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = list(results["files"])
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    width = 0.27
-    for i, (key, label) in enumerate([("read_v1", "read, format v1"), ("read", "read"), ("load", "read + dense")]):
-        values = [results["files"][n][key]["min_ms"] for n in names]
-        ax.bar([j + (i - 1) * width for j in range(len(names))], values, width, label=label)
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    bars = [
+        ([results["files"][n][key]["min_ms"] for n in names], label)
+        for key, label in [("read_v1", "read, format v1"), ("read", "read"), ("load", "read + dense")]
+    ]
+    if "ab" in results:
+        rev = results["ab"]["baseline_commit"][:7]
+        bars.insert(1, ([results["ab"]["baseline"][n]["read"]["min_ms"] for n in names], f"read, {rev}"))
+    width = 0.8 / len(bars)
+    for i, (values, label) in enumerate(bars):
+        ax.bar([j + (i - (len(bars) - 1) / 2) * width for j in range(len(names))], values, width, label=label)
     for j, n in enumerate(names):
-        ax.hlines(TARGET_MS[n], j - 1.5 * width, j + 1.5 * width, colors="k", linestyles="dashed")
+        ax.hlines(TARGET_MS[n], j - 0.4, j + 0.4, colors="k", linestyles="dashed")
     ax.set_xticks(range(len(names)), [f"{n}\n{results['files'][n]['file_bytes']:,} B" for n in names])
     ax.set_yscale("log")
     ax.set_ylabel("ms (minimum over repeats); dashed: target")
@@ -98,6 +156,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="output folder")
     p.add_argument("--repeats", type=int, default=200, help="timed runs per measurement (MLP: a tenth)")
     p.add_argument("--quick", action="store_true", help="a small MLP and few repeats: a smoke test")
+    p.add_argument("--baseline", help="a git revision to compare with, in the same run (see the docstring)")
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds of the --baseline comparison")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     out = Path(args.out)
@@ -106,14 +166,24 @@ def main(argv: list[str] | None = None) -> dict:
     env = environment.record(date=time.strftime("%Y-%m-%d %H:%M:%S %z"))
     results = {"environment": env, "native_rans": entropy.native(), "targets_ms": TARGET_MS, "files": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, path in files(Path(tmp), args.quick).items():
+        paths = files(Path(tmp), args.quick)
+        for name, path in paths.items():
             results["files"][name] = measure(path, repeats if name == "lenet5" else max(3, repeats // 10), Path(tmp))
+        if args.baseline:
+            results["ab"] = compare(args.baseline, paths, repeats, args.rounds, Path(tmp))
     (out / "decode.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     plot(results, out / "decode.png")
     return results
 
 
 if __name__ == "__main__":
-    for name, r in main()["files"].items():
+    out = main()
+    for name, r in out["files"].items():
         read, dense, old = (r[k]["min_ms"] for k in ("read", "load", "read_v1"))
         print(f"{name}: {r['file_bytes']:,} B, read {read:.2f} ms, dense {dense:.2f} ms, format v1 read {old:.2f} ms")
+        if "ab" in out:
+            a, b = out["ab"]["baseline"][name], out["ab"]["current"][name]
+            print(
+                f"  {out['ab']['baseline_rev']} -> this checkout: read {a['read']['min_ms']:.2f} -> "
+                f"{b['read']['min_ms']:.2f} ms, dense {a['load']['min_ms']:.2f} -> {b['load']['min_ms']:.2f} ms"
+            )

@@ -22,6 +22,7 @@ ranked together as ``config.scope`` says) and/or a fixed bit width.
 from __future__ import annotations
 
 import fnmatch
+import math
 import os
 from typing import Any
 
@@ -94,7 +95,7 @@ def compress(
     params = dict(model.named_parameters())
     weights = {n: params[n].detach().float() for n in names}
     for n, w in weights.items():
-        if not torch.isfinite(w).all():
+        if not -math.inf < (bounds := prune.value_range(w))[0] <= bounds[1] < math.inf:
             raise ConfigError(f"weight {n!r} has NaN or Inf values; fix the model before compressing")
     if fisher is None and config.needs_fisher(masks_given=masks is not None):
         by_criterion = config.replace(allocation="uniform").needs_fisher(masks_given=masks is not None)
@@ -199,7 +200,7 @@ def _check_per_weight(d: Any, weights: dict[str, torch.Tensor], what: str, finit
             raise ConfigError(f"{what} for {n!r} has shape {tuple(t.shape)}, the weight has {tuple(w.shape)}")
         if what == "masks" and t.dtype != torch.bool:
             raise ConfigError(f"masks must be bool tensors (True = keep), {n!r} is {t.dtype}")
-        if finite_nonnegative and not (torch.isfinite(t).all() and (t >= 0).all()):
+        if finite_nonnegative and not 0 <= (bounds := prune.value_range(t))[0] <= bounds[1] < math.inf:
             raise ConfigError(f"{what} for {n!r} has NaN, Inf or negative values")
 
 

@@ -22,8 +22,9 @@ selection (ranking.py) with one tensor's scores in memory at a time.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -31,7 +32,7 @@ from . import ranking
 from .config import CRITERIA, FISHER_CRITERIA, SCOPES
 from .errors import ConfigError
 
-__all__ = ["scores", "masks_for_rate", "select", "schedule", "apply_masks", "sparsity"]
+__all__ = ["scores", "masks_for_rate", "select", "schedule", "apply_masks", "sparsity", "value_range"]
 
 
 Tensors = dict[str, torch.Tensor]
@@ -59,9 +60,20 @@ def _fisher_for(fisher: Tensors, name: str, w: torch.Tensor) -> torch.Tensor:
     f = fisher[name].detach()
     if f.shape != w.shape:
         raise ConfigError(f"Fisher for {name!r} has shape {tuple(f.shape)}, weight has {tuple(w.shape)}")
-    if not torch.isfinite(f).all():
+    lo, hi = value_range(f)
+    if not -math.inf < lo <= hi < math.inf:
         raise ConfigError(f"the Fisher estimate of {name!r} has NaN or Inf values")
     return f
+
+
+def value_range(t: torch.Tensor) -> tuple[float, float]:
+    """(min, max) of ``t`` in one pass, without the full-size temporaries of ``isfinite(t).all()``;
+    both NaN if ``t`` holds a NaN (aminmax propagates it), so ``-inf < lo <= hi < inf`` says
+    "finite". An empty tensor gives (0, 0); a bool one its values as 0/1."""
+    if not t.numel():
+        return 0.0, 0.0
+    lo, hi = torch.aminmax(t.detach().to(torch.uint8) if t.dtype == torch.bool else t.detach())
+    return float(lo), float(hi)
 
 
 def masks_for_rate(score: Tensors, rate: float, scope: str = "global", current: Tensors | None = None) -> Tensors:
@@ -74,13 +86,17 @@ def masks_for_rate(score: Tensors, rate: float, scope: str = "global", current: 
     if scope not in SCOPES:
         raise ConfigError(f"unknown ranking scope {scope!r}; choose global or layer")
 
-    def ranked(name: str) -> torch.Tensor:  # (numel,) float64; computed when needed, one tensor at a time
-        s = score[name].detach().double().flatten()
-        if current is not None and name in current:
-            s = torch.where(current[name].flatten(), s, torch.full_like(s, -math.inf))
-        if torch.isnan(s).any():
-            raise ConfigError(f"scores of {name!r} contain NaN; check the weights and the Fisher estimate")
-        return s
+    def ranked(name: str) -> Iterator[np.ndarray]:  # (numel,) float64 in chunks, computed when needed
+        chunks = score.chunks(name) if isinstance(score, _LazyScores) else ranking.chunks(score[name])
+        keep = current[name].flatten().numpy() if current is not None and name in current else None
+        start = 0
+        for x in chunks:
+            if keep is not None and not (k := keep[start : start + x.size]).all():
+                np.copyto(x, -math.inf, where=~k)
+            if x.size and np.isnan(x.max()):  # max propagates NaN: one pass, no temporary
+                raise ConfigError(f"scores of {name!r} contain NaN; check the weights and the Fisher estimate")
+            start += x.size
+            yield x
 
     shapes = score.shapes if isinstance(score, _LazyScores) else {n: t.shape for n, t in score.items()}
     if scope == "layer":  # each tensor on its own: the same selection, one name at a time
@@ -105,6 +121,27 @@ class _LazyScores(Mapping):
 
     def __getitem__(self, name: str) -> torch.Tensor:
         return scores(self.criterion, {name: self.weights[name]}, self.fisher)[name]
+
+    def chunks(self, name: str) -> Iterator[np.ndarray]:
+        """The float64 scores of ``name``, flat, in consecutive chunks of ranking.CHUNK computed into
+        two reused buffers (each chunk is overwritten by the next). Elementwise the same operations
+        as :func:`scores`, so the same numbers; the Fisher estimate was checked in ``__init__``."""
+        w = self.weights[name].detach().flatten()
+        f = None if self.criterion == "magnitude" else self.fisher[name].detach().flatten()
+        size = min(ranking.CHUNK, w.numel())
+        out, square = np.empty(size), np.empty(size if self.criterion == "obd" else 0)
+        for start in range(0, w.numel(), ranking.CHUNK):
+            m = min(ranking.CHUNK, w.numel() - start)
+            a = torch.from_numpy(out[:m])
+            if self.criterion == "magnitude":
+                a.copy_(w[start : start + m]).abs_()
+            elif self.criterion == "fisher":
+                a.copy_(f[start : start + m])
+            else:  # obd: 0.5 * F * w**2, in float64 (w**2 is w * w: torch computes the square so)
+                a.copy_(f[start : start + m]).mul_(0.5)
+                b = torch.from_numpy(square[:m]).copy_(w[start : start + m])
+                a.mul_(b.mul_(b))
+            yield out[:m]
 
     def __iter__(self):
         return iter(self.weights)

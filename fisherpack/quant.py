@@ -7,7 +7,7 @@ power-of-two grid (see tensors.py): ``"int"`` levels ``q * 2**e`` with ``q`` in
 away from zero). For each width the grid and exponent are chosen to minimise the Fisher-weighted
 squared error ``sum_i F_i (w_i - Q(w_i))**2``, a second-order estimate of the loss increase
 (``F`` = 1 gives plain MSE). Rounding is to nearest (half to even on the "int" grid); values
-beyond the grid saturate.
+beyond the grid saturate. The per-group arithmetic is in quant_grid.py.
 
 Allocations of widths to groups:
 
@@ -35,7 +35,8 @@ import torch
 from . import quant_scale
 from .config import ALLOCATIONS, CompressConfig
 from .errors import ConfigError
-from .fpk.tensors import MAX_BITS, MAX_EXP, MAX_GROUPS, MIN_EXP, QuantTensor
+from .fpk.tensors import MAX_BITS, MAX_GROUPS, QuantTensor
+from .quant_grid import codes_of, group_error_table, quantize_group
 
 __all__ = [
     "quantize_group",
@@ -45,64 +46,6 @@ __all__ = [
     "FakeQuant",
     "requantize",
 ]
-
-_EXP_CANDIDATES = 6  # how many steps below the smallest step that covers the largest |w| to try
-
-
-def _codes(w: np.ndarray, bits: int, exp: int, grid: str) -> np.ndarray:
-    scaled = np.ldexp(w, -exp)  # exact: power-of-two scaling of float64
-    if grid == "int":
-        half = 1 << (bits - 1)
-        return (np.clip(np.rint(scaled), -half, half - 1) + half).astype(np.uint16)
-    return np.clip(np.floor(scaled + (1 << (bits - 1))), 0, (1 << bits) - 1).astype(np.uint16)
-
-
-def quantize_group(w: np.ndarray, weight: np.ndarray | None, bits: int) -> tuple[np.ndarray, int, str, float]:
-    """Best codes for one group at ``bits``: returns (codes uint16, exp, grid, weighted error).
-
-    ``w`` and ``weight`` are 1-D float64 arrays of equal length (``weight`` None means all ones).
-    """
-    if not 1 <= bits <= MAX_BITS:
-        raise ConfigError(f"bit width must be in 1..{MAX_BITS}, got {bits}")
-    w = np.asarray(w, dtype=np.float64)
-    max_abs = float(np.abs(w).max()) if w.size else 0.0
-    if max_abs == 0.0:
-        grid = "int"
-        return np.full(w.size, 1 << (bits - 1), dtype=np.uint16), 0, grid, 0.0
-    best: tuple[float, int, str, np.ndarray] | None = None
-    for grid in ("int", "odd"):
-        top_level = max((1 << (bits - 1)) - 1, 1) if grid == "int" else ((1 << bits) - 1) / 2
-        cover = math.ceil(math.log2(max_abs / top_level))  # smallest exp whose grid reaches max|w|
-        for exp in range(cover - _EXP_CANDIDATES, cover + 1):
-            exp = min(max(exp, MIN_EXP), MAX_EXP)
-            err_sq = (w - _levels(w, bits, exp, grid)) ** 2
-            err = float(err_sq.sum() if weight is None else (weight * err_sq).sum())
-            if best is None or err < best[0]:
-                best = (err, exp, grid)
-    err, exp, grid = best
-    return _codes(w, bits, exp, grid), exp, grid, err
-
-
-def _levels(w: np.ndarray, bits: int, exp: int, grid: str) -> np.ndarray:
-    """float64 values ``dequantize_codes(_codes(w, ...))`` without the codes (exactly equal: the
-    levels are integers below 2**16 times powers of two that float32 holds exactly)."""
-    scaled = np.ldexp(w, -exp)
-    if grid == "int":
-        half = 1 << (bits - 1)
-        return np.ldexp(np.clip(np.rint(scaled), -half, half - 1, out=scaled), exp)
-    code = np.clip(np.floor(scaled + (1 << (bits - 1))), 0, (1 << bits) - 1)
-    return np.ldexp(2 * code + (1 - (1 << bits)), exp - 1)
-
-
-def group_error_table(w: np.ndarray, weight: np.ndarray | None, max_bits: int = MAX_BITS) -> np.ndarray:
-    """(max_bits + 1,) best weighted error at each width 1..max_bits (index 0 unused, +inf)."""
-    table = np.full(max_bits + 1, np.inf)
-    for b in range(1, max_bits + 1):
-        table[b] = quantize_group(w, weight, b)[3]
-        if table[b] == 0.0:
-            table[b + 1 :] = 0.0
-            break
-    return table
 
 
 def allocate_waterfill(tables: list[np.ndarray], sizes: list[int], target_bits: float, min_bits: int = 1) -> list[int]:
@@ -183,7 +126,7 @@ def quantize(
         mask = masks[name].flatten().numpy()
         kept_w[name] = quant_scale.kept(w, mask)
         kept_f[name] = None if fisher is None else quant_scale.kept(fisher[name], mask)
-        if not np.isfinite(kept_w[name]).all():
+        if kept_w[name].size and not (np.isfinite(kept_w[name].min()) and np.isfinite(kept_w[name].max())):
             raise ConfigError(f"weight {name!r} has NaN or Inf values; fix the model before compressing")
 
     gids = _assign_groups(
@@ -213,7 +156,7 @@ def quantize(
         for g, (_, b) in enumerate(n_groups):
             sel = gid == g
             f = None if kept_f[name] is None or allocation == "uniform" else kept_f[name][sel]
-            c, e, grid = quant_scale.quantize_large(quantize_group, _codes, kept_w[name][sel], f, b, sample)
+            c, e, grid = quant_scale.quantize_large(quantize_group, codes_of, kept_w[name][sel], f, b, sample)
             codes[sel] = c
             bits_l.append(b), exps.append(e), grids.append(grid)
         mask = masks[name].flatten().numpy().astype(bool, copy=False)  # a view of the bool mask, not a copy
@@ -305,5 +248,5 @@ def requantize(qt: QuantTensor, weight: torch.Tensor) -> QuantTensor:
     codes = np.zeros(qt.kept, dtype=np.uint16)
     for g, (b, e, grid) in enumerate(zip(qt.bits, qt.exps, qt.grids)):
         sel = qt.groups == g
-        codes[sel] = _codes(kept[sel], b, e, grid)
+        codes[sel] = codes_of(kept[sel], b, e, grid)
     return QuantTensor(qt.shape, qt.mask, qt.groups, codes, qt.bits, qt.exps, qt.grids)

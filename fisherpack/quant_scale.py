@@ -65,7 +65,7 @@ def _sample(w: np.ndarray, f: np.ndarray | None, sample: int) -> tuple[np.ndarra
 
 
 def error_table(table_fn: Callable, w: np.ndarray, f: np.ndarray, sel: np.ndarray, sample: int) -> np.ndarray:
-    """``table_fn`` (quant.group_error_table) of the group ``sel`` of ``w``/``f``, on a sample if large."""
+    """``table_fn`` (quant_grid.group_error_table) of the group ``sel`` of ``w``/``f``, on a sample if large."""
     wg, fg = w[sel], f[sel]
     if wg.size <= sample:
         return table_fn(wg, fg)
@@ -74,8 +74,8 @@ def error_table(table_fn: Callable, w: np.ndarray, f: np.ndarray, sel: np.ndarra
 
 
 def quantize_large(group_fn: Callable, codes_fn: Callable, w: np.ndarray, f: np.ndarray | None, bits: int, sample: int):
-    """(codes, exp, grid) of one group: ``group_fn`` (quant.quantize_group) directly, or for a large
-    group its step and grid chosen on a sample and ``codes_fn`` (quant._codes) applied to all."""
+    """(codes, exp, grid) of one group: ``group_fn`` (quant_grid.quantize_group) directly, or for a large
+    group its step and grid chosen on a sample and ``codes_fn`` (quant_grid.codes_of) applied to all."""
     if w.size <= sample:
         codes, exp, grid, _ = group_fn(w, f, bits)
         return codes, exp, grid

@@ -16,9 +16,8 @@ from fisherpack.fpk import container
 PKG = Path(fisherpack.__file__).parent
 
 # lower number = lower layer; a module may import from its own layer or any lower one
-METHOD = "compression fisher persample prune ranking quant quant_scale losses train plugin runtime export cexport dist"
-METHOD += " structured"
-METHOD += " models data"
+METHOD = "compression fisher persample prune ranking quant quant_grid quant_scale losses train plugin runtime export"
+METHOD += " cexport dist models data structured"
 LAYERS = {
     "errors": 0,
     "version": 0,

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from fisherpack import quant, quant_scale
+from fisherpack import quant, quant_grid, quant_scale
 from fisherpack.errors import ConfigError
 from fisherpack.fpk.tensors import dequantize_codes
 
@@ -36,9 +36,9 @@ def test_group_quantizer_finds_the_best_grid_and_step(bits):
 
 def test_codes_round_to_nearest_level_and_saturate():
     w = np.array([0.0, 0.24, 0.26, -0.26, 5.0, -5.0])
-    codes = quant._codes(w, 3, -1, "int")  # levels -2.0 .. 1.5 in steps of 0.5
+    codes = quant_grid.codes_of(w, 3, -1, "int")  # levels -2.0 .. 1.5 in steps of 0.5
     assert dequantize_codes(codes, 3, -1, "int").tolist() == [0.0, 0.0, 0.5, -0.5, 1.5, -2.0]
-    codes = quant._codes(w, 2, 0, "odd")  # levels -1.5 -0.5 0.5 1.5
+    codes = quant_grid.codes_of(w, 2, 0, "odd")  # levels -1.5 -0.5 0.5 1.5
     assert dequantize_codes(codes, 2, 0, "odd").tolist() == [0.5, 0.5, 0.5, -0.5, 1.5, -1.5]
 
 
@@ -142,13 +142,13 @@ def test_large_groups_choose_on_a_sample_and_code_everything():
     w = rng.standard_t(3, 5000) * 0.01
     f = rng.lognormal(0, 1, 5000)
     small_codes, small_exp, small_grid, _ = quant.quantize_group(w, f, 4)
-    codes, exp, grid = quant_scale.quantize_large(quant.quantize_group, quant._codes, w, f, 4, 1000)
+    codes, exp, grid = quant_scale.quantize_large(quant.quantize_group, quant_grid.codes_of, w, f, 4, 1000)
     top = np.argmax(np.abs(w))
     assert (exp, grid) == quant.quantize_group(np.append(w[::5], w[top]), np.append(f[::5], f[top]), 4)[1:3]
-    np.testing.assert_array_equal(codes, quant._codes(w, 4, exp, grid))
+    np.testing.assert_array_equal(codes, quant_grid.codes_of(w, 4, exp, grid))
     assert abs(exp - small_exp) <= 1  # the sample's choice is near the full one
     np.testing.assert_array_equal(
-        quant_scale.quantize_large(quant.quantize_group, quant._codes, w, f, 4, 5000)[0], small_codes
+        quant_scale.quantize_large(quant.quantize_group, quant_grid.codes_of, w, f, 4, 5000)[0], small_codes
     )
 
 
@@ -159,5 +159,5 @@ def test_levels_equal_the_dequantized_codes(grid):
     w = rng.standard_t(3, 3000) * 0.05
     for bits in (1, 2, 4, 8, 12, 16):
         for exp in (-20, -9, -4, 0, 3):
-            want = dequantize_codes(quant._codes(w, bits, exp, grid), bits, exp, grid).astype(np.float64)
-            np.testing.assert_array_equal(quant._levels(w, bits, exp, grid), want)
+            want = dequantize_codes(quant_grid.codes_of(w, bits, exp, grid), bits, exp, grid).astype(np.float64)
+            np.testing.assert_array_equal(quant_grid.levels(w, bits, exp, grid), want)

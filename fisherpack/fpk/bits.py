@@ -20,7 +20,6 @@ a few megabytes of scratch memory beyond the input and output.
 from __future__ import annotations
 
 import numpy as np
-from numpy.lib.stride_tricks import as_strided
 
 from ..errors import FormatError
 
@@ -128,38 +127,42 @@ def unpack_bits(data: bytes | memoryview, width: int, count: int, offset_bits: i
     for start in range(0, count, _CHUNK):
         n = min(_CHUNK, count - start)
         starts = offset_bits + (start + np.arange(n, dtype=np.int64)) * width
-        out[start : start + n] = _read_windows(buf, starts, np.full(n, width, dtype=np.int64))
+        out[start : start + n] = _read_windows(buf, starts, width)
     return out
 
 
 _WINDOW_BITS = 57  # a value of up to 57 bits lies inside the 8 bytes that start at its first byte
 
 
-def _read_windows(buf: np.ndarray, starts: np.ndarray, widths: np.ndarray) -> np.ndarray:
-    """(n,) uint64 values of ``widths[i] <= 57`` bits at bit offsets ``starts[i]`` (ascending) of
-    ``buf``: each read from the big-endian 64-bit word of the 8 bytes holding its first bit."""
+def _words(buf: np.ndarray, first: int, last: int) -> np.ndarray:
+    """(last - first + 1,) big-endian 64-bit words, word ``i`` made of bytes ``first + i .. first + i + 7``
+    of ``buf`` (zero past its end): overlapping unaligned views of one zero-padded copy, no copy each."""
+    window = buf[first : last + 8]
+    padded = np.zeros(last - first + 8, dtype=np.uint8)
+    padded[: window.size] = window
+    return np.ndarray((last - first + 1,), dtype=">u8", buffer=padded, strides=(1,))
+
+
+def _read_windows(buf: np.ndarray, starts: np.ndarray, widths: np.ndarray | int) -> np.ndarray:
+    """(n,) uint64 values of ``widths[i] <= 57`` bits (or all ``widths``) at bit offsets ``starts[i]`` (int64,
+    ascending) of ``buf``: each read from the big-endian 64-bit word of the 8 bytes holding its first bit."""
     if not starts.size:
         return np.zeros(0, dtype=np.uint64)
-    first = int(starts[0]) // 8
-    window = buf[first : int(starts[-1]) // 8 + 8]
-    if starts.size < 4096:  # few values: gather 8-byte rows directly
-        padded = np.zeros(window.size + 8, dtype=np.uint8)  # the last windows may reach past the data
-        padded[: window.size] = window
-        rows = as_strided(padded, shape=(window.size + 1, 8), strides=(1, 1))  # row i = bytes i..i+7
-        words = rows[(starts >> 3) - first].view(">u8").reshape(-1).astype(np.uint64)  # (n,)
-    else:  # many: the 64-bit words at each of the 8 byte alignments, then one gather
-        m = window.size // 8 + 1
-        padded = np.zeros(8 * m + 8, dtype=np.uint8)
-        padded[: window.size] = window
-        aligned = np.empty((8, m), dtype=np.uint64)  # aligned[k, j] = big-endian word at byte 8j + k
-        for k in range(8):
-            aligned[k] = padded[k : k + 8 * m].view(">u8")
-        byte = (starts >> 3) - first
-        words = np.take(aligned.reshape(-1), (byte & 7) * m + (byte >> 3))
-    words <<= (starts & 7).astype(np.uint64)  # the value's first bit is now bit 63
-    words >>= np.uint64(1)
-    words >>= np.uint64(63) - widths.astype(np.uint64)  # width 0 gives 0
+    first = int(starts[0]) >> 3
+    byte = starts >> 3
+    words = np.take(_words(buf, first, int(byte[-1])), byte - first if first else byte).astype(np.uint64)
+    # The value ends `(starts & 7) + width` bits into its word: shift it down to there, keep its bits.
+    # A shift of 64 (width 0 at a byte boundary) gives 0 in numpy, and the width-0 mask is 0 anyway.
+    byte <<= 3
+    byte += 64
+    byte -= starts
+    byte -= widths
+    words >>= byte.astype(np.uint64)
+    words &= np.take(_LOW_MASKS, widths)
     return words
+
+
+_LOW_MASKS = np.array([(1 << w) - 1 for w in range(65)], dtype=np.uint64)  # width -> its low-bits mask
 
 
 def _width_mask(widths: np.ndarray) -> np.ndarray:
@@ -254,13 +257,24 @@ def mask_to_gaps(mask: np.ndarray) -> np.ndarray:
 
 def gaps_to_mask(gaps: np.ndarray, numel: int, what: str) -> np.ndarray:
     """(numel,) bool mask from gaps; FormatError if a gap is negative or they run past ``numel``."""
-    g = np.asarray(gaps, dtype=np.int64)
-    # The float sum rules out int64 overflow in the exact sum and in the cumsum.
-    if g.size and (int(g.min()) < 0 or g.sum(dtype=np.float64) > 2.0**62 or int(g.sum()) + g.size > numel):
+    g = np.asarray(gaps)
+    if g.dtype.kind not in "ui":
+        g = g.astype(np.int64)
+    if g.size and g.dtype.kind == "i" and int(g.min()) < 0:
         raise FormatError(f"{what}: mask gaps run past the end of the tensor")
-    mask = np.zeros(numel, dtype=bool)
-    mask[np.cumsum(g + 1) - 1] = True
-    return mask
+    if g.size and int(g.max()) >= numel:
+        raise FormatError(f"{what}: mask gaps run past the end of the tensor")
+    # Each gap is below numel, so the running sums below stay under size * numel: below 2**63
+    # unless the tensor has billions of entries, and then the float sum rules overflow out first.
+    if g.size * numel >= 1 << 63 and g.sum(dtype=np.float64) > 2.0**62:
+        raise FormatError(f"{what}: mask gaps run past the end of the tensor")
+    ends = np.add(g, 1, dtype=np.int64)
+    np.cumsum(ends, out=ends)  # position of kept entry i, plus 1
+    if g.size and int(ends[-1]) > numel:
+        raise FormatError(f"{what}: mask gaps run past the end of the tensor")
+    mask = np.zeros(numel + 1, dtype=bool)
+    mask[ends] = True
+    return mask[1:]  # a view from the second byte: shifts the positions back by one at no cost
 
 
 def exp_golomb_split(values: np.ndarray) -> tuple[np.ndarray, bytes]:
@@ -272,23 +286,46 @@ def exp_golomb_split(values: np.ndarray) -> tuple[np.ndarray, bytes]:
 
 
 def exp_golomb_join(buckets: np.ndarray, extra: bytes | memoryview, what: str) -> np.ndarray:
-    """Inverse of :func:`exp_golomb_split` for buckets 0..63: (n,) int64; ``extra`` must fit exactly."""
-    k = np.asarray(buckets, dtype=np.int64)
-    if k.size and (int(k.min()) < 0 or int(k.max()) > 63):
+    """Inverse of :func:`exp_golomb_split` for buckets 0..63: (n,) uint64; ``extra`` must fit exactly."""
+    k = np.asarray(buckets)
+    if k.dtype.kind not in "ui":
+        k = k.astype(np.int64)
+    if k.size and ((k.dtype.kind == "i" and int(k.min()) < 0) or int(k.max()) > 63):
         raise FormatError(f"{what}: Exp-Golomb bucket out of range 0..63")
-    low = np.maximum(k - 1, 0)
-    ends = np.cumsum(low)
-    check_bit_stream(extra, int(ends[-1]) if ends.size else 0, what)
-    if ends.size and int(low.max()) > _WINDOW_BITS:
-        rest = unpack_varbits(extra, low).astype(np.int64)
-    else:
-        rest = np.empty(k.size, dtype=np.int64)
-        buf, step = _byte_view(extra), 16 * _CHUNK  # in chunks: the windows take ~40 bytes per value
-        for i in range(0, k.size, step):
-            rest[i : i + step] = _read_windows(buf, ends[i : i + step] - low[i : i + step], low[i : i + step])
-    rest += np.int64(1) << low  # k >= 1: the implicit top bit
-    rest[k == 0] = 0
-    return rest
+    k = k.astype(np.uint8)
+    low = np.maximum(k, 1)
+    low -= 1  # (n,) uint8: k - 1 extra bits for k >= 1, none for k = 0
+    starts = np.zeros(k.size + 1, dtype=np.int64)
+    np.cumsum(low, out=starts[1:])  # starts[i]: first extra bit of value i; starts[-1]: all of them
+    check_bit_stream(extra, int(starts[-1]), what)
+    if k.size and int(low.max()) > _WINDOW_BITS:
+        return unpack_varbits(extra, low) | np.take(_TOP_BITS, k)
+    buf, step, starts = _byte_view(extra), 16 * _CHUNK, starts[:-1]  # in chunks: ~40 bytes of scratch per value
+    if k.size <= step:
+        return _join_values(buf, starts, k) if k.size else np.zeros(0, dtype=np.uint64)
+    out = np.empty(k.size, dtype=np.uint64)
+    for i in range(0, k.size, step):
+        out[i : i + step] = _join_values(buf, starts[i : i + step], k[i : i + step])
+    return out
+
+
+def _join_values(buf: np.ndarray, starts: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """(n,) uint64 values of buckets ``k`` (extra bits at bit offsets ``starts``, int64 ascending;
+    overwritten: they are scratch)."""
+    byte = starts >> 3
+    first = int(byte[0])
+    words = np.take(_words(buf, first, int(byte[-1])), byte - first if first else byte).astype(np.uint64)
+    starts &= 7
+    words <<= starts.view(np.uint64)  # the value's first extra bit is now bit 63
+    # Put the implicit top bit above the k - 1 extra bits and shift down by 64 - k: 2**(k-1) + extra.
+    # k = 0 shifts by 64, which gives 0 in numpy, as wanted.
+    words >>= np.uint64(1)
+    words |= np.uint64(1 << 63)
+    words >>= np.subtract(64, k, dtype=np.uint64)
+    return words
+
+
+_TOP_BITS = np.array([0] + [1 << (k - 1) for k in range(1, 64)], dtype=np.uint64)  # bucket k -> 2**(k-1)
 
 
 def write_varint(value: int) -> bytes:

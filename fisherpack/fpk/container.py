@@ -281,10 +281,9 @@ def _decode_quant(e: dict, blobs: list[memoryview], version: int) -> QuantTensor
         else:
             codes[groups == i] = c
     bits, exps, grids = (tuple(g[k] for g in gs) for k in ("bits", "exp", "grid"))
-    try:
-        return QuantTensor(tuple(e["shape"]), mask, groups, codes, bits, exps, grids)
-    except ValueError as exc:  # every rule is checked above; this is a second line of defence
-        raise FormatError(f"{what}: {exc}") from None
+    # Every rule of QuantTensor holds here: the header fixed numel, kept, the group counts, widths,
+    # exponents and grids; each stream decoded to exactly its count of values below 2**width.
+    return QuantTensor.checked_elsewhere(tuple(e["shape"]), mask, groups, codes, bits, exps, grids)
 
 
 def decode(data: bytes, max_elements: int | None = None) -> Compressed:

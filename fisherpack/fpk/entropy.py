@@ -238,7 +238,7 @@ def _decode_v2(data: memoryview, freqs: np.ndarray, precision: int, count: int) 
     if len(data) and data[-1] == 0:
         raise FormatError("rANS data is corrupt: its last byte is zero")
     padded = bytes(data) + bytes(-len(data) % 4)  # the last word's zero high bytes are not stored
-    words = np.frombuffer(padded, dtype="<u4").astype(np.uint32)
+    words = np.frombuffer(padded, dtype="<u4").astype(np.uint32, copy=False)  # a copy only on big-endian machines
     if freqs.size == 1:
         if words.size:
             raise FormatError("rANS data is corrupt: a one-symbol stream has no data")
@@ -246,9 +246,12 @@ def _decode_v2(data: memoryview, freqs: np.ndarray, precision: int, count: int) 
     if _AnsCoder is None:
         return np.asarray(rans_py.decode_v2(words.tolist(), freqs.tolist(), precision, count), dtype=np.uint16)
     coder, model = _AnsCoder(words), _model(tuple(freqs.tolist()), precision)
-    out = np.empty(count, dtype=np.uint16)
-    for i in range(0, count, _CHUNK):
-        out[i : i + _CHUNK] = coder.decode(model, min(_CHUNK, count - i))
+    if count <= _CHUNK:  # one call (int32 out), then the uint16 the caller gets
+        out = coder.decode(model, count).astype(np.uint16)
+    else:
+        out = np.empty(count, dtype=np.uint16)
+        for i in range(0, count, _CHUNK):
+            out[i : i + _CHUNK] = coder.decode(model, min(_CHUNK, count - i))
     rest = coder.get_compressed()  # must be the start state alone: every word read, state 2**16
     if rest.size != 1 or rest[0] != rans_py.V2_START:
         raise FormatError("rANS data is corrupt: final state check failed")

@@ -19,6 +19,7 @@ records a tied parameter stored once.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,15 +48,29 @@ MAX_GROUPS = 16
 
 def dequantize_codes(codes: np.ndarray, bits: int, exp: int, grid: str) -> np.ndarray:
     """Map unsigned codes of one group to float32 values (exact; see the module docstring)."""
+    if grid not in GRIDS:
+        raise ValueError(f"unknown grid {grid!r}")
+    if codes.size >= 1 << max(bits - 2, 0):  # many codes: look each one up in the group's table
+        return np.take(_levels(bits, exp, grid), codes)
+    return _dequantize(codes, bits, exp, grid)
+
+
+def _dequantize(codes: np.ndarray, bits: int, exp: int, grid: str) -> np.ndarray:
     c = codes.astype(np.int64)
     if grid == "int":
         level, scale_exp = c - (1 << (bits - 1)), exp
-    elif grid == "odd":
-        level, scale_exp = 2 * c + 1 - (1 << bits), exp - 1
     else:
-        raise ValueError(f"unknown grid {grid!r}")
+        level, scale_exp = 2 * c + 1 - (1 << bits), exp - 1
     # level is an integer with |level| < 2**16 and the scale a power of two: the product is exact.
     return np.ldexp(level.astype(np.float32), np.int32(scale_exp)).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=64)
+def _levels(bits: int, exp: int, grid: str) -> np.ndarray:
+    """(2**bits,) float32: the value of every code of a group (read-only: it is shared)."""
+    table = _dequantize(np.arange(1 << bits), bits, exp, grid)
+    table.flags.writeable = False
+    return table
 
 
 @dataclass(frozen=True, eq=False)
@@ -100,6 +115,15 @@ class QuantTensor:
             if np.any(self.codes.astype(np.int64) >= limits):
                 raise ValueError("code does not fit its group's width")
 
+    @classmethod
+    def checked_elsewhere(cls, shape, mask, groups, codes, bits, exps, grids) -> QuantTensor:
+        """A QuantTensor built without ``__post_init__``'s checks, for the decoder, which has checked
+        every one of them against the file already (the fuzz suite re-checks what it decodes): on
+        a small file those checks cost as much as decoding a tensor's streams."""
+        obj = cls.__new__(cls)
+        obj.__dict__.update(shape=shape, mask=mask, groups=groups, codes=codes, bits=bits, exps=exps, grids=grids)
+        return obj
+
     @property
     def numel(self) -> int:
         return int(self.mask.size)
@@ -125,13 +149,21 @@ class QuantTensor:
     def dequantize(self) -> torch.Tensor:
         """The dense float32 tensor this encodes; pruned entries are 0."""
         dense = np.zeros(self.numel, dtype=np.float32)
-        dense[self.mask] = self.values()
+        self._scatter(dense)
         return torch.from_numpy(dense.reshape(self.shape))
 
     def dequantize_into(self, out: np.ndarray) -> None:
         """Write the dense values into ``out``, a flat float32 array of ``numel`` entries (no copy)."""
         out[:] = 0.0
-        out[self.mask] = self.values()
+        self._scatter(out)
+
+    def _scatter(self, dense: np.ndarray) -> None:
+        if self.kept == self.numel:
+            dense[:] = self.values()
+        elif 8 * self.kept < self.numel:  # sparse: the positions' int64s take less than the mask
+            dense[np.flatnonzero(self.mask)] = self.values()  # about twice as fast as boolean indexing
+        else:
+            dense[self.mask] = self.values()
 
 
 @dataclass(frozen=True, eq=False)
