@@ -293,7 +293,9 @@ def check_state_dict(model: nn.Module, state: dict[str, Any], source: str = "the
 
 
 def summary(compressed: Compressed, file_bytes: int) -> dict[str, Any]:
-    """Figures of a compressed model: sizes against fp32, kept weights, average code bits."""
+    """Figures of a compressed model: sizes against fp32, kept weights, average code bits. After
+    structured pruning the file's meta names the original model's size (``original``): params,
+    fp32 bytes and the ratio are of that model, ``stored_params`` of the smaller one stored."""
     params = nonzero = fp32_elems = code_bits = kept = 0
     for entry in compressed.tensors.values():
         if isinstance(entry, Alias):
@@ -310,8 +312,14 @@ def summary(compressed: Compressed, file_bytes: int) -> dict[str, Any]:
             fp32_elems += t.numel() if t.is_floating_point() else 0
             nonzero += int(torch.count_nonzero(t))
     fp32_bytes = 4 * fp32_elems
+    stored = params
+    original = compressed.meta.get("original")  # the model before structured pruning made it smaller
+    if isinstance(original, dict) and all(type(original.get(k)) is int and original[k] >= stored
+                                          for k in ("params", "fp32_bytes")):  # fmt: skip
+        params, fp32_bytes = original["params"], original["fp32_bytes"]
     return {
         "params": params,
+        "stored_params": stored,
         "nonzero_params": nonzero,
         "kept_fraction": nonzero / max(params, 1),
         "param_ratio": params / max(nonzero, 1),

@@ -267,6 +267,8 @@ def run(
         fisher = estimate_fisher(cfg, model, optimizer, x_train, y_train, salt=salt, loss=loss)
         figures["test_error_pruned"] = score(model)
         meta = {"pipeline": cfg.to_dict(), "model": cfg.model, "seed": cfg.seed}
+        if "original" in figures:  # structured pruning: the size of the model before it shrank
+            meta["original"] = figures["original"]
         # pruning is done: pass the masks, so compress prunes nothing more
         out = compress(model, fisher, cfg.compress.replace(rate=0.0), masks=masks, meta=meta)
         out.meta["config"] = cfg.compress.to_dict()
@@ -287,6 +289,9 @@ def run(
             if step.structured:
                 example = x_train[:2]
                 figures.setdefault("weights_before", sum(params[n].numel() for n in names))
+                full = list(model.state_dict().values())  # the model as the user built it: the ratio's base
+                fp32 = 4 * sum(t.numel() for t in full if t.is_floating_point())
+                figures.setdefault("original", {"params": sum(t.numel() for t in full), "fp32_bytes": fp32})
                 figures.setdefault("removable_before", structured.removable(model, example))
                 optimizer, masks, fisher, figures["removable_left"] = structured.shrink_step(
                     model, optimizer, fisher, masks, step.structured, figures["removable_before"], example

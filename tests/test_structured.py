@@ -215,3 +215,13 @@ def test_the_inference_benchmark_times_a_shrunk_file_against_the_full_size_model
     assert r["params"] == 431_080 and r["loaded_params"] == sum(p.numel() for p in outcome.model.parameters())
     assert r["loaded_params"] < 0.6 * r["params"] and r["fp32_bytes"] == 4 * 431_080
     assert r["batches"]["1"]["dense_ms"] > 0 and r["batches"]["1"]["runtime_ms"] > 0
+
+
+def test_the_ratio_of_a_shrunk_file_is_against_the_model_the_user_built(outcome):
+    from fisherpack.compression import summary
+
+    blob = fmt.encode(outcome.compressed)
+    fig = summary(fmt.decode(blob), len(blob))
+    assert outcome.compressed.meta["original"] == {"params": 431_080, "fp32_bytes": 4 * 431_080}
+    assert fig["params"] == 431_080 and fig["ratio"] == 4 * 431_080 / len(blob)
+    assert fig["stored_params"] == sum(t.numel() for t in outcome.model.state_dict().values()) < 431_080
