@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -106,8 +107,8 @@ def run_model(name: str, tiny: bool, log) -> dict:
     optimizer.load_state_dict(start["optimizer"])
     baselines = {
         "one-shot compress": compress(trained.model, fisher_mod.from_adam(optimizer, trained.model), point),
-        "magnitude + uniform": compress(
-            trained.model, None, point.replace(criterion="magnitude", allocation="uniform")
+        "magnitude + uniform": compress(  # uniform widths are whole bits: the baseline gets the next one up
+            trained.model, None, point.replace(criterion="magnitude", allocation="uniform", bits=math.ceil(point.bits))
         ),
     }
     out["baselines"] = {}
