@@ -225,3 +225,17 @@ def test_the_ratio_of_a_shrunk_file_is_against_the_model_the_user_built(outcome)
     assert outcome.compressed.meta["original"] == {"params": 431_080, "fp32_bytes": 4 * 431_080}
     assert fig["params"] == 431_080 and fig["ratio"] == 4 * 431_080 / len(blob)
     assert fig["stored_params"] == sum(t.numel() for t in outcome.model.state_dict().values()) < 431_080
+
+
+def test_the_committed_structured_lenet5_loads_as_a_smaller_lenet5():
+    from pathlib import Path
+
+    from fisherpack.compression import summary
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "lenet5-structured.fpk"
+    model = fisherpack.load_into(build("lenet5"), path)
+    assert model.conv2.out_channels < 50 and model.fc1.out_features < 500
+    assert model.fc1.in_features == 16 * model.conv2.out_channels and model.fc2.in_features == model.fc1.out_features
+    fig = summary(fisherpack.load(path), path.stat().st_size)
+    assert fig["ratio"] == 4 * 431_080 / path.stat().st_size > 300
+    assert fig["stored_params"] == sum(p.numel() for p in model.parameters()) < 0.25 * 431_080
