@@ -2,6 +2,7 @@
 exactly zeroing them, and the pipeline and the file with a model that really got smaller."""
 
 import copy
+import json
 
 import pytest
 import torch
@@ -239,3 +240,9 @@ def test_the_committed_structured_lenet5_loads_as_a_smaller_lenet5():
     fig = summary(fisherpack.load(path), path.stat().st_size)
     assert fig["ratio"] == 4 * 431_080 / path.stat().st_size > 300
     assert fig["stored_params"] == sum(p.numel() for p in model.parameters()) < 0.25 * 431_080
+    record = json.loads(path.with_suffix(".fpk.json").read_text())  # what reproduce measured, as the README says
+    readme = (path.parents[2] / "README.md").read_text()
+    assert record["file_bytes"] == path.stat().st_size
+    claim = f"**{record['file_bytes']:,} bytes, {record['ratio']:.0f}x, {record['test_error']:.2%} test error**"
+    assert claim in readme
+    assert f"{model.conv2.out_channels} filters and {model.fc1.out_features} neurons" in readme
