@@ -333,26 +333,35 @@ def main(argv: list[str] | None = None) -> int:
     check_ranges(args, parser)
     torch.set_num_threads(args.threads)
     owned = not dist.active()  # a group the caller set up is theirs to close
+    joined = False
     try:
         with contextlib.ExitStack() as stack:
             if dist.init_from_env(args.timeout) and dist.rank() != 0:  # tables come from rank 0 only
                 stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
-            return args.func(args)
+            joined = owned and dist.active()
+            code = args.func(args)
     except FisherpackError as exc:
         print(f"fisherpack: error: {exc}", file=sys.stderr)
-        return 1
+        code = 1
     except KeyboardInterrupt:
         print("fisherpack: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
+        code = 130
     except BrokenPipeError:  # output piped into `head` and the like
         os._exit(1)
     except MemoryError:
         print("fisherpack: error: out of memory; use smaller settings or a machine with more memory", file=sys.stderr)
-        return 1
+        code = 1
     except OSError as exc:
         where = f": {exc.filename}" if exc.filename else ""
         print(f"fisherpack: error: {exc.strerror or exc}{where}", file=sys.stderr)
-        return 1
+        code = 1
     finally:
         if owned:
             dist.shutdown()
+    if joined:  # a process of a group this call joined (torchrun): everything is written and closed
+        # gloo's threads can abort the interpreter's own shutdown now and then ("terminate called
+        # without an active exception"), which turned exit code 1 into a crash in CI: leave at once
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
