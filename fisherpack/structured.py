@@ -24,6 +24,7 @@ shrunk model loads into the model the user builds.
 
 from __future__ import annotations
 
+import math
 import operator
 from dataclasses import dataclass, field
 from typing import Any
@@ -173,13 +174,10 @@ def _through(node: fx.Node, src, at, uf: _Spaces, args: list[fx.Node]):  # noqa:
     if node.op == "call_function" and target in _PASS_FUNCTIONS or node.op == "call_method" and target in _PASS_METHODS:
         return src if src is not None and not src[1] and len(args) == 1 else None
     if target in (operator.add, torch.add, operator.iadd) or (node.op == "call_method" and target == "add"):
-        tensors = [a for a in node.args if isinstance(a, fx.Node)]
-        if len(tensors) == 1:  # x + constant
+        if len(args) == 1:  # x + constant
             return src if src is not None and not src[1] else None
-        if len(tensors) == 2 and all(t in at and not at[t][1] for t in tensors):
-            if _shape(tensors[0]) != _shape(tensors[1]):
-                return None
-            return (uf.join(at[tensors[0]][0], at[tensors[1]][0]), 0)
+        if len(args) == 2 and all(t in at and not at[t][1] for t in args) and _shape(args[0]) == _shape(args[1]):
+            return (uf.join(at[args[0]][0], at[args[1]][0]), 0)
         return None
     flatten = target is torch.flatten or (node.op == "call_method" and target == "flatten")
     if flatten and src is not None and not src[1]:
@@ -187,10 +185,7 @@ def _through(node: fx.Node, src, at, uf: _Spaces, args: list[fx.Node]):  # noqa:
         shape = _shape(args[0])
         end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
         if start == 1 and end in (-1, len(shape or ()) - 1) and shape is not None and len(shape) >= 3:
-            repeat = 1
-            for d in shape[2:]:
-                repeat *= d
-            return (src[0], repeat)
+            return (src[0], math.prod(shape[2:]))
     return None
 
 
@@ -258,7 +253,7 @@ def select(
     return [torch.tensor([c for c in range(s.size) if c not in r], dtype=torch.long) for s, r in zip(found, removed)]
 
 
-def _index(size: int, keep: torch.Tensor, repeat: int) -> torch.Tensor:
+def _index(keep: torch.Tensor, repeat: int) -> torch.Tensor:
     return (keep[:, None] * repeat + torch.arange(repeat)[None, :]).reshape(-1) if repeat > 1 else keep
 
 
@@ -274,7 +269,7 @@ def shrink(model: nn.Module, found: list[Space], keep: list[torch.Tensor]) -> Cu
         for name, dim in s.members:
             cuts.setdefault(name, []).append((dim, k))
         for name, dim, repeat in s.consumers:
-            cuts.setdefault(name, []).append((dim, _index(s.size, k, repeat)))
+            cuts.setdefault(name, []).append((dim, _index(k, repeat)))
     state = {n: v.detach() for n, v in model.state_dict().items()}
     state.update({name: cut(state[name], steps) for name, steps in cuts.items()})
     fit(model, state)
