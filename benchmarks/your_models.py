@@ -62,8 +62,8 @@ MODELS = {
     },
     "rowgru": {
         "module": rowgru, "metric": "error", "unit": "error", "budget": "0.005", "ratio": 30,
-        "cfg": PipelineConfig(model="examples.rowgru:build", epochs=4, batch_size=64, lr=2e-3, rounds=4,
-                              finetune_epochs=0.5, final_epochs=1, qat_epochs=1, compress=_C),
+        "cfg": PipelineConfig(model="examples.rowgru:build", epochs=6, batch_size=64, lr=2e-3, rounds=4,
+                              finetune_epochs=0.5, final_epochs=1, qat_epochs=2, compress=_C),
         "rates": (0.5, 0.7, 0.8, 0.85, 0.875, 0.9, 0.93, 0.95), "widths": (4.0, 3.5, 3.0, 2.0),
     },
 }  # fmt: skip

@@ -33,6 +33,7 @@ from torch import nn
 from . import prune, quant, structured
 from .config import CompressConfig
 from .errors import ConfigError
+from .fpk import meta as file_meta
 from .fpk.container import DTYPES
 from .fpk.reader import FpkReader, open_file
 from .fpk.tensors import Alias, Compressed, QuantTensor, RawTensor
@@ -252,10 +253,8 @@ def load_into(model: nn.Module, source: Compressed | str | os.PathLike, max_elem
 def _fit_if_shrunk(model: nn.Module, shapes: dict[str, Any], meta: dict[str, Any]) -> None:
     """A file written after structured pruning holds smaller layers: give ``model`` their shapes
     (only then: for any other file a shape mismatch is the user's mistake, and is named)."""
-    pipeline_cfg = meta.get("pipeline")
-    if isinstance(pipeline_cfg, dict) and isinstance(pipeline_cfg.get("structured"), (int, float)):
-        if pipeline_cfg["structured"] > 0:
-            structured.fit(model, shapes)
+    if file_meta.shrunk(meta):
+        structured.fit(model, shapes)
 
 
 def _copy_into(targets: dict[str, torch.Tensor], reader: FpkReader, name: str) -> None:

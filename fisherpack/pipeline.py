@@ -56,6 +56,7 @@ from .fpk.tensors import Compressed, QuantTensor
 from .losses import Loss, Metric
 from .quant import FakeQuant, requantize
 from .train import Recipe, epoch_images, evaluate, measure, train_epoch
+from .version import __version__
 
 __all__ = [
     "Progress",
@@ -266,13 +267,9 @@ def run(
         progress.stage("quantize")
         fisher = estimate_fisher(cfg, model, optimizer, x_train, y_train, salt=salt, loss=loss)
         figures["test_error_pruned"] = score(model)
-        meta = {"pipeline": cfg.to_dict(), "model": cfg.model, "seed": cfg.seed}
-        if "original" in figures:  # structured pruning: the size of the model before it shrank
-            meta["original"] = figures["original"]
         # pruning is done: pass the masks, so compress prunes nothing more
-        out = compress(model, fisher, cfg.compress.replace(rate=0.0), masks=masks, meta=meta)
-        out.meta["config"] = cfg.compress.to_dict()
-        return out
+        out = compress(model, fisher, cfg.compress.replace(rate=0.0), masks=masks)
+        return Compressed(out.tensors, _meta(cfg, figures.get("original")))  # the whole config, not the step's
 
     steps = plan(cfg, until=until)
     n_train = len(x_train)
@@ -390,5 +387,11 @@ def compress_checkpoint(
             fisher = estimate_fisher(cfg, model, optimizer, x_train, y_train, salt=0)
             snapshot = {"config": json.dumps(cfg.to_dict(), sort_keys=True), "data": key, "fisher": fisher}
             dist.from_rank0(lambda: save_state(Path(checkpoint), snapshot), f"writing checkpoint {checkpoint}")
-    meta = {"pipeline": cfg.to_dict(), "model": cfg.model, "seed": cfg.seed}
-    return compress(model, fisher, cfg.compress, meta=meta)
+    return Compressed(compress(model, fisher, cfg.compress).tensors, _meta(cfg))
+
+
+def _meta(cfg: PipelineConfig, original: dict[str, int] | None = None) -> dict[str, Any]:
+    """A pipeline file's meta (see fpk/meta.py): the version, the whole config (which holds the
+    compress config, model and seed) and, after structured pruning, the original model's size."""
+    meta = {"fisherpack": __version__, "pipeline": cfg.to_dict()}
+    return meta if original is None else {**meta, "original": original}

@@ -85,7 +85,7 @@ def test_train_then_compress_from_the_checkpoint(data_dir, tmp_path, capsys):
     out = tmp_path / "m.fpk"
     assert main(["compress", str(ckpt), "--rate", "0.8", "--bits", "4", "--out", str(out)]) == 0
     c = format.load(out)
-    assert c.meta["model"] == "lenet300" and c.meta["config"]["rate"] == 0.8
+    assert c.meta["pipeline"]["model"] == "lenet300" and c.meta["pipeline"]["compress"]["rate"] == 0.8
     assert "ratio" in capsys.readouterr().out
 
 

@@ -68,7 +68,9 @@ def test_pipeline_prunes_to_the_rate_and_reports_progress(tensors):
         if isinstance(q, QuantTensor):
             latent = dict(out.model.named_parameters())[name]
             assert torch.equal(q.dequantize(), FakeQuant(q).values(latent.detach()))
-    assert out.compressed.meta["config"]["rate"] == 0.9 and out.compressed.meta["model"] == "lenet300"
+    meta = out.compressed.meta  # each fact once: the pipeline config holds the compress config, model and seed
+    assert meta["pipeline"]["compress"]["rate"] == 0.9 and meta["pipeline"]["model"] == "lenet300"
+    assert set(meta) == {"fisherpack", "pipeline"}
 
 
 def test_an_interrupted_run_resumes_to_the_same_result(tensors, tmp_path):

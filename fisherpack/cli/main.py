@@ -29,6 +29,7 @@ from ..compression import load_into, summary
 from ..config import ALLOCATIONS, CRITERIA, FISHER_SOURCES, SCOPES, CompressConfig, PipelineConfig
 from ..errors import ConfigError, FisherpackError
 from ..fpk import container as format
+from ..fpk import meta as file_meta
 from ..fpk.fileio import atomic_write_bytes, check_writable, shown
 from ..train import evaluate
 from ..version import __version__
@@ -87,6 +88,9 @@ def _figures_table(fig: dict[str, Any]) -> str:
         ("fp32 bytes", f"{fig['fp32_bytes']:,}"),
         ("ratio (fp32 / file)", f"{fig['ratio']:.1f}x"),
     ]
+    if "stripped_bytes" in fig:  # the same file without provenance: export --strip writes it
+        stripped = fig["stripped_bytes"]
+        rows.append(("stripped file bytes", f"{stripped:,} ({fig['fp32_bytes'] / stripped:.1f}x; export --strip)"))
     if "test_error_before" in fig:
         rows.append(("test error before", f"{fig['test_error_before']:.2%}"))
     if "test_error" in fig:
@@ -102,7 +106,7 @@ def _evaluate_file(
 ) -> dict[str, Any]:
     raw = format.read_bytes(path)  # its length, not the path's size: a pipe has none
     compressed = format.decode(raw, max_elements=max_elements)
-    name = compressed.meta.get("model")
+    name = file_meta.model_name(compressed.meta)
     if name not in models.MODELS:
         raise ConfigError(
             f"{path} holds a model that is not in fisherpack's registry ({name!r}); "
@@ -110,7 +114,7 @@ def _evaluate_file(
         )
     model = load_into(models.build(name), compressed)
     x_test, y_test = test if test is not None else data.load_test(data_dir, log=_log)
-    fig = {"model": name, **summary(compressed, len(raw))}
+    fig = {"model": name, **summary(compressed, len(raw)), "stripped_bytes": len(format.stripped(raw, checked=True))}
     fig["test_error"], fig["test_loss"] = evaluate(model, x_test, y_test)
     return fig
 
@@ -242,7 +246,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         encs = " ".join(f"{s['role']}:{s['encoding']}" for s in t.get("streams", []))
         lines.append(f"{shown(t['name']):<24} {shape:<16} {kept:>8} {bits:<12} {t['bytes']:>9,}  {encs}")
     lines.append(f"file: {described['file_bytes']:,} bytes, header {described['header_bytes']:,} bytes")
-    lines.append(f"model: {shown(described['meta'].get('model', '?'))}")
+    lines.append(f"model: {shown(file_meta.model_name(described['meta']) or '?')}")
     lines.append(cli_usermodel.compressed_line(described["tensors"]))  # what was compressed
     print("\n".join(lines))
     return 0

@@ -29,6 +29,7 @@ from ..compression import compress, load_into, summary
 from ..config import CompressConfig
 from ..errors import ConfigError
 from ..fpk import container as format
+from ..fpk import meta as file_meta
 from ..fpk import header
 from ..fpk.fileio import atomic_write_bytes, check_writable, shown
 from . import naming as usermodel
@@ -162,13 +163,14 @@ def evaluate(path: Path, args: argparse.Namespace, log) -> dict[str, Any]:
     batches = _batches(args, "test", log)
     if batches is None:
         raise ConfigError("give test data for your model: --data package.module:function or --data-dir D")
-    figures = {"model": args.user_model or compressed.meta.get("model")}
-    return {**figures, **summary(compressed, len(raw)), **usermodel.evaluate(model, batches)}
+    figures = {"model": args.user_model or file_meta.model_name(compressed.meta)}
+    figures.update(summary(compressed, len(raw)), stripped_bytes=len(format.stripped(raw, checked=True)))
+    return {**figures, **usermodel.evaluate(model, batches)}
 
 
 def _model_for(compressed: Any, args: argparse.Namespace, path: Any) -> torch.nn.Module:
     """The model named by --model, else the registry model the file names, with the file loaded."""
-    name = compressed.meta.get("model")
+    name = file_meta.model_name(compressed.meta)
     if args.user_model:
         model = _model(args.user_model)
     elif name in models.MODELS:
@@ -198,6 +200,8 @@ def add_export_command(sub: Any) -> None:
     q.add_argument("file")
     q.add_argument("--safetensors", metavar="OUT", help="plain state dict for safetensors.torch.load_file")
     q.add_argument("--onnx", metavar="OUT", help="ONNX graph (dense fp32 weights), batch dimension dynamic")
+    q.add_argument("--strip", metavar="OUT", help="the same .fpk without its provenance (config, versions): "
+                   "only what loading needs; the tensors' bytes are unchanged")  # fmt: skip
     q.add_argument("--input-shape", metavar="N,C,H,W", help="example input shape for ONNX (default: a batch of --data)")
     q.add_argument("--format", choices=["c"], help="c: C99 source running the packed weights (needs --out-dir)")
     q.add_argument("--out-dir", metavar="DIR", help="folder for --format c: NAME.h, NAME.c, NAME_main.c")
@@ -212,9 +216,10 @@ def add_export_command(sub: Any) -> None:
 def cmd_export(args: argparse.Namespace) -> int:
     if args.format == "c":
         return _export_c(args)
-    if args.safetensors is None and args.onnx is None:
-        raise ConfigError("nothing to export: give --safetensors OUT and/or --onnx OUT")
-    for flag, out in (("--safetensors", args.safetensors), ("--onnx", args.onnx)):
+    outputs = (("--safetensors", args.safetensors), ("--onnx", args.onnx), ("--strip", args.strip))
+    if all(out is None for _, out in outputs):
+        raise ConfigError("nothing to export: give --safetensors OUT, --onnx OUT and/or --strip OUT")
+    for flag, out in outputs:
         if out is not None:
             check_writable(out_path(out, "", flag), overwrite=args.force, inputs=[args.file])
     raw = format.read_bytes(args.file)
@@ -226,8 +231,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         written.append(args.safetensors)
     if args.onnx:
         model = _model_for(compressed, args, args.file)
-        atomic_write_bytes(args.onnx, export.onnx_bytes(model, _example(args, compressed.meta.get("model"))))
+        atomic_write_bytes(args.onnx, export.onnx_bytes(model, _example(args, file_meta.model_name(compressed.meta))))
         written.append(args.onnx)
+    if args.strip:
+        atomic_write_bytes(args.strip, format.stripped(raw, checked=True))
+        written.append(args.strip)
     print(f"wrote {' and '.join(map(shown, written))}")
     return 0
 
@@ -237,12 +245,12 @@ def _export_c(args: argparse.Namespace) -> int:
 
     if not args.out_dir:
         raise ConfigError("--format c writes several files: give --out-dir DIR")
-    if args.safetensors or args.onnx:
-        raise ConfigError("--format c writes C only: export --safetensors / --onnx in a separate command")
+    if args.safetensors or args.onnx or args.strip:
+        raise ConfigError("--format c writes C only: export --safetensors / --onnx / --strip in a separate command")
     compressed = format.load(args.file)
     name = args.name or "".join(ch if ch.isalnum() else "_" for ch in Path(args.file).stem)
     files = cexport.to_c(
-        _model_for(compressed, args, args.file), compressed, _example(args, compressed.meta.get("model")), name
+        _model_for(compressed, args, args.file), compressed, _example(args, file_meta.model_name(compressed.meta)), name
     )
     out = Path(args.out_dir)
     try:

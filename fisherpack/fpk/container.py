@@ -16,6 +16,7 @@ import os
 import struct
 import tempfile
 import zlib
+from collections.abc import Callable
 from typing import BinaryIO
 
 import numpy as np
@@ -25,6 +26,9 @@ from ..errors import ConfigError, FormatError
 from . import bits as pack
 from . import entropy as rans
 from .fileio import atomic_writer
+from .meta import compress_config as recorded_config
+from .meta import stripped as stripped_meta
+from .meta import with_entropy
 from .header import (
     DTYPES,
     MAGIC,
@@ -35,6 +39,7 @@ from .header import (
     VERSION,
     inflate,
     no_cycle_collection,
+    parse,
     read_bytes,
     split,
     validate,
@@ -166,12 +171,7 @@ def _write(c: Compressed, out: BinaryIO, spill: BinaryIO, entropy: bool | None, 
             spill.write(blob)
             plen += len(blob)
         del parts
-    try:
-        text = json.dumps({"meta": meta, "tensors": entries}, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"meta must be JSON-serializable (no NaN/inf): {exc}") from None
-    header = zlib.compress(text.encode("utf-8"), 9)
-    head = PRE.pack(MAGIC, version, len(header), plen) + header
+    head = _head(meta, entries, version, plen)
     out.write(head)
     crc = zlib.crc32(head)
     spill.seek(0)
@@ -182,15 +182,40 @@ def _write(c: Compressed, out: BinaryIO, spill: BinaryIO, entropy: bool | None, 
     return len(head) + plen + 4
 
 
+def _head(meta: dict, entries: list[dict], version: int, plen: int) -> bytes:
+    """Preamble and zlib header of a file (docs/FORMAT.md, sections 2 and 3)."""
+    try:
+        text = json.dumps({"meta": meta, "tensors": entries}, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"meta must be JSON-serializable (no NaN/inf): {exc}") from None
+    header = zlib.compress(text.encode("utf-8"), 9)
+    return PRE.pack(MAGIC, version, len(header), plen) + header
+
+
+def stripped(data: bytes, checked: bool = False) -> bytes:
+    """The file ``data`` stripped for deployment (see fpk/meta.py): only the meta that loading needs.
+    ``checked``: the caller has already decoded ``data`` (else it is checked here)."""
+    if not checked:
+        decode(data)
+    return _restamp(data, stripped_meta)
+
+
+def _restamp(data: bytes, edit: Callable[[dict], dict]) -> bytes:
+    _, header, payload = split(data)
+    doc = parse(header)
+    head = _head(edit(doc["meta"]), doc["tensors"], PRE.unpack_from(data)[1], len(payload))
+    return head + payload + struct.pack("<I", zlib.crc32(payload, zlib.crc32(head)))
+
+
 def _entropy_setting(meta: dict, entropy: bool | None) -> tuple[bool, dict]:
     """The entropy choice to apply and the meta to record: a config in ``meta`` names the choice
     unless ``entropy`` overrides it, and then the recorded config is corrected to match."""
-    config = meta.get("config")
-    recorded = config.get("entropy") if isinstance(config, dict) else None
+    config = recorded_config(meta)
+    recorded = config.get("entropy") if config is not None else None
     if entropy is None:
         return (recorded if isinstance(recorded, bool) else True), meta
     if isinstance(recorded, bool) and recorded != entropy:
-        meta = {**meta, "config": {**config, "entropy": entropy}}
+        meta = with_entropy(meta, entropy)
     return entropy, meta
 
 
