@@ -21,7 +21,7 @@ def test_reproduce_runs_the_pipeline_on_a_user_model(tmp_path, capsys):
     assert main([*BASE, "--epochs", "1", "--rounds", "2", "--rate", "0.5", "--bits", "4", "--out", str(out)]) == 0
     fig = json.loads((tmp_path / "g.fpk.json").read_text())
     packed = fisherpack.load(out)
-    assert fig["file_bytes"] == out.stat().st_size and packed.meta["model"] == "examples.rowgru:tiny"
+    assert fig["file_bytes"] == out.stat().st_size and packed.meta["pipeline"]["model"] == "examples.rowgru:tiny"
     from examples.rowgru import tiny
 
     model = fisherpack.load_into(tiny(), packed)
@@ -70,7 +70,7 @@ def test_the_readme_budget_command_runs_as_written(tmp_path, monkeypatch, capsys
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
     for argv in filter(None, (shlex.split(line) for line in block.splitlines())):
         assert argv[0] == "fisherpack" and main(argv[1:]) == 0
-    assert fisherpack.load(tmp_path / "rowgru.fpk").meta["model"] == "examples.rowgru:tiny"
+    assert fisherpack.load(tmp_path / "rowgru.fpk").meta["pipeline"]["model"] == "examples.rowgru:tiny"
 
 
 def test_compress_a_gru_with_a_data_fisher_notes_the_exact_path_in_one_line(tmp_path, capsys):

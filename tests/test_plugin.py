@@ -101,7 +101,10 @@ def test_worked_example_fisherpack_drives(tmp_path):
     assert fig["file_bytes"] == out.stat().st_size and fig["fp32_bytes"] == 4 * (3 * (28 * 8 + 8 * 8 + 16) + 90)
     assert 0 <= fig["val_error_file"] <= 1 and 0 <= fig["test_error_file"] <= 1
     packed = fisherpack.load(out)
-    assert packed.meta["pipeline"]["model"] == "examples.rowgru:build" and packed.meta["pipeline"]["compress"]["rate"] == 0.9
+    assert (
+        packed.meta["pipeline"]["model"] == "examples.rowgru:build"
+        and packed.meta["pipeline"]["compress"]["rate"] == 0.9
+    )
 
 
 def test_worked_example_your_own_loop():

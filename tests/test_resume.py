@@ -108,8 +108,12 @@ def test_reproduce_killed_twice_resumes_to_the_same_bytes(data_dir, tmp_path, ca
     assert not ckpt.exists()
     assert sorted(p.name for p in out.parent.iterdir()) == ["m.fpk", "m.fpk.json"]  # no temporary files left
     meta = format.load(out).meta  # what made the file: seed, settings, library version
-    assert meta["seed"] == 0 and meta["pipeline"]["epochs"] == 2 and meta["config"]["rate"] == 0.9
-    assert meta["fisherpack"] == fisherpack.__version__ and meta["model"] == "lenet300"
+    assert (
+        meta["pipeline"]["seed"] == 0
+        and meta["pipeline"]["epochs"] == 2
+        and meta["pipeline"]["compress"]["rate"] == 0.9
+    )
+    assert meta["fisherpack"] == fisherpack.__version__ and meta["pipeline"]["model"] == "lenet300"
 
 
 def test_compress_killed_resumes_to_the_same_bytes(data_dir, tmp_path, capsys):

@@ -40,6 +40,12 @@ def test_facts_are_read_from_the_pipeline_config_when_not_beside_it():
     assert not file_meta.shrunk({"pipeline": {"structured": 0}}) and not file_meta.shrunk({"config": {}})
 
 
+def test_a_model_name_in_the_pipeline_config_is_checked_as_one_beside_it():
+    blob = fmt.encode(fisherpack.Compressed({}, {"pipeline": {"model": ["lenet5"]}}))
+    with pytest.raises(FormatError, match="meta.model must be a string"):
+        fmt.decode(blob)
+
+
 def test_an_entropy_override_corrects_every_recorded_config_and_nothing_else():
     both = {**PIPELINE_META, "config": {"rate": 0.99, "entropy": True}}  # files of fisherpack <= this change
     fixed = file_meta.with_entropy(both, False)

@@ -29,8 +29,8 @@ from ..compression import compress, load_into, summary
 from ..config import CompressConfig
 from ..errors import ConfigError
 from ..fpk import container as format
-from ..fpk import meta as file_meta
 from ..fpk import header
+from ..fpk import meta as file_meta
 from ..fpk.fileio import atomic_write_bytes, check_writable, shown
 from . import naming as usermodel
 from .common import add_force_flag, out_path

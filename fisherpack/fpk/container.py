@@ -26,9 +26,6 @@ from ..errors import ConfigError, FormatError
 from . import bits as pack
 from . import entropy as rans
 from .fileio import atomic_writer
-from .meta import compress_config as recorded_config
-from .meta import stripped as stripped_meta
-from .meta import with_entropy
 from .header import (
     DTYPES,
     MAGIC,
@@ -44,6 +41,9 @@ from .header import (
     split,
     validate,
 )
+from .meta import compress_config as recorded_config
+from .meta import stripped as stripped_meta
+from .meta import with_entropy
 from .reader import FpkReader, describe, open_file
 from .tensors import Alias, Compressed, QuantTensor, RawTensor
 

@@ -30,6 +30,7 @@ try:  # zlib-ng inflates the same streams ~4x faster than the stdlib (files are 
     from zlib_ng import zlib_ng as _inflater
 except ImportError:  # pragma: no cover - a platform without its wheels
     _inflater = zlib
+from .meta import model_name
 from .tensors import GRIDS, MAX_BITS, MAX_EXP, MAX_GROUPS, MIN_EXP
 
 __all__ = ["MAGIC", "VERSION", "PRE", "DTYPES", "MAX_ANS_BITS", "MAX_NAME", "HEADER_CAP", "MAX_SEPARATORS"]
@@ -331,7 +332,7 @@ def validate(header: bytes | bytearray, plen: int, file_bytes: int, max_elements
     doc = parse(header)
     _keys(doc, "header", {"meta", "tensors"})
     _check(isinstance(doc["meta"], dict) and isinstance(doc["tensors"], list), "meta/tensors have the wrong type")
-    model = doc["meta"].get("model")
+    model = model_name(doc["meta"])  # meta.model, or the pipeline config's model where that is absent
     ok = model is None or (isinstance(model, str) and 1 <= len(model) <= MAX_NAME)
     _check(ok, f"meta.model must be a string of 1..{MAX_NAME} characters")
     names: dict[str, str] = {}
