@@ -290,6 +290,15 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--structured", type=float, help="also remove whole neurons and filters: this fraction of the "
                    "weights in removable channels (0: off; the model that loads the file is smaller)")  # fmt: skip
     q.add_argument("--fisher", choices=FISHER_SOURCES, help="Fisher estimator (default: adam)")
+    q.add_argument("--final-epochs", type=int, help="masked fine-tuning epochs after the last round")
+    q.add_argument("--qat-epochs", type=int, help="quantization-aware fine-tuning epochs after quantizing")
+    q.add_argument("--batch-size", type=int, help="mini-batch size")
+    for stage, what in (
+        ("", "training"),
+        ("finetune-", "pruning's fine-tuning"),
+        ("qat-", "quantization-aware fine-tuning"),
+    ):
+        q.add_argument(f"--{stage}lr", type=float, help=f"Adam learning rate of {what}")
     _add_compress_flags(q)
     cli_anymodel.add_flags(q)  # --model package.module:factory --data ... --budget ...
     q.set_defaults(func=cmd_reproduce)
