@@ -124,3 +124,10 @@ def test_a_non_utf8_out_name_is_written_and_printed_escaped(capsys, tmp_path, ck
     assert (tmp_path / name).read_bytes()[:4] == b"\x89FPK"
     assert "\x1b" not in out and "caf\\udce9\\x1b[31m.fpk" in out
     out.encode("utf-8")  # printable whatever the terminal's encoding
+
+
+def test_json_figures_are_strict_json_a_diverged_loss_is_null():
+    from fisherpack.cli.common import json_text
+
+    text = json_text({"test_loss": float("nan"), "ratio": float("inf"), "rows": [1.5, float("-inf")], "n": 3})
+    assert text == '{"n": 3, "ratio": null, "rows": [1.5, null], "test_loss": null}'

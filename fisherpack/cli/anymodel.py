@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -35,7 +34,7 @@ from ..fpk.fileio import atomic_write_bytes, check_writable
 from ..persample import FallbackNotice
 from ..train import measure
 from . import naming as usermodel
-from .common import given, pipeline_changes, table
+from .common import given, json_text, pipeline_changes, table
 
 __all__ = ["add_flags", "reproduce", "splits_from", "metric_from", "check_fits", "NEEDS_DATA"]
 
@@ -161,7 +160,7 @@ def _reproduce(args: argparse.Namespace, compress_config: Callable, log: Callabl
             fig[f"{split}_file"] = budget_mod.reload_and_measure(compressed, like, *data[split], metric=metric)[1]
     fig.update(summary(format.decode(blob), len(blob)), points=points, config=cfg.to_dict(),
                environment=environment.record(seed=cfg.seed))  # fmt: skip
-    atomic_write_bytes(Path(f"{out}.json"), (json.dumps(fig, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(Path(f"{out}.json"), (json_text(fig, indent=2) + "\n").encode())
     rows = [("model", args.model), ("file bytes", f"{len(blob):,}"), ("fp32 bytes", f"{fig['fp32_bytes']:,}")]
     rows += [("ratio (fp32 / file)", f"{fig['ratio']:.1f}x"), (f"val {fig['metric']} dense", f"{dense:.4f}")]
     rows += [
@@ -233,5 +232,5 @@ def _sensitivity(args: argparse.Namespace, render: Callable[[dict[str, Any]], st
         "environment": environment.record(seed=seed),
         **report.to_dict(),
     }
-    print(json.dumps(result, sort_keys=True) if args.json else render(result))
+    print(json_text(result) if args.json else render(result))
     return 0

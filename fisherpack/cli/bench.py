@@ -20,7 +20,7 @@ from ..train import evaluate
 from . import anymodel as cli_anymodel
 from . import sweepparts
 from .common import Bar as _Bar
-from .common import add_force_flag, given, out_path
+from .common import add_force_flag, given, json_text, out_path
 from .common import log as _log
 
 __all__ = ["add_sensitivity_parser", "add_sweep_parser"]
@@ -72,7 +72,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
         buf = io.BytesIO()
         sensitivity.figure(report, title=f"{name}: single-layer changes").savefig(buf, format="png", dpi=120)
         atomic_write_bytes(Path(args.plot), buf.getvalue())
-    print(json.dumps(result, sort_keys=True) if args.json else _sensitivity_table(result))
+    print(json_text(result) if args.json else _sensitivity_table(result))
     return 0
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -66,6 +68,22 @@ def given(args: argparse.Namespace, *names: str) -> dict:
     """The flags among ``names`` that the user gave (flags default to None), to pass to a config:
     what the user leaves out takes the config's own default, so each default has one home."""
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+def json_text(obj: Any, indent: int | None = None) -> str:
+    """Strict JSON of figures, keys sorted: a non-finite number (a diverged loss) is null, never
+    the bare NaN or Infinity that JSON parsers other than Python's refuse."""
+    return json.dumps(_finite(obj), indent=indent, sort_keys=True, allow_nan=False)
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def table(rows: list[tuple[str, str]]) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import os
 import sys
@@ -37,7 +36,7 @@ from . import anymodel as cli_anymodel
 from . import bench as cli_bench
 from . import naming as usermodel
 from . import usermodel as cli_usermodel
-from .common import PIPELINE_FLAGS, add_force_flag, check_ranges, out_path, pipeline_changes
+from .common import PIPELINE_FLAGS, add_force_flag, check_ranges, json_text, out_path, pipeline_changes
 from .common import Bar as _Bar
 from .common import Parser as _Parser
 from .common import log as _log
@@ -153,7 +152,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             config=cfg.to_dict(),
             environment=environment.record(seed=cfg.seed),
         )
-        atomic_write_bytes(Path(f"{out}.json"), (json.dumps(fig, indent=2, sort_keys=True) + "\n").encode())
+        atomic_write_bytes(Path(f"{out}.json"), (json_text(fig, indent=2) + "\n").encode())
         ckpt.unlink(missing_ok=True)
         print(_figures_table(fig))
         print(f"wrote {shown(out)} and {shown(out)}.json")
@@ -225,7 +224,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not math.isfinite(fig["test_loss"]):  # NaN or inf logits: the argmax, and so the error, means little
         _log(f"fisherpack: warning: the model's outputs on the test set are not all finite (mean loss "
              f"{fig['test_loss']}); the file holds NaN or inf values, or its weights overflow float32")  # fmt: skip
-    print(json.dumps(fig, sort_keys=True) if args.json else _figures_table(fig))
+    print(json_text(fig) if args.json else _figures_table(fig))
     return 0
 
 
@@ -235,7 +234,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     format.decode(data, max_elements=args.max_elements)  # every stream checked as load checks it
     described = format.describe(data, max_elements=args.max_elements)
     if args.json:
-        print(json.dumps(described, sort_keys=True))
+        print(json_text(described))
         return 0
     header = f"{'tensor':<24} {'shape':<16} {'kept':>8} {'bits':<12} {'bytes':>9}  encodings"
     lines = [header, "-" * len(header)]
