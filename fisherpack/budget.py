@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from . import pipeline
+from .compression import load_into
 from .config import PipelineConfig
 from .errors import ConfigError
 from .fpk import container as fmt
@@ -124,11 +125,10 @@ def search(
 def reload_and_measure(
     compressed: Compressed, like: nn.Module, x: torch.Tensor, y: torch.Tensor, metric: Metric | None = None
 ) -> tuple[int, float]:
-    """(bytes of the encoded file, metric of the decoded file in a copy of ``like``); the error rate
-    without ``metric``."""
+    """(bytes of the encoded file, metric of the decoded file in a copy of ``like``, given the file's
+    layer sizes if structured pruning made them smaller); the error rate without ``metric``."""
     blob = fmt.encode(compressed)
-    model = copy.deepcopy(like)
-    model.load_state_dict(fmt.decode(blob).state_dict())
+    model = load_into(copy.deepcopy(like), fmt.decode(blob))
     value = evaluate(model, x, y)[0] if metric is None else measure(model, x, y, metric)
     return len(blob), value
 

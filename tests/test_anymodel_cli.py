@@ -135,3 +135,14 @@ def test_every_stage_of_the_schedule_is_reachable_from_the_command_line(tmp_path
     with pytest.raises(SystemExit) as info:
         main([*argv, "--qat-lr", "0", "--out", str(out)])
     assert info.value.code == 2 and "--qat-lr must be in" in capsys.readouterr().err
+
+
+def test_structured_pruning_of_a_user_model_from_the_command_line_loads_smaller(tmp_path):
+    out = tmp_path / "s.fpk"
+    spec = ["--model", "fisherpack.models:LeNet300", "--data", "examples.rowgru:splits", "--quiet"]
+    argv = ["reproduce", *spec, "--epochs", "1", "--rounds", "2", "--rate", "0.9", "--structured", "0.5"]
+    assert main([*argv, "--out", str(out)]) == 0  # was a traceback: the file was measured in the full-size model
+    fig = json.loads((tmp_path / "s.fpk.json").read_text())
+    model = fisherpack.load_into(fisherpack.models.build("lenet300"), out)
+    assert model.fc1.out_features < 300 and fig["params"] == 266_610 and fig["stored_params"] < 266_610
+    assert 0 <= fig["val_file"] <= 1 and 0 <= fig["test_file"] <= 1
