@@ -1,7 +1,8 @@
 """Oracle tests for the fast paths of issue 12's speed work: each equals a plain reference bit for bit.
 
 - mask decoding (bits.exp_golomb_join, gaps_to_mask, exp_golomb_mask) against per-value Python,
-  and the committed reference files against the arrays they decoded to before the fast paths;
+  unpack_bits (bit columns up to 8 bits, windows above) against a bit string, and the committed
+  reference files against the arrays they decoded to before the fast paths;
 - the scores prune computes chunk by chunk against prune.scores, and the chunked ranking against
   a stable sort, across chunk boundaries;
 - the quantizer's error tables against the ldexp formulas they replaced;
@@ -140,7 +141,9 @@ def test_gaps_to_mask_equals_the_reference_and_refuses_overruns(dtype):
             bits.gaps_to_mask(np.array([1, -1]), 4, "m")
 
 
-def test_unpack_bits_every_width_and_offset():
+@pytest.mark.parametrize("chunk", [8, 1 << 16])  # 8: values of one width cross chunks at every offset
+def test_unpack_bits_every_width_and_offset(chunk, monkeypatch):
+    monkeypatch.setattr(bits, "_CHUNK", chunk)
     rng = np.random.default_rng(3)
     for width in range(1, 33):
         values = rng.integers(0, 1 << width, 37, dtype=np.uint64)

@@ -127,8 +127,17 @@ def unpack_bits(data: bytes | memoryview, width: int, count: int, offset_bits: i
     out = np.empty(count, dtype=np.uint32)
     for start in range(0, count, _CHUNK):
         n = min(_CHUNK, count - start)
-        starts = offset_bits + (start + np.arange(n, dtype=np.int64)) * width
-        out[start : start + n] = _read_windows(buf, starts, width)
+        first = offset_bits + start * width
+        if width <= 8:  # a pass per bit column of the unpacked bits: 3-10x faster than the windows
+            bits = np.unpackbits(buf[first >> 3 : (first + n * width + 7) >> 3])
+            columns = bits[first & 7 : (first & 7) + n * width].reshape(n, width)
+            chunk = out[start : start + n]
+            np.copyto(chunk, columns[:, 0])
+            for j in range(1, width):
+                chunk <<= 1
+                chunk |= columns[:, j]
+        else:
+            out[start : start + n] = _read_windows(buf, first + np.arange(n, dtype=np.int64) * width, width)
     return out
 
 
@@ -277,7 +286,8 @@ def _fill_mask(chunks, numel: int, what: str) -> np.ndarray:
     for g in chunks:
         ends = np.add(g, 1, dtype=np.int64)
         np.cumsum(ends, out=ends)
-        ends += end
+        if end:
+            ends += end
         end = int(ends[-1])
         if end > numel:
             raise FormatError(f"{what}: mask gaps run past the end of the tensor")
@@ -294,7 +304,7 @@ def exp_golomb_split(values: np.ndarray) -> tuple[np.ndarray, bytes]:
 
 
 def _checked_buckets(buckets: np.ndarray, extra: bytes | memoryview, what: str) -> tuple[np.ndarray, int]:
-    """(buckets as (n,) uint8, the largest) after checking that they are 0..63 and that ``extra``
+    """(buckets as (n,) uint8 or uint16, the largest) after checking that they are 0..63 and that ``extra``
     holds exactly their extra bits."""
     k = np.asarray(buckets).reshape(-1)
     if k.dtype.kind not in "ui":
@@ -303,7 +313,7 @@ def _checked_buckets(buckets: np.ndarray, extra: bytes | memoryview, what: str) 
     if top > 63 or (k.dtype.kind == "i" and k.size and int(k.min()) < 0):
         raise FormatError(f"{what}: Exp-Golomb bucket out of range 0..63")
     check_bit_stream(extra, int(k.sum(dtype=np.int64)) - np.count_nonzero(k), what)  # k - 1 bits for k >= 1
-    return k.astype(np.uint8), top
+    return (k if k.dtype in (np.uint8, np.uint16) else k.astype(np.uint8)), top
 
 
 def exp_golomb_join(buckets: np.ndarray, extra: bytes | memoryview, what: str) -> np.ndarray:
@@ -327,7 +337,7 @@ def exp_golomb_mask(buckets: np.ndarray, extra: bytes | memoryview, numel: int, 
 
 
 def _joined(k: np.ndarray, buf: np.ndarray):
-    """Chunks of the values of buckets ``k`` (uint8, each at most _WINDOW_BITS + 1), their extra bits
+    """Chunks of the values of buckets ``k`` (uint8 or uint16, each at most _WINDOW_BITS + 1), their extra bits
     read from ``buf``: (<= _CHUNK,) uint64 each. Lazy: a caller's checks between chunks come first."""
     pos = 0  # bit offset of the chunk's first extra bit
     for i in range(0, k.size, _CHUNK):
@@ -336,7 +346,8 @@ def _joined(k: np.ndarray, buf: np.ndarray):
         low -= 1  # k - 1 extra bits for k >= 1, none for k = 0
         starts = np.cumsum(low, dtype=np.int64)
         starts -= low
-        starts += pos
+        if pos:
+            starts += pos
         pos = int(starts[-1]) + int(low[-1])
         yield _join_values(buf, starts, kc)
 
