@@ -70,3 +70,6 @@ def test_readme_quotes_the_committed_decode_results():
     lenet, mlp = files["lenet5"], files["mlp4096"]
     assert f"reference file in {lenet['read']['min_ms']:.2f} ms" in readme
     assert f"MLP file in {mlp['read']['min_ms']:.0f} ms (formerly {mlp['read_v1']['min_ms']:.0f} ms)" in readme
+    ab = json.loads((ROOT / "benchmarks" / "results" / "decode.json").read_text())["ab"]
+    lenet, mlp = (ab["baseline"][name]["read"]["min_ms"] for name in ("lenet5", "mlp4096"))
+    assert f"same run revision {ab['baseline_rev']} took {lenet:.2f} and {mlp:.0f} ms" in readme

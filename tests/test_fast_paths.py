@@ -1,6 +1,8 @@
 """Oracle tests for the fast paths of issue 12's speed work: each equals a plain reference bit for bit.
 
-- mask decoding (bits.exp_golomb_join, gaps_to_mask) against per-value Python;
+- mask decoding (bits.exp_golomb_join, gaps_to_mask, exp_golomb_mask) against per-value Python,
+  unpack_bits (bit columns up to 8 bits, windows above) against a bit string, and the committed
+  reference files against the arrays they decoded to before the fast paths;
 - the scores prune computes chunk by chunk against prune.scores, and the chunked ranking against
   a stable sort, across chunk boundaries;
 - the quantizer's error tables against the ldexp formulas they replaced;
@@ -9,7 +11,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,8 +21,10 @@ import torch
 
 from fisherpack import prune, quant_grid, ranking
 from fisherpack.errors import ConfigError, FormatError
-from fisherpack.fpk import bits
+from fisherpack.fpk import bits, container
 from fisherpack.fpk import tensors as fpt
+
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 
 
 def _join_reference(k: list[int], extra: bytes) -> list[int]:
@@ -47,7 +53,7 @@ def test_exp_golomb_join_equals_the_bit_by_bit_reference(top, dtype):
 
 
 def test_exp_golomb_join_over_several_chunks(monkeypatch):
-    monkeypatch.setattr(bits, "_CHUNK", 8)  # chunks of 128 values: every boundary and offset is crossed
+    monkeypatch.setattr(bits, "_CHUNK", 8)  # chunks of 8 values: every boundary and offset is crossed
     rng = np.random.default_rng(1)
     values = rng.geometric(0.05, 1000).astype(np.uint64) - np.uint64(1)
     k, extra = bits.exp_golomb_split(values)
@@ -63,6 +69,58 @@ def test_exp_golomb_join_rejects_what_does_not_fit():
     for bad in (extra + b"\x00", extra[:-1]):
         with pytest.raises(FormatError, match="stream is"):
             bits.exp_golomb_join(k, bad, "m")
+
+
+@pytest.mark.parametrize("chunk", [8, 1 << 16])
+def test_exp_golomb_mask_equals_join_then_gaps_to_mask(chunk, monkeypatch):
+    monkeypatch.setattr(bits, "_CHUNK", chunk)
+    rng = np.random.default_rng(7)
+    for numel, density in ((1, 1.0), (77, 0.3), (5000, 0.05), (5000, 0.9)):
+        mask = rng.random(numel) < density
+        k, extra = bits.exp_golomb_split(bits.mask_to_gaps(mask))
+        got = bits.exp_golomb_mask(k.astype(np.uint16), extra, numel, "m")
+        assert got.dtype == bool and got.tolist() == mask.tolist()
+    k, extra = bits.exp_golomb_split(np.array([3, 0, 9, 1] * 5, dtype=np.uint64))  # kept 3, 4, 14, 16, 20, ..., 84
+    for numel in (k.size, 84, 85):  # the last one fits exactly
+        try:
+            want = bits.gaps_to_mask(bits.exp_golomb_join(k, extra, "m mask extra bits"), numel, "m")
+        except FormatError as exc:
+            with pytest.raises(FormatError, match=f"^{exc}$"):
+                bits.exp_golomb_mask(k, extra, numel, "m")
+        else:
+            assert bits.exp_golomb_mask(k, extra, numel, "m").tolist() == want.tolist() and numel == 85
+    for bad_k, bad_extra, message in (([64], b"", "bucket out of range"), ([5], b"", "stream is 0 bytes"),
+                                      ([9], b"\x00", "run past the end")):  # fmt: skip
+        with pytest.raises(FormatError, match=message):
+            bits.exp_golomb_mask(np.array(bad_k, dtype=np.uint16), bad_extra, 100, "m")
+
+
+def _decoded_digest(c: fpt.Compressed) -> str:
+    h = hashlib.sha256()
+    for name, t in c.tensors.items():
+        h.update(name.encode())
+        if isinstance(t, fpt.QuantTensor):
+            h.update(repr((t.shape, t.bits, t.exps, t.grids)).encode())
+            for a in (np.packbits(t.mask), t.groups.astype("u1"), t.codes.astype("<u2")):
+                h.update(a.tobytes())
+        elif isinstance(t, fpt.RawTensor):
+            h.update(str(t.tensor.dtype).encode() + t.tensor.contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        else:
+            h.update(t.target.encode())
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize(
+    "name, digest",
+    [
+        ("lenet5.fpk", "aa9bee3a0ebfecd2a27f7110a7444034ecdbda096467c46f03f4eb862ddb212e"),
+        ("lenet300.fpk", "11f62bae6cddf1e13ef24c19c9cac8f5be828a9e9833cdd0ae7182993c6c6648"),
+        ("lenet5-structured.fpk", "b6b326c097d6d71b9f8d4b0b8022a8e8dea817b9a4d31da428e628ef0be154bb"),
+    ],
+)
+def test_committed_files_decode_to_the_arrays_of_the_reference_decoder(name, digest):
+    """Digests of masks, group ids, codes and raw tensors as fisherpack 071c329 decoded them."""
+    assert _decoded_digest(container.load(RESULTS / name)) == digest
 
 
 @pytest.mark.parametrize("dtype", [np.int64, np.uint64, np.uint16])
@@ -83,7 +141,9 @@ def test_gaps_to_mask_equals_the_reference_and_refuses_overruns(dtype):
             bits.gaps_to_mask(np.array([1, -1]), 4, "m")
 
 
-def test_unpack_bits_every_width_and_offset():
+@pytest.mark.parametrize("chunk", [8, 1 << 16])  # 8: values of one width cross chunks at every offset
+def test_unpack_bits_every_width_and_offset(chunk, monkeypatch):
+    monkeypatch.setattr(bits, "_CHUNK", chunk)
     rng = np.random.default_rng(3)
     for width in range(1, 33):
         values = rng.integers(0, 1 << width, 37, dtype=np.uint64)

@@ -35,6 +35,7 @@ __all__ = [
     "gaps_to_mask",
     "exp_golomb_split",
     "exp_golomb_join",
+    "exp_golomb_mask",
     "write_varint",
     "read_varint",
 ]
@@ -126,8 +127,17 @@ def unpack_bits(data: bytes | memoryview, width: int, count: int, offset_bits: i
     out = np.empty(count, dtype=np.uint32)
     for start in range(0, count, _CHUNK):
         n = min(_CHUNK, count - start)
-        starts = offset_bits + (start + np.arange(n, dtype=np.int64)) * width
-        out[start : start + n] = _read_windows(buf, starts, width)
+        first = offset_bits + start * width
+        if width <= 8:  # a pass per bit column of the unpacked bits: 3-10x faster than the windows
+            bits = np.unpackbits(buf[first >> 3 : (first + n * width + 7) >> 3])
+            columns = bits[first & 7 : (first & 7) + n * width].reshape(n, width)
+            chunk = out[start : start + n]
+            np.copyto(chunk, columns[:, 0])
+            for j in range(1, width):
+                chunk <<= 1
+                chunk |= columns[:, j]
+        else:
+            out[start : start + n] = _read_windows(buf, first + np.arange(n, dtype=np.int64) * width, width)
     return out
 
 
@@ -257,23 +267,31 @@ def mask_to_gaps(mask: np.ndarray) -> np.ndarray:
 
 def gaps_to_mask(gaps: np.ndarray, numel: int, what: str) -> np.ndarray:
     """(numel,) bool mask from gaps; FormatError if a gap is negative or they run past ``numel``."""
-    g = np.asarray(gaps)
+    g = np.asarray(gaps).reshape(-1)
     if g.dtype.kind not in "ui":
         g = g.astype(np.int64)
-    if g.size and g.dtype.kind == "i" and int(g.min()) < 0:
+    if g.size and ((g.dtype.kind == "i" and int(g.min()) < 0) or int(g.max()) >= numel):
         raise FormatError(f"{what}: mask gaps run past the end of the tensor")
-    if g.size and int(g.max()) >= numel:
-        raise FormatError(f"{what}: mask gaps run past the end of the tensor")
-    # Each gap is below numel, so the running sums below stay under size * numel: below 2**63
-    # unless the tensor has billions of entries, and then the float sum rules overflow out first.
-    if g.size * numel >= 1 << 63 and g.sum(dtype=np.float64) > 2.0**62:
-        raise FormatError(f"{what}: mask gaps run past the end of the tensor")
-    ends = np.add(g, 1, dtype=np.int64)
-    np.cumsum(ends, out=ends)  # position of kept entry i, plus 1
-    if g.size and int(ends[-1]) > numel:
-        raise FormatError(f"{what}: mask gaps run past the end of the tensor")
+    return _fill_mask((g[i : i + _CHUNK] for i in range(0, g.size, _CHUNK)), numel, what)
+
+
+def _fill_mask(chunks, numel: int, what: str) -> np.ndarray:
+    """(numel,) bool mask from consecutive chunks of gaps, each in ``[0, 2 * numel)``. Chunk by
+    chunk, so that the scratch stays small and in cache: whole-tensor int64 temporaries cost as
+    much in page faults as in arithmetic."""
+    if numel >= 1 << 46:  # the running sums below stay under (2 * _CHUNK + 1) * numel: within int64
+        raise FormatError(f"{what}: a tensor of {numel} entries is too large to decode")
     mask = np.zeros(numel + 1, dtype=bool)
-    mask[ends] = True
+    end = 0  # position of the last kept entry so far, plus 1
+    for g in chunks:
+        ends = np.add(g, 1, dtype=np.int64)
+        np.cumsum(ends, out=ends)
+        if end:
+            ends += end
+        end = int(ends[-1])
+        if end > numel:
+            raise FormatError(f"{what}: mask gaps run past the end of the tensor")
+        mask[ends] = True
     return mask[1:]  # a view from the second byte: shifts the positions back by one at no cost
 
 
@@ -285,28 +303,53 @@ def exp_golomb_split(values: np.ndarray) -> tuple[np.ndarray, bytes]:
     return k, pack_varbits(v & ((np.uint64(1) << low) - np.uint64(1)), low)
 
 
-def exp_golomb_join(buckets: np.ndarray, extra: bytes | memoryview, what: str) -> np.ndarray:
-    """Inverse of :func:`exp_golomb_split` for buckets 0..63: (n,) uint64; ``extra`` must fit exactly."""
-    k = np.asarray(buckets)
+def _checked_buckets(buckets: np.ndarray, extra: bytes | memoryview, what: str) -> tuple[np.ndarray, int]:
+    """(buckets as (n,) uint8 or uint16, the largest) after checking that they are 0..63 and that ``extra``
+    holds exactly their extra bits."""
+    k = np.asarray(buckets).reshape(-1)
     if k.dtype.kind not in "ui":
         k = k.astype(np.int64)
-    if k.size and ((k.dtype.kind == "i" and int(k.min()) < 0) or int(k.max()) > 63):
+    top = int(k.max()) if k.size else 0
+    if top > 63 or (k.dtype.kind == "i" and k.size and int(k.min()) < 0):
         raise FormatError(f"{what}: Exp-Golomb bucket out of range 0..63")
-    k = k.astype(np.uint8)
-    low = np.maximum(k, 1)
-    low -= 1  # (n,) uint8: k - 1 extra bits for k >= 1, none for k = 0
-    starts = np.zeros(k.size + 1, dtype=np.int64)
-    np.cumsum(low, out=starts[1:])  # starts[i]: first extra bit of value i; starts[-1]: all of them
-    check_bit_stream(extra, int(starts[-1]), what)
-    if k.size and int(low.max()) > _WINDOW_BITS:
-        return unpack_varbits(extra, low) | np.take(_TOP_BITS, k)
-    buf, step, starts = _byte_view(extra), 16 * _CHUNK, starts[:-1]  # in chunks: ~40 bytes of scratch per value
-    if k.size <= step:
-        return _join_values(buf, starts, k) if k.size else np.zeros(0, dtype=np.uint64)
+    check_bit_stream(extra, int(k.sum(dtype=np.int64)) - np.count_nonzero(k), what)  # k - 1 bits for k >= 1
+    return (k if k.dtype in (np.uint8, np.uint16) else k.astype(np.uint8)), top
+
+
+def exp_golomb_join(buckets: np.ndarray, extra: bytes | memoryview, what: str) -> np.ndarray:
+    """Inverse of :func:`exp_golomb_split` for buckets 0..63: (n,) uint64; ``extra`` must fit exactly."""
+    k, top = _checked_buckets(buckets, extra, what)
+    if top - 1 > _WINDOW_BITS:
+        return unpack_varbits(extra, np.maximum(k, 1) - 1) | np.take(_TOP_BITS, k)
     out = np.empty(k.size, dtype=np.uint64)
-    for i in range(0, k.size, step):
-        out[i : i + step] = _join_values(buf, starts[i : i + step], k[i : i + step])
+    for i, values in zip(range(0, k.size, _CHUNK), _joined(k, _byte_view(extra))):
+        out[i : i + _CHUNK] = values
     return out
+
+
+def exp_golomb_mask(buckets: np.ndarray, extra: bytes | memoryview, numel: int, what: str) -> np.ndarray:
+    """``gaps_to_mask(exp_golomb_join(buckets, extra, f"{what} mask extra bits"), numel, what)``: the
+    same checks in the same order, without the whole-tensor arrays of gaps in between."""
+    k, top = _checked_buckets(buckets, extra, f"{what} mask extra bits")
+    if top > numel.bit_length():  # a value of bucket k is at least 2**(k-1), and below 2**k
+        raise FormatError(f"{what}: mask gaps run past the end of the tensor")
+    return _fill_mask(_joined(k, _byte_view(extra)), numel, what)
+
+
+def _joined(k: np.ndarray, buf: np.ndarray):
+    """Chunks of the values of buckets ``k`` (uint8 or uint16, each at most _WINDOW_BITS + 1), their extra bits
+    read from ``buf``: (<= _CHUNK,) uint64 each. Lazy: a caller's checks between chunks come first."""
+    pos = 0  # bit offset of the chunk's first extra bit
+    for i in range(0, k.size, _CHUNK):
+        kc = k[i : i + _CHUNK]
+        low = np.maximum(kc, 1)
+        low -= 1  # k - 1 extra bits for k >= 1, none for k = 0
+        starts = np.cumsum(low, dtype=np.int64)
+        starts -= low
+        if pos:
+            starts += pos
+        pos = int(starts[-1]) + int(low[-1])
+        yield _join_values(buf, starts, kc)
 
 
 def _join_values(buf: np.ndarray, starts: np.ndarray, k: np.ndarray) -> np.ndarray:

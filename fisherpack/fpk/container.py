@@ -274,7 +274,7 @@ def _decode_mask(e: dict, blob: memoryview, what: str, version: int) -> np.ndarr
         gaps = pack.unpack_bits(blob, s["width"], kept).astype(np.int64) if s["width"] else np.zeros(kept, np.int64)
     else:  # gaps_ans: rANS-coded Exp-Golomb buckets (a gap < numel has k <= numel.bit_length())
         k = rans.decode_stream(blob[: s["buckets_length"]], kept, min(n.bit_length(), 63) + 1, version)
-        gaps = pack.exp_golomb_join(k, blob[s["buckets_length"] :], f"{what} mask extra bits")
+        return pack.exp_golomb_mask(k, blob[s["buckets_length"] :], n, what)
     return pack.gaps_to_mask(gaps, n, what)
 
 
