@@ -117,8 +117,8 @@ def _fpk_files(root: Path) -> None:
     (root / "text.fpk").write_text("hello, this is a text file and not a model at all\n")
     (root / "zip.fpk").write_bytes(_torch_bytes({"w": torch.ones(3)}))
     newer = bytearray(fixed)
-    newer[8] = 3
-    (root / "v3.fpk").write_bytes(bytes(newer))
+    newer[8] = 4
+    (root / "v4.fpk").write_bytes(bytes(newer))
     header = fz.header_of(fixed)
     header["meta"]["score"] = "NAN_HERE"
     text = json.dumps(header).encode().replace(b'"NAN_HERE"', b"NaN")

@@ -36,6 +36,7 @@ from fisherpack.compression import compress
 from fisherpack.config import CompressConfig
 from fisherpack.errors import FormatError
 from fisherpack.fpk import container as fpk
+from fisherpack.fpk.header import deflate_header, inflate_header
 from fisherpack.fpk.tensors import Alias, Compressed, QuantTensor, RawTensor
 
 PRE = struct.Struct("<8sHIQ")
@@ -103,7 +104,7 @@ def parts(data: bytes) -> tuple[bytes, bytes]:
 
 
 def header_of(data: bytes) -> dict:
-    return json.loads(zlib.decompress(parts(data)[0]))
+    return json.loads(inflate_header(parts(data)[0], PRE.unpack_from(data)[1]))
 
 
 def frame(zheader: bytes, payload: bytes, version: int = fpk.VERSION) -> bytes:
@@ -114,7 +115,7 @@ def frame(zheader: bytes, payload: bytes, version: int = fpk.VERSION) -> bytes:
 
 def frame_json(header: dict | bytes, payload: bytes) -> bytes:
     text = header if isinstance(header, bytes) else json.dumps(header).encode()
-    return frame(zlib.compress(text, 6), payload)
+    return frame(deflate_header(text, fpk.VERSION), payload)
 
 
 # ---------------------------------------------------------------- the checker

@@ -16,7 +16,9 @@ import zlib
 from collections.abc import Iterator
 
 import numpy as np
-from fuzzcases import frame, frame_json, header_of, parts
+from fuzzcases import PRE, frame, frame_json, header_of, parts
+
+from fisherpack.fpk.header import inflate_header
 
 # ---------------------------------------------------------------- generators
 
@@ -170,7 +172,7 @@ TEXT_EDITS = [b"NaN", b"Infinity", b"-Infinity", b"1e999", b"-1e999", b"1.0", b"
 def header_text_edits(data: bytes, rng: np.random.Generator, n: int) -> Iterator[bytes]:
     """Edits of the header's JSON text: non-JSON constants, huge numbers, duplicate keys, bad UTF-8."""
     zheader, payload = parts(data)
-    text = zlib.decompress(zheader)
+    text = bytes(inflate_header(zheader, PRE.unpack_from(data)[1]))
     numbers = [m.span() for m in re.finditer(rb"-?\d+", text)]
     keys = [m.span() for m in re.finditer(rb'"[a-z_]+":', text)]
     for _ in range(n):

@@ -127,7 +127,20 @@ def test_reproduce_a_language_model_from_its_checkpoint_in_bits_per_byte(tmp_pat
 def test_every_stage_of_the_schedule_is_reachable_from_the_command_line(tmp_path, capsys):
     out = tmp_path / "q.fpk"
     stages = ["--final-epochs", "1", "--qat-epochs", "2", "--batch-size", "16", "--lr", "0.003"]
-    argv = [*BASE, "--epochs", "1", "--rounds", "1", "--rate", "0.5", *stages, "--finetune-lr", "2e-4", "--qat-lr", "5e-5"]
+    argv = [
+        *BASE,
+        "--epochs",
+        "1",
+        "--rounds",
+        "1",
+        "--rate",
+        "0.5",
+        *stages,
+        "--finetune-lr",
+        "2e-4",
+        "--qat-lr",
+        "5e-5",
+    ]
     assert main([*argv, "--out", str(out)]) == 0
     recorded = fisherpack.load(out).meta["pipeline"]
     assert (recorded["final_epochs"], recorded["qat_epochs"], recorded["batch_size"]) == (1, 2, 16)

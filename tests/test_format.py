@@ -20,6 +20,7 @@ from fisherpack.errors import FisherpackError, FormatError
 from fisherpack.fpk import container as fpk
 from fisherpack.fpk import entropy
 from fisherpack.fpk.entropy import ideal_bits
+from fisherpack.fpk.header import deflate_header, inflate_header
 from fisherpack.fpk.tensors import Alias, Compressed, QuantTensor, RawTensor
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "FORMAT.md"
@@ -75,14 +76,14 @@ def round_trip(c: Compressed, entropy: bool = True) -> bytes:
 def split(data: bytes) -> tuple[dict, bytes]:
     """(header JSON, payload) of a real file, to build hostile variants from."""
     _, _, hlen, plen = PRE.unpack_from(data)
-    header = json.loads(zlib.decompress(data[PRE.size : PRE.size + hlen]))
+    header = json.loads(inflate_header(data[PRE.size : PRE.size + hlen], PRE.unpack_from(data)[1]))
     return header, data[PRE.size + hlen : PRE.size + hlen + plen]
 
 
-def frame(header, payload: bytes, version: int = 2) -> bytes:
+def frame(header, payload: bytes, version: int = fpk.VERSION) -> bytes:
     """A well-framed file (valid CRC) around any header, so validation past the CRC is exercised."""
     raw = header if isinstance(header, bytes) else json.dumps(header).encode()
-    h = zlib.compress(raw, 9)
+    h = deflate_header(raw, version)
     body = PRE.pack(fpk.MAGIC, version, len(h), len(payload)) + h + payload
     return body + struct.pack("<I", zlib.crc32(body))
 
@@ -256,7 +257,7 @@ def test_encode_refuses_what_it_cannot_store():
 def test_describe_reports_layout():
     data = fpk.encode(tiny_example())
     info = fpk.describe(data)
-    assert (info["version"], info["file_bytes"], info["payload_bytes"]) == (2, len(data), 12)
+    assert (info["version"], info["file_bytes"], info["payload_bytes"]) == (3, len(data), 12)
     w, b, a = info["tensors"]
     assert (w["kind"], w["shape"], w["kept"], w["numel"], w["bytes"]) == ("quant", [2, 4], 4, 8, 4)
     assert w["groups"][1] == {"bits": 2, "exp": 0, "grid": "odd", "count": 2}
@@ -289,11 +290,15 @@ def hex_of(block: str) -> bytes:
 def test_golden_bytes_of_a_tiny_file():
     data = fpk.encode(tiny_example())
     payload = "96 50 3c 80" + "0000003f 000080bf"  # mask, ids, codes[0], codes[1], bias (float32 LE)
-    assert data[:22].hex() == "8946504b0d0a1a0a" + "0200" + "f0000000" + "0c00000000000000"
+    assert data[:22].hex() == "8946504b0d0a1a0a" + "0300" + "5d000000" + "0c00000000000000"
     assert data[-16:-4] == bytes.fromhex(payload)
     assert data[-4:] == struct.pack("<I", zlib.crc32(data[:-4]))
-    one = fpk.encode(Compressed({"x": RawTensor(torch.tensor([1, 2, 3], dtype=torch.uint8))}))
-    assert one.hex() == (  # a whole file, header included: any drift in the encoder shows up here
+    x = Compressed({"x": RawTensor(torch.tensor([1, 2, 3], dtype=torch.uint8))})
+    assert fpk.encode(x).hex() == (  # a whole file, header included: any drift in the encoder shows up here
+        "8946504b0d0a1a0a03001e0000000300000000000000ab86559768f996880c698c94494a810eb5c091452a9002ca38b636b616000102"
+        "030fb5970e"
+    )
+    assert fpk.encode(x, version=2).hex() == (  # the same file in version 2: a zlib header, no dictionary
         "8946504b0d0a1a0a020065000000030000000000000078da1d8b310e80300c03ffe2998d05f52b15434423a82801d1204055ff4ecae6f3"
         "d9051b2bc195da4159f27e66385f10e86fc132ed21ca0c8723511474482cb32e70bd5d82be079bbba2e8606e8d120c4fba0d84b6e61e8b"
         "79a1b6f3fd58c7fa01d28425a101020370dfd752"
@@ -355,8 +360,8 @@ def test_other_formats_are_not_fisherpack_files(tmp_path):
 
 def test_bad_version_and_checksum():
     data = bytearray(fpk.encode(tiny_example()))
-    data[8] = 3
-    with pytest.raises(FormatError, match="unsupported format version 3 .* upgrade"):
+    data[8] = 4
+    with pytest.raises(FormatError, match="unsupported format version 4 .* upgrade"):
         fpk.decode(bytes(data))
     data = bytearray(fpk.encode(tiny_example()))
     data[-6] ^= 0x10
@@ -562,7 +567,7 @@ def test_fuzz_payload_bytes_behind_a_valid_checksum():
 
 def test_fuzz_header_integers_behind_a_valid_checksum():
     data = fpk.encode(small_model())
-    text = zlib.decompress(data[PRE.size : PRE.size + PRE.unpack_from(data)[2]]).decode()
+    text = inflate_header(data[PRE.size : PRE.size + PRE.unpack_from(data)[2]], fpk.VERSION).decode()
     _, payload = split(data)
     spots = [m.span() for m in re.finditer(r"-?\d+", text)]
     rng = np.random.default_rng(11)
@@ -632,8 +637,20 @@ def test_version_1_files_still_load():
     c = fpk.decode(old)
     assert fpk.encode(c, version=1) == old
     new = fpk.encode(c)
-    assert fpk.describe(new)["version"] == 2 and len(new) <= len(old) + 2
+    assert fpk.describe(new)["version"] == 3 and len(new) <= len(old) - 300  # the version-3 header
     assert_identical(c, fpk.decode(new))
+
+
+def test_version_2_files_read_and_rewrite_as_they_were_and_version_3_is_smaller():
+    """The committed reference files are version 2 (zlib header): they decode, re-encode in version 2
+    to the very same bytes, and in version 3 only their header changes, by hundreds of bytes."""
+    for name in ("lenet5.fpk", "lenet300.fpk", "lenet5-structured.fpk"):
+        old = (Path(__file__).resolve().parents[1] / "benchmarks" / "results" / name).read_bytes()
+        c = fpk.decode(old)
+        assert fpk.describe(old)["version"] == 2 and fpk.encode(c, version=2) == old
+        new = fpk.encode(c)
+        assert split(new) == split(old)  # the same header JSON and payload bytes
+        assert len(new) < len(old) - 350, name
 
 
 def test_many_tiny_rans_streams_cost_work_linear_in_the_file(monkeypatch):
@@ -754,3 +771,10 @@ def test_lazy_reader_reads_a_pipe_once(tmp_path):
         assert r.names() == ["fc.weight", "fc.bias", "head.weight"]
         assert torch.equal(r.tensor("head.weight"), tiny_example().state_dict()["fc.weight"])
     writer.join(timeout=10)
+
+
+def test_format_md_holds_the_header_dictionary_byte_for_byte():
+    from fisherpack.fpk.dictionary import HEADER_DICT
+
+    assert "".join(doc_block("header-dictionary").splitlines()).encode("ascii") == HEADER_DICT
+    assert len(HEADER_DICT) == 1_839 and HEADER_DICT.isascii()

@@ -3,7 +3,6 @@ tensor byte as it was (issue 15: a lean header, strippable for deployment)."""
 
 import json
 import struct
-import zlib
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from fisherpack.compression import summary
 from fisherpack.errors import FormatError
 from fisherpack.fpk import container as fmt
 from fisherpack.fpk import meta as file_meta
+from fisherpack.fpk.header import inflate_header
 from fisherpack.models import build
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
@@ -28,7 +28,8 @@ PIPELINE_META = {
 def _parts(blob: bytes) -> tuple[dict, bytes]:
     """(header JSON, payload bytes) of a file."""
     hlen, plen = struct.unpack_from("<IQ", blob, 10)
-    return json.loads(zlib.decompress(blob[22 : 22 + hlen])), blob[22 + hlen : 22 + hlen + plen]
+    version = struct.unpack_from("<H", blob, 8)[0]
+    return json.loads(inflate_header(blob[22 : 22 + hlen], version)), blob[22 + hlen : 22 + hlen + plen]
 
 
 def test_facts_are_read_from_the_pipeline_config_when_not_beside_it():

@@ -1,10 +1,11 @@
 """The .fpk file: encode / decode / save / load / describe. The byte-level spec is docs/FORMAT.md.
 
 Layout (little-endian): magic ``\\x89FPK\\r\\n\\x1a\\n``, u16 version, u32 header length H, u64
-payload length P, H bytes of zlib-compressed JSON header, P bytes of payload (every stream of every
-tensor, concatenated in header order; the header stores only lengths), u32 CRC-32 of all the bytes
-before it. header.py checks sizes and the CRC first, then validates the whole header before this
-module allocates or indexes anything; anything malformed raises FormatError with a one-line reason.
+payload length P, H bytes of compressed JSON header (raw DEFLATE with a preset dictionary since
+version 3), P bytes of payload (every stream of every tensor, concatenated in header order; the
+header stores only lengths), u32 CRC-32 of all the bytes before it. header.py checks sizes and the
+CRC first, then validates the whole header before this module allocates or indexes anything;
+anything malformed raises FormatError with a one-line reason.
 This module turns tensors into streams and back.
 """
 
@@ -34,11 +35,13 @@ from .header import (
     PRE,
     READ_VERSIONS,
     VERSION,
+    deflate_header,
     inflate,
     no_cycle_collection,
     parse,
     read_bytes,
     split,
+    stream_version,
     validate,
 )
 from .meta import compress_config as recorded_config
@@ -131,7 +134,7 @@ def encode(c: Compressed, entropy: bool | None = None, version: int = VERSION) -
     """The .fpk bytes of ``c``. ``entropy=False`` stores every stream plain (no rANS, no zlib);
     ``None`` follows the ``entropy`` of the config recorded in ``c.meta`` (True if none is). The
     file's recorded config always says what was done: an explicit choice overrides it there too.
-    ``version`` 1 writes the layout of fisherpack 0.1 (for tests of reading old files).
+    ``version`` 1 or 2 writes an older layout (for tests of reading old files).
 
     Deterministic: equal inputs give equal bytes. ConfigError (a ValueError) if ``c`` cannot be
     stored (bad name, alias to a missing or aliased entry, unsupported dtype, meta not JSON).
@@ -161,7 +164,7 @@ def _write(c: Compressed, out: BinaryIO, spill: BinaryIO, entropy: bool | None, 
         elif isinstance(t, RawTensor):
             entry, parts = _encode_raw(t.tensor, entropy)
         elif isinstance(t, QuantTensor):
-            entry, parts = _encode_quant(t, entropy, version)
+            entry, parts = _encode_quant(t, entropy, stream_version(version))
         else:
             raise ConfigError(f"cannot store {type(t).__name__} for {name!r}")
         if not isinstance(t, Alias):
@@ -188,7 +191,7 @@ def _head(meta: dict, entries: list[dict], version: int, plen: int) -> bytes:
         text = json.dumps({"meta": meta, "tensors": entries}, sort_keys=True, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"meta must be JSON-serializable (no NaN/inf): {exc}") from None
-    header = zlib.compress(text.encode("utf-8"), 9)
+    header = deflate_header(text.encode("utf-8"), version)
     return PRE.pack(MAGIC, version, len(header), plen) + header
 
 
@@ -340,7 +343,7 @@ def decode_entry(e: dict, blobs: list[memoryview], version: int) -> QuantTensor 
         return Alias(e["target"])
     if e["kind"] == "raw":
         return _decode_raw(e, blobs[0])
-    return _decode_quant(e, blobs, version)
+    return _decode_quant(e, blobs, stream_version(version))
 
 
 def load(path: str | os.PathLike, max_elements: int | None = None) -> Compressed:

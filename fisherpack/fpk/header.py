@@ -30,6 +30,7 @@ try:  # zlib-ng inflates the same streams ~4x faster than the stdlib (files are 
     from zlib_ng import zlib_ng as _inflater
 except ImportError:  # pragma: no cover - a platform without its wheels
     _inflater = zlib
+from .dictionary import HEADER_DICT
 from .meta import model_name
 from .tensors import GRIDS, MAX_BITS, MAX_EXP, MAX_GROUPS, MIN_EXP
 
@@ -39,8 +40,10 @@ __all__ += ["MAX_ELEMENTS", "ELEMENTS_PER_BYTE", "MIN_ELEMENTS", "default_max_el
 __all__ += ["inflate", "check_preamble", "read_bytes", "read_from", "split", "parse", "validate"]
 
 MAGIC = b"\x89FPK\r\n\x1a\n"
-VERSION = 2  # the version written; 1 (fisherpack 0.1: 16-bit rANS words) is still read
-READ_VERSIONS = (1, 2)
+# The version written. 2 (a zlib header) and 1 (fisherpack 0.1: zlib header, 16-bit rANS words)
+# are still read; 3 differs from 2 only in its header, raw DEFLATE with a preset dictionary.
+VERSION = 3
+READ_VERSIONS = (1, 2, 3)
 PRE = struct.Struct("<8sHIQ")  # magic, version, header length, payload length
 MAX_NAME, MAX_NDIM, MAX_ANS_BITS = 1024, 8, 12
 # Caps that bound a reader's memory whatever the file says (docs/FORMAT.md section 9).
@@ -75,13 +78,33 @@ def default_max_elements(file_bytes: int) -> int:
     return min(MAX_ELEMENTS, max(MIN_ELEMENTS, ELEMENTS_PER_BYTE * file_bytes))
 
 
-def inflate(data: bytes | memoryview, size: int, what: str, exact: bool) -> bytearray:
+def stream_version(version: int) -> int:
+    """The rANS layout of a file's streams (entropy.STREAM_VERSIONS) for its format version."""
+    return 1 if version == 1 else 2
+
+
+def deflate_header(text: bytes, version: int) -> bytes:
+    """The header bytes of a file of ``version``: zlib (1, 2) or raw DEFLATE with HEADER_DICT (3)."""
+    if version < 3:
+        return zlib.compress(text, 9)
+    c = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zdict=HEADER_DICT)
+    return c.compress(text) + c.flush()
+
+
+def inflate_header(data: bytes | memoryview, version: int) -> bytearray:
+    """The header text of a file of ``version`` (see :func:`deflate_header`), at most HEADER_CAP bytes."""
+    return inflate(data, HEADER_CAP, "header", False, raw=version >= 3)
+
+
+def inflate(data: bytes | memoryview, size: int, what: str, exact: bool, raw: bool = False) -> bytearray:
     """zlib-decompress at most ``size`` bytes (exactly ``size`` if ``exact``); FormatError otherwise.
+    ``raw``: a raw DEFLATE stream with the HEADER_DICT preset dictionary (a version-3 header).
 
     Works 1 MiB at a time into one growing buffer, so memory follows the output actually produced
     (never ``size`` up front) and the result is writable without another copy.
     """
-    d, out, src = _inflater.decompressobj(), bytearray(), data
+    d = _inflater.decompressobj(wbits=-15, zdict=HEADER_DICT) if raw else _inflater.decompressobj()
+    out, src, kind = bytearray(), data, "DEFLATE" if raw else "zlib"
     try:
         while len(out) <= size:  # one byte more than allowed reveals an oversized stream
             chunk = d.decompress(src, min(1 << 20, size + 1 - len(out)))
@@ -90,11 +113,11 @@ def inflate(data: bytes | memoryview, size: int, what: str, exact: bool) -> byte
             out += chunk
             src = d.unconsumed_tail
     except (zlib.error, _inflater.error):
-        raise FormatError(f"{what} is not valid zlib data") from None
+        raise FormatError(f"{what} is not valid {kind} data") from None
     if len(out) > size or (exact and len(out) != size):
         raise FormatError(f"{what} decompresses to the wrong size (limit {size} bytes)")
     if not d.eof or d.unused_data or d.unconsumed_tail:
-        raise FormatError(f"{what} is not a single complete zlib stream")
+        raise FormatError(f"{what} is not a single complete {kind} stream")
     return out
 
 
@@ -110,7 +133,7 @@ def check_preamble(data: bytes, size: int) -> int:
     _, version, hlen, plen = PRE.unpack_from(data)
     if version not in READ_VERSIONS:
         newer = "; upgrade fisherpack to read it" if version > VERSION else ""
-        raise FormatError(f"unsupported format version {version} (this fisherpack reads versions 1 and 2){newer}")
+        raise FormatError(f"unsupported format version {version} (this fisherpack reads versions 1 to 3){newer}")
     expected = PRE.size + hlen + plen + 4
     if size != expected:
         what = "truncated" if size < expected else "longer than its header says"
@@ -168,8 +191,8 @@ def split(data: bytes) -> tuple[int, bytearray, memoryview]:
     expected = check_preamble(data, len(data))
     if zlib.crc32(memoryview(data)[:-4]) != struct.unpack_from("<I", data, expected - 4)[0]:
         raise FormatError("checksum mismatch: the file is corrupt")
-    hlen = PRE.unpack_from(data)[2]
-    header = inflate(memoryview(data)[PRE.size : PRE.size + hlen], HEADER_CAP, "header", False)
+    _, version, hlen, _ = PRE.unpack_from(data)
+    header = inflate_header(memoryview(data)[PRE.size : PRE.size + hlen], version)
     return hlen, header, memoryview(data)[PRE.size + hlen : expected - 4]
 
 

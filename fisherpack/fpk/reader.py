@@ -20,7 +20,7 @@ import zlib
 import torch
 
 from ..errors import FisherpackError, FormatError
-from .header import HEADER_CAP, PRE, check_preamble, inflate, no_cycle_collection, read_from, split, validate
+from .header import PRE, check_preamble, inflate_header, no_cycle_collection, read_from, split, validate
 from .tensors import Alias, QuantTensor, RawTensor
 
 __all__ = ["FpkReader", "open_file", "describe"]
@@ -42,7 +42,7 @@ class FpkReader:
             crc = zlib.crc32(self._read_at(pos, min(_STEP, expected - 4 - pos)), crc)
         if crc != struct.unpack("<I", self._read_at(expected - 4, 4))[0]:
             raise FormatError("checksum mismatch: the file is corrupt")
-        header = inflate(self._read_at(PRE.size, hlen), HEADER_CAP, "header", False)
+        header = inflate_header(self._read_at(PRE.size, hlen), self.version)
         self.meta, entries = validate(header, plen, size, max_elements)
         self._entries, offset = {}, PRE.size + hlen
         for e in entries:
