@@ -158,4 +158,5 @@ def test_structured_pruning_of_a_user_model_from_the_command_line_loads_smaller(
     fig = json.loads((tmp_path / "s.fpk.json").read_text())
     model = fisherpack.load_into(fisherpack.models.build("lenet300"), out)
     assert model.fc1.out_features < 300 and fig["params"] == 266_610 and fig["stored_params"] < 266_610
+    assert fig["stripped_bytes"] == len(fisherpack.fpk.container.stripped(out.read_bytes())) < out.stat().st_size
     assert 0 <= fig["val_file"] <= 1 and 0 <= fig["test_file"] <= 1

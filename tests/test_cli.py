@@ -37,6 +37,7 @@ def test_reproduce_writes_a_file_and_figures_that_agree(packed, data_dir, capsys
     assert figures["file_bytes"] == packed.stat().st_size
     assert figures["fp32_bytes"] == 4 * 266_610
     assert figures["ratio"] == pytest.approx(figures["fp32_bytes"] / figures["file_bytes"])
+    assert figures["stripped_bytes"] == len(format.stripped(packed.read_bytes())) < figures["file_bytes"]
     assert figures["params"] == 266_610 and abs(figures["kept_fraction"] - 0.1) < 0.01
     assert not packed.with_name("tiny.fpk.ckpt").exists()
     capsys.readouterr()

@@ -158,11 +158,12 @@ def _reproduce(args: argparse.Namespace, compress_config: Callable, log: Callabl
     for split in ("val", "test"):
         if split in data:
             fig[f"{split}_file"] = budget_mod.reload_and_measure(compressed, like, *data[split], metric=metric)[1]
-    fig.update(summary(format.decode(blob), len(blob)), points=points, config=cfg.to_dict(),
-               environment=environment.record(seed=cfg.seed))  # fmt: skip
+    fig.update(summary(format.decode(blob), len(blob)), stripped_bytes=len(format.stripped(blob, checked=True)),
+               points=points, config=cfg.to_dict(), environment=environment.record(seed=cfg.seed))  # fmt: skip
     atomic_write_bytes(Path(f"{out}.json"), (json_text(fig, indent=2) + "\n").encode())
     rows = [("model", args.model), ("file bytes", f"{len(blob):,}"), ("fp32 bytes", f"{fig['fp32_bytes']:,}")]
-    rows += [("ratio (fp32 / file)", f"{fig['ratio']:.1f}x"), (f"val {fig['metric']} dense", f"{dense:.4f}")]
+    rows += [("ratio (fp32 / file)", f"{fig['ratio']:.1f}x"), ("stripped file bytes", f"{fig['stripped_bytes']:,}")]
+    rows += [(f"val {fig['metric']} dense", f"{dense:.4f}")]
     rows += [
         (f"{s} {fig['metric']} (from file)", f"{fig[f'{s}_file']:.4f}") for s in ("val", "test") if f"{s}_file" in fig
     ]
