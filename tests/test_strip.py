@@ -61,7 +61,8 @@ def test_stripping_keeps_the_tensors_bytes_and_only_what_loading_needs():
     (head, payload), (small_head, small_payload) = _parts(blob), _parts(small)
     assert small_payload == payload and small_head["tensors"] == head["tensors"]
     assert small_head["meta"] == {"model": "lenet5", "original": {"params": 431_080, "fp32_bytes": 1_724_320}}
-    assert len(small) < len(blob) - 250  # the provenance was about 300 of its 717 header bytes
+    assert len(small) < len(blob) - 450  # the version-2 file's 717 header bytes become 255
+    assert struct.unpack_from("<H", small, 8)[0] == 3
     assert fmt.stripped(small) == small  # stripping twice changes nothing
     # it loads as the same smaller LeNet-5, and its ratio is against the model the user builds
     full, lean = fisherpack.load_into(build("lenet5"), path), fisherpack.load_into(build("lenet5"), fmt.decode(small))
@@ -88,3 +89,11 @@ def test_export_strip_writes_the_size_eval_reports(tmp_path, capsys):
     assert "\n" not in capsys.readouterr().err.strip()
     assert main(["export", str(RESULTS / "lenet300.fpk")]) == 1
     assert "--strip OUT" in capsys.readouterr().err
+
+
+def test_a_version_1_file_stays_version_1_when_stripped():
+    old = (Path(__file__).parent / "data" / "lenet5-v1.fpk").read_bytes()
+    small = fmt.stripped(old)
+    assert struct.unpack_from("<H", small, 8)[0] == 1 and _parts(small)[1] == _parts(old)[1]
+    for (name, a), b in zip(fmt.decode(old).state_dict().items(), fmt.decode(small).state_dict().values()):
+        assert torch.equal(a, b), name

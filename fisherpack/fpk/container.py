@@ -204,9 +204,11 @@ def stripped(data: bytes, checked: bool = False) -> bytes:
 
 
 def _restamp(data: bytes, edit: Callable[[dict], dict]) -> bytes:
+    """``data`` with its meta edited, in the current version (a version-2 file's streams are
+    version 3's; a version-1 file keeps its version, whose rANS data differs)."""
     _, header, payload = split(data)
-    doc = parse(header)
-    head = _head(edit(doc["meta"]), doc["tensors"], PRE.unpack_from(data)[1], len(payload))
+    doc, version = parse(header), PRE.unpack_from(data)[1]
+    head = _head(edit(doc["meta"]), doc["tensors"], VERSION if version == 2 else version, len(payload))
     return head + payload + struct.pack("<I", zlib.crc32(payload, zlib.crc32(head)))
 
 
