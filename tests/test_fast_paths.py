@@ -24,7 +24,7 @@ from fisherpack.errors import ConfigError, FormatError
 from fisherpack.fpk import bits, container
 from fisherpack.fpk import tensors as fpt
 
-RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+DATA = Path(__file__).resolve().parent / "data"
 
 
 def _join_reference(k: list[int], extra: bytes) -> list[int]:
@@ -113,14 +113,14 @@ def _decoded_digest(c: fpt.Compressed) -> str:
 @pytest.mark.parametrize(
     "name, digest",
     [
-        ("lenet5.fpk", "aa9bee3a0ebfecd2a27f7110a7444034ecdbda096467c46f03f4eb862ddb212e"),
-        ("lenet300.fpk", "11f62bae6cddf1e13ef24c19c9cac8f5be828a9e9833cdd0ae7182993c6c6648"),
-        ("lenet5-structured.fpk", "b6b326c097d6d71b9f8d4b0b8022a8e8dea817b9a4d31da428e628ef0be154bb"),
+        ("lenet5-v2.fpk", "aa9bee3a0ebfecd2a27f7110a7444034ecdbda096467c46f03f4eb862ddb212e"),
+        ("lenet300-v2.fpk", "11f62bae6cddf1e13ef24c19c9cac8f5be828a9e9833cdd0ae7182993c6c6648"),
     ],
 )
 def test_committed_files_decode_to_the_arrays_of_the_reference_decoder(name, digest):
-    """Digests of masks, group ids, codes and raw tensors as fisherpack 071c329 decoded them."""
-    assert _decoded_digest(container.load(RESULTS / name)) == digest
+    """Digests of masks, group ids, codes and raw tensors as fisherpack 071c329 decoded them (the
+    reference files of that commit, kept in tests/data)."""
+    assert _decoded_digest(container.load(DATA / name)) == digest
 
 
 @pytest.mark.parametrize("dtype", [np.int64, np.uint64, np.uint16])

@@ -61,14 +61,20 @@ def test_stripping_keeps_the_tensors_bytes_and_only_what_loading_needs():
     (head, payload), (small_head, small_payload) = _parts(blob), _parts(small)
     assert small_payload == payload and small_head["tensors"] == head["tensors"]
     assert small_head["meta"] == {"model": "lenet5", "original": {"params": 431_080, "fp32_bytes": 1_724_320}}
-    assert len(small) < len(blob) - 450  # the version-2 file's 717 header bytes become 255
-    assert struct.unpack_from("<H", small, 8)[0] == 3
+    assert len(small) < len(blob)  # with the version-3 dictionary the provenance costs only ~30 bytes
     assert fmt.stripped(small) == small  # stripping twice changes nothing
     # it loads as the same smaller LeNet-5, and its ratio is against the model the user builds
     full, lean = fisherpack.load_into(build("lenet5"), path), fisherpack.load_into(build("lenet5"), fmt.decode(small))
     for (name, a), b in zip(full.state_dict().items(), lean.state_dict().values()):
         assert torch.equal(a, b), name
     assert summary(fmt.decode(small), len(small))["ratio"] == 1_724_320 / len(small)
+
+
+def test_a_version_2_file_is_stripped_into_version_3():
+    old = (Path(__file__).parent / "data" / "lenet5-v2.fpk").read_bytes()  # 5,906 bytes, a 677-byte header
+    small = fmt.stripped(old)
+    assert struct.unpack_from("<H", small, 8)[0] == 3 and _parts(small)[1] == _parts(old)[1]
+    assert _parts(small)[0]["meta"] == {"model": "lenet5"} and len(small) < len(old) - 400
 
 
 def test_a_corrupt_file_is_not_stripped():
