@@ -38,6 +38,7 @@ __all__ = ["MAGIC", "VERSION", "PRE", "DTYPES", "MAX_ANS_BITS", "MAX_NAME", "HEA
 __all__ += ["READ_VERSIONS"]
 __all__ += ["MAX_ELEMENTS", "ELEMENTS_PER_BYTE", "MIN_ELEMENTS", "default_max_elements"]
 __all__ += ["inflate", "check_preamble", "read_bytes", "read_from", "split", "parse", "validate"]
+__all__ += ["deflate_header", "inflate_header", "stream_version"]
 
 MAGIC = b"\x89FPK\r\n\x1a\n"
 # The version written. 2 (a zlib header) and 1 (fisherpack 0.1: zlib header, 16-bit rANS words)
