@@ -295,21 +295,25 @@ def _decode_symbols(
 def _decode_quant(e: dict, blobs: list[memoryview], version: int) -> QuantTensor:
     what, gs, kept = f"tensor {e['name']!r}", e["groups"], e["kept"]
     mask = _decode_mask(e, blobs[0], what, version)
-    groups = np.zeros(kept, dtype=np.uint8)
-    if len(gs) > 1:
-        ids = _decode_symbols(e["ids"], blobs[1], kept, (len(gs) - 1).bit_length(), len(gs), f"{what} ids", version)
-        if kept and int(ids.max()) >= len(gs):
-            raise FormatError(f"{what}: a group id is >= the number of groups")
-        groups = ids.astype(np.uint8)
-        if np.bincount(groups, minlength=len(gs)).tolist() != [g["count"] for g in gs]:
-            raise FormatError(f"{what}: group ids do not match the header's group counts")
+    if len(gs) == 1:  # the common case, and the cheap one: every kept entry is in group 0
+        g = gs[0]
+        what_codes = f"{what} codes of group 0"
+        codes = _decode_symbols(e["codes"][0], blobs[-1], g["count"], g["bits"], 1 << g["bits"], what_codes, version)
+        groups, codes = np.zeros(kept, dtype=np.uint8), codes.astype(np.uint16, copy=False)
+        return QuantTensor.checked_elsewhere(
+            tuple(e["shape"]), mask, groups, codes, (g["bits"],), (g["exp"],), (g["grid"],)
+        )
+    ids = _decode_symbols(e["ids"], blobs[1], kept, (len(gs) - 1).bit_length(), len(gs), f"{what} ids", version)
+    if kept and int(ids.max()) >= len(gs):
+        raise FormatError(f"{what}: a group id is >= the number of groups")
+    groups = ids.astype(np.uint8)
+    if np.bincount(groups, minlength=len(gs)).tolist() != [g["count"] for g in gs]:
+        raise FormatError(f"{what}: group ids do not match the header's group counts")
     codes = np.zeros(kept, dtype=np.uint16)
     for i, (g, s, blob) in enumerate(zip(gs, e["codes"], blobs[-len(gs) :])):
-        c = _decode_symbols(s, blob, g["count"], g["bits"], 1 << g["bits"], f"{what} codes of group {i}", version)
-        if len(gs) == 1:
-            codes = c.astype(np.uint16, copy=False)
-        else:
-            codes[groups == i] = c
+        codes[groups == i] = _decode_symbols(
+            s, blob, g["count"], g["bits"], 1 << g["bits"], f"{what} codes of group {i}", version
+        )
     bits, exps, grids = (tuple(g[k] for g in gs) for k in ("bits", "exp", "grid"))
     # Every rule of QuantTensor holds here: the header fixed numel, kept, the group counts, widths,
     # exponents and grids; each stream decoded to exactly its count of values below 2**width.
