@@ -37,6 +37,7 @@ from .header import (
     VERSION,
     deflate_header,
     inflate,
+    inflate_header,
     no_cycle_collection,
     parse,
     read_bytes,
@@ -186,7 +187,7 @@ def _write(c: Compressed, out: BinaryIO, spill: BinaryIO, entropy: bool | None, 
 
 
 def _head(meta: dict, entries: list[dict], version: int, plen: int) -> bytes:
-    """Preamble and zlib header of a file (docs/FORMAT.md, sections 2 and 3)."""
+    """Preamble and compressed header of a file of ``version`` (docs/FORMAT.md, sections 2 and 3)."""
     try:
         text = json.dumps({"meta": meta, "tensors": entries}, sort_keys=True, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
@@ -204,10 +205,12 @@ def stripped(data: bytes, checked: bool = False) -> bytes:
 
 
 def _restamp(data: bytes, edit: Callable[[dict], dict]) -> bytes:
-    """``data`` with its meta edited, in the current version (a version-2 file's streams are
-    version 3's; a version-1 file keeps its version, whose rANS data differs)."""
-    _, header, payload = split(data)
-    doc, version = parse(header), PRE.unpack_from(data)[1]
+    """``data`` (already checked: sizes and CRC are not checked again) with its meta edited, in the
+    current version (a version-2 file's streams are version 3's; a version-1 file keeps its version,
+    whose rANS data differs)."""
+    _, version, hlen, plen = PRE.unpack_from(data)
+    doc = parse(inflate_header(memoryview(data)[PRE.size : PRE.size + hlen], version))
+    payload = memoryview(data)[PRE.size + hlen : PRE.size + hlen + plen]
     head = _head(edit(doc["meta"]), doc["tensors"], VERSION if version == 2 else version, len(payload))
     return head + payload + struct.pack("<I", zlib.crc32(payload, zlib.crc32(head)))
 

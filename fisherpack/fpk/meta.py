@@ -11,14 +11,12 @@ The format lets ``meta`` be any JSON object (docs/FORMAT.md, section 3). fisherp
   smaller (only then); loading reshapes the model to the file's shapes when it is there.
 
 A *stripped* file (``fisherpack export FILE --strip OUT``) keeps only ``model`` and ``original``:
-what a deployment needs to load it and to state its ratio honestly. Its bytes are otherwise equal.
+what a deployment needs to load it and to state its ratio honestly; every tensor byte is as it was.
 """
 
 from __future__ import annotations
 
 from typing import Any
-
-KEPT_WHEN_STRIPPED = ("model", "original")
 
 
 def compress_config(meta: dict[str, Any]) -> dict[str, Any] | None:
