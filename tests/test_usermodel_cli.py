@@ -9,6 +9,7 @@ from torch import nn
 import fisherpack
 from examples import tinyres
 from fisherpack.cli.main import main
+from fisherpack.fpk.tensors import QuantTensor
 
 SPEC = "examples.tinyres:build"
 
@@ -178,3 +179,17 @@ def test_inspect_says_what_was_compressed(checkpoints, tmp_path, capsys):
     assert last == (f"compressed: {len(quant)} of {len(quant) + len(raw)} tensors ({values:,} of {total:,} values); "
                     "matrices stored raw: stem.weight")  # fmt: skip
     assert "stem.weight" not in quant and len(quant) >= 4
+
+
+@pytest.mark.parametrize("flag", ["--quantize-biases", "--no-quantize-biases", None])
+def test_quantize_biases_is_a_flag_for_every_model(checkpoints, tmp_path, flag):
+    """Biases stored raw cost 4 bytes each; a user's model reaches quantized biases by the flag (the
+    registry's defaults have them on), and the file's config says which."""
+    out = tmp_path / "t.fpk"
+    argv = ["compress", "--model", SPEC, "--checkpoint", str(checkpoints / "full.pt"), "--rate", "0.7"]
+    assert main([*argv, *([flag] if flag else []), "--out", str(out)]) == 0
+    packed = fisherpack.load(out)
+    on = flag == "--quantize-biases"
+    biases = [n for n, p in tinyres.build().named_parameters() if p.ndim == 1]
+    assert biases and all(isinstance(packed.tensors[n], QuantTensor) == on for n in biases)
+    assert packed.meta["config"]["quantize_biases"] is on

@@ -55,13 +55,15 @@ def _add_compress_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--allocation", choices=ALLOCATIONS, help="how widths are given to Fisher groups")
     g.add_argument("--groups", type=int, help="Fisher groups per tensor (waterfill)")
     g.add_argument("--no-entropy", action="store_true", help="disable the rANS entropy-coding stage")
+    g.add_argument("--quantize-biases", action=argparse.BooleanOptionalAction,
+                   help="also quantize (never prune) biases and norm scales, or store them losslessly")  # fmt: skip
     cli_usermodel.add_layer_flags(g)  # --include / --exclude / --override
 
 
 def _compress_config(args: argparse.Namespace, base: CompressConfig) -> CompressConfig:
     changes = {
         k: getattr(args, k)
-        for k in ("rate", "criterion", "scope", "bits", "allocation", "groups")
+        for k in ("rate", "criterion", "scope", "bits", "allocation", "groups", "quantize_biases")
         if getattr(args, k, None) is not None
     }
     if getattr(args, "no_entropy", False):
