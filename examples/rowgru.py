@@ -8,7 +8,8 @@ What the command line can name (``fisherpack reproduce --model ... --data ...``)
 
 - ``examples.rowgru:build``: a fresh :class:`RowGRU`;
 - ``examples.rowgru:splits``: MNIST as ``{"train": (x, y), "val": (x, y), "test": (x, y)}``, the
-  validation set held out of the training images (fetched and cached on first use).
+  validation set held out of the training images (fetched and cached on first use);
+  ``examples.rowgru:tiny_splits`` a synthetic stand-in of a few hundred images (for tests).
 
 ``nn.GRU`` runs on fused kernels that ``torch.func.vmap`` cannot batch: a Fisher from data takes
 fisherpack's exact per-sample path (with a one-line notice); the default Fisher reads Adam's state.
@@ -48,6 +49,12 @@ def splits(n_val: int = 5000) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     x, y, x_test, y_test = fisherpack.data.load().tensors()
     x_train, y_train, x_val, y_val = fisherpack.data.split_validation(x, y, min(n_val, len(x) // 5), seed=0)
     return {"train": (x_train, y_train), "val": (x_val, y_val), "test": (x_test, y_test)}
+
+
+def tiny_splits() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Synthetic MNIST-shaped splits (fisherpack.data.synthetic) of a few hundred images, for the tests."""
+    x, y, x_test, y_test = fisherpack.data.synthetic(400, 200, seed=0).tensors()
+    return {"train": (x[:300], y[:300]), "val": (x[300:], y[300:]), "test": (x_test, y_test)}
 
 
 def run(cfg: fisherpack.PipelineConfig, hidden: int = 128, out: str | None = None) -> dict[str, float]:

@@ -22,6 +22,7 @@ def pytest_terminal_summary(terminalreporter):
 # runs: the command line end to end, torchrun, the C compiler, the fuzz suite, kill-and-resume, and
 # anything that trains for more than a moment. CI runs everything.
 SLOW_FILES = {
+    "test_ablation.py",
     "test_anymodel_cli.py",
     "test_cexport.py",
     "test_dist.py",
