@@ -5,10 +5,11 @@ Every run is ``fisherpack reproduce --model fisherpack.models:LeNet5 --data exam
 set measured once per file. The levers, added one at a time to the row above:
 
 - ``unstructured``: the registry's unstructured settings (OBD, rounds of pruning, 4 bits on average);
-- ``+ structured``: whole filters and neurons removed by their group Fisher (``--structured``);
-- ``+ lower widths``: fewer code bits per kept weight, recovered by quantization-aware fine-tuning.
+- ``+ structured``: whole filters and neurons removed by their group Fisher (``--structured``; for
+  LeNet-300 with a higher rate, since its structured files have bytes to spare);
+- ``+ 3 bits``: fewer code bits per kept weight, recovered by quantization-aware fine-tuning.
 
-And two levers of the file layout, measured on each last row's file without retraining (the tensor
+And two levers of the file layout, measured on the chosen row's files without retraining (the tensor
 bytes do not change): the version-2 header (zlib, no preset dictionary) against version 3's, and the
 file stripped of its provenance (``fisherpack export --strip``).
 
@@ -42,16 +43,23 @@ MODELS = {
         "factory": "fisherpack.models:LeNet5",
         "base": "--epochs 8 --rounds 6 --finetune-epochs 1 --final-epochs 3 --qat-epochs 2 --distill 0.5 "
                 "--augment 2 --criterion obd --quantize-biases --bits 4 --rate 0.99",
-        "levers": [("+ structured", "--structured 0.8"), ("+ lower widths", "--bits 3")],
+        "levers": [("+ structured 0.8", "--structured 0.8"), ("+ 3 bits (was 4)", "--bits 3")],
     },
     "lenet300": {
         "factory": "fisherpack.models:LeNet300",
         "base": "--epochs 30 --rounds 6 --finetune-epochs 1 --final-epochs 6 --qat-epochs 3 --distill 0.5 "
                 "--augment 2 --criterion obd --quantize-biases --bits 4 --rate 0.95",
-        "levers": [("+ structured", "--structured 0.6 --rate 0.975"), ("+ lower widths", "--bits 3")],
+        "levers": [("+ structured 0.6, rate 97.5%", "--structured 0.6 --rate 0.975"),
+                   ("+ 3 bits (was 4)", "--bits 3")],
     },
 }  # fmt: skip
 SEEDS = (0, 1, 2)
+# What the defaults are chosen for: issue 15's test-error targets, as a ceiling on the mean *validation*
+# error. The 5,000 held-out training images are harder than the test set for a compressed LeNet (val
+# minus test was +0.1 to +0.6 pp, mean +0.3, over the runs that chose these levers), so the ceiling is
+# the target plus MARGIN: tighter than that offset, a choice that errs towards accuracy.
+TARGETS = {"lenet5": 0.008, "lenet300": 0.016}
+MARGIN = 0.002
 
 
 def ladder(model: str) -> list[tuple[str, list[str]]]:
@@ -74,11 +82,12 @@ TINY = "--epochs 1 --rounds 1 --finetune-epochs 0.25 --final-epochs 0 --qat-epoc
 
 
 def run_one(model: str, step: int, seed: int, flags: list[str], runs: Path, log, data: str = DATA) -> dict:
-    """One ``reproduce`` run's figures (from its JSON in ``runs``, made now if it is not there)."""
+    """One ``reproduce`` run's figures: from its JSON in ``runs`` when that was made with the same
+    flags, else made now."""
     key = _key(model, step, seed)
     record, fpk = runs / f"{key}.json", runs / f"{key}.fpk"
-    if record.exists():
-        return json.loads(record.read_text())
+    if record.exists() and (kept := json.loads(record.read_text()))["flags"] == flags:
+        return kept
     cmd = [sys.executable, "-m", "fisherpack", "reproduce", "--model", MODELS[model]["factory"], "--data", data,
            "--quiet", "--force", *flags, "--seed", str(seed), "--out", str(fpk)]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -90,18 +99,24 @@ def run_one(model: str, step: int, seed: int, flags: list[str], runs: Path, log,
     if os.waitstatus_to_exitcode(status):
         raise SystemExit(f"{key} failed:\n{log_path.read_text()[-2000:]}")
     log_path.unlink()
+    out = figures_of(fpk, {"model": model, "step": step, "seed": seed, "flags": flags},
+                     round(usage.ru_utime + usage.ru_stime, 1))  # fmt: skip
+    atomic_write_bytes(record, (json.dumps(out, indent=1, sort_keys=True) + "\n").encode())
+    for made in (fpk, Path(f"{fpk}.json")):  # remade by the command; the record keeps their figures
+        made.unlink()
+    log(f"{key}: {out['file_bytes']:,} bytes, val {out['val']:.4f}, test {out['test']:.4f}")
+    return out
+
+
+def figures_of(fpk: Path, run: dict, cpu_seconds: float) -> dict:
+    """``run`` with the figures of its file ``fpk`` and of ``reproduce``'s JSON beside it."""
     figures = json.loads(Path(f"{fpk}.json").read_text())
     raw = fpk.read_bytes()
-    header = container.PRE.unpack_from(raw)[2]
     packed = container.load(fpk)
-    out = {"model": model, "step": step, "seed": seed, "flags": flags, "file_bytes": len(raw),
-           "header_bytes": header, "v2_bytes": len(container.encode(packed, version=2)),
-           "stripped_bytes": len(container.stripped(raw)), "fp32_bytes": figures["fp32_bytes"],
-           "val_dense": figures["val_dense"], "val": figures["val_file"], "test": figures["test_file"],
-           "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 1)}  # fmt: skip
-    atomic_write_bytes(record, (json.dumps(out, indent=1, sort_keys=True) + "\n").encode())
-    log(f"{key}: {len(raw):,} bytes, val {out['val']:.4f}, test {out['test']:.4f}")
-    return out
+    return {**run, "file_bytes": len(raw), "header_bytes": container.PRE.unpack_from(raw)[2],
+            "v2_bytes": len(container.encode(packed, version=2)), "stripped_bytes": len(container.stripped(raw)),
+            "fp32_bytes": figures["fp32_bytes"], "val_dense": figures["val_dense"], "val": figures["val_file"],
+            "test": figures["test_file"], "cpu_seconds": cpu_seconds}  # fmt: skip
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -121,25 +136,47 @@ def summarise(runs: list[dict]) -> dict:
     return summary
 
 
+def ceiling(model: str) -> float:
+    return TARGETS[model] + MARGIN
+
+
+def chosen(summary: dict, model: str) -> int | None:
+    """The ladder step whose mean file is smallest among those within the validation ceiling: the
+    step whose flags ``reproduce``'s defaults for ``model`` are (tests/test_readme.py checks)."""
+    fits = [(row["file_bytes"]["mean"], int(step)) for step, row in summary.get(model, {}).items()
+            if row["val"]["mean"] <= ceiling(model)]  # fmt: skip
+    return min(fits)[1] if fits else None
+
+
 def table(summary: dict) -> str:
     """The README's ablation table: each lever's bytes and errors (mean over seeds, min..max)."""
-    rows = ["| model | lever | file bytes (ratio) | bytes saved | val error | test error | test change |",
+    summary = {m: summary[m] for m in MODELS if m in summary}  # the models' order, not the JSON's
+    seeds = "; ".join(f"{m} {', '.join(map(str, sorted({x for row in steps.values() for x in row['seeds']})))}"
+                      for m, steps in summary.items())  # fmt: skip
+    limits = ", ".join(f"{m} {ceiling(m):.2%}" for m in summary)
+    rows = [f"Mean over seeds ({seeds}), min..max in brackets; each row is the one above with its lever "
+            f"added. Bold: the defaults, the smallest mean file whose mean validation error is within the "
+            f"ceiling ({limits}: the test-error target + {MARGIN * 100:.1f} pp).", "",
+            "| model | lever | file bytes (ratio) | bytes saved | val error | test error | test change |",
             "|" + "---|" * 7]  # fmt: skip
     for model, steps in summary.items():
         names = [name for name, _ in ladder(model)]
-        prev = None
+        prev, pick = None, chosen(summary, model)
         for step, row in steps.items():
             b, v, t = row["file_bytes"], row["val"], row["test"]
             saved = "" if prev is None else f"{prev['file_bytes']['mean'] - b['mean']:,.0f}"
             change = "" if prev is None else f"{(t['mean'] - prev['test']['mean']) * 100:+.2f} pp"
-            rows.append(f"| {model} | {names[int(step)]} | {b['mean']:,.0f} ({row['fp32_bytes'] / b['mean']:.0f}x) "
+            name = f"**{names[int(step)]}** (the defaults)" if int(step) == pick else names[int(step)]
+            rows.append(f"| {model} | {name} | {b['mean']:,.0f} ({row['fp32_bytes'] / b['mean']:.0f}x) "
                         f"| {saved} | {_pct(v)} | {_pct(t)} | {change} |")  # fmt: skip
             prev = row
-        last = prev
-        for lever, field in (("version-2 header", "v2_bytes"), ("stripped of provenance", "stripped_bytes")):
-            d = last[field]["mean"] - last["file_bytes"]["mean"]
-            rows.append(f"| {model} | {lever} (last file, no retraining) | {last[field]['mean']:,.0f} | {-d:+,.0f} "
-                        "| same | same | |")  # fmt: skip
+        last = steps[str(pick)] if pick is not None else prev
+        for lever, field in (
+            ("the defaults' file with a version-2 header", "v2_bytes"),
+            ("the defaults' file stripped of provenance (`export --strip`)", "stripped_bytes"),
+        ):
+            d = last["file_bytes"]["mean"] - last[field]["mean"]
+            rows.append(f"| {model} | {lever} | {last[field]['mean']:,.0f} | {d:,.0f} | same | same | |")  # fmt: skip
     return "\n".join(rows) + "\n"
 
 
@@ -159,7 +196,9 @@ def plot(runs: list[dict], path: Path) -> None:
         for step, (lever, _) in enumerate(ladder(model)):
             rs = [r for r in runs if r["model"] == model and r["step"] == step]
             ax.scatter([r["file_bytes"] for r in rs], [r["val"] * 100 for r in rs], label=lever, color=f"C{step}")
-        ax.set(title=f"{model}: 3 seeds per lever", xlabel="file bytes", ylabel="validation error (%)")
+        seeds = len({r["seed"] for r in runs if r["model"] == model})
+        ax.axhline(ceiling(model) * 100, color="grey", ls="--", label="validation ceiling")
+        ax.set(title=f"{model}: {seeds} seed(s) per lever", xlabel="file bytes", ylabel="validation error (%)")
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -186,15 +225,13 @@ def main(argv: list[str] | None = None) -> int:
 
     with ThreadPoolExecutor(args.jobs) as pool:
         runs = list(pool.map(lambda t: run_one(*t, runs_dir, log, args.data), todo))
-    for f in runs_dir.glob("*.fpk*"):  # the files are remade by the command; the JSON keeps their figures
-        f.unlink()
     summary = summarise(runs)
     record = {"summary": summary, "runs": runs, "data": args.data, "environment": environment.record(seed=0)}
     atomic_write_bytes(out / "ablation.json", (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
     plot(runs, out / "ablation.png")
     atomic_write_bytes(out / "ablation.md", table(summary).encode())
-    if args.tiny:
-        return 0
+    if args.tiny or args.only or set(args.seeds) != set(SEEDS):
+        return 0  # the README shows the whole ablation only
     path = ROOT / "README.md"
     readme.rewrite(path, readme.replace_section(path.read_text(), "ablation", table(summary)), check=False)
     print(table(summary))

@@ -44,3 +44,13 @@ def test_the_ablation_runs_tiny_resumes_and_its_table_matches_its_json(tmp_path)
     assert bench.main(argv) == 0
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").iterdir()} == mtimes
     assert json.loads((tmp_path / "ablation.json").read_text())["runs"] == runs
+
+
+def test_the_readme_table_is_the_committed_json():
+    bench = benchmark_script("ablation")
+    record = json.loads((ROOT / "benchmarks" / "results" / "ablation.json").read_text())
+    table = bench.table(record["summary"])
+    assert f"<!-- ablation:start -->\n{table}<!-- ablation:end -->" in (ROOT / "README.md").read_text()
+    assert (ROOT / "benchmarks" / "results" / "ablation.md").read_text() == table
+    kept = sorted(p.name for p in (ROOT / "benchmarks" / "results" / "ablation").glob("*.json"))
+    assert set(kept) >= {f"{r['model']}-{r['step']}-s{r['seed']}.json" for r in record["runs"]}

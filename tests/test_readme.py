@@ -46,20 +46,29 @@ def test_results_section_is_generated_from_the_committed_json():
     assert done.returncode == 0, "README results are stale: run python benchmarks/readme_results.py"
 
 
-def test_default_rates_are_the_sweeps_pick():
-    """reproduce's default pruning rate is the smallest fisherpack file within the error budget."""
+def test_defaults_are_the_ablations_pick_on_the_sweeps_rate():
+    """reproduce's defaults are the ablation's chosen row (the smallest mean file within the validation
+    ceiling, benchmarks/ablation.py), whose unstructured base keeps the sweep's pick of the rate."""
+    import argparse
+
+    from helpers import benchmark_script
+
+    from fisherpack.cli import anymodel
+    from fisherpack.cli.main import _compress_config, _parser
     from fisherpack.defaults import default_config
 
-    results_mod = tables
-    checked = 0
-    for model in results_mod.MODELS:
-        results = results_mod.load_sweep(ROOT / "benchmarks" / "results", model)
-        if results is None:
-            continue
-        chosen = results_mod.pick(results)
-        assert chosen is not None and default_config(model).compress.rate == chosen[0]
-        checked += 1
-    assert checked >= 1
+    bench = benchmark_script("ablation")
+    summary = json.loads((ROOT / "benchmarks" / "results" / "ablation.json").read_text())["summary"]
+    for model in tables.MODELS:
+        sweep = tables.load_sweep(ROOT / "benchmarks" / "results", model)
+        base = bench.ladder(model)[0][1]
+        assert sweep is not None and float(base[base.index("--rate") + 1]) == tables.pick(sweep)[0]
+        step = bench.chosen(summary, model)
+        assert step is not None, f"{model}: no ablation row within the validation ceiling"
+        flags = bench.ladder(model)[step][1]
+        args = _parser().parse_args(["reproduce", "--model", bench.MODELS[model]["factory"], *flags])
+        made = anymodel._config(argparse.Namespace(**vars(args), user_model=args.model), _compress_config)
+        assert made.replace(model=model) == default_config(model), model
 
 
 def test_pick_is_the_smallest_file_within_the_budget_relative_to_the_dense_models():

@@ -55,7 +55,7 @@ def test_an_entropy_override_corrects_every_recorded_config_and_nothing_else():
 
 
 def test_stripping_keeps_the_tensors_bytes_and_only_what_loading_needs():
-    path = RESULTS / "lenet5-structured.fpk"
+    path = RESULTS / "lenet5.fpk"
     blob = path.read_bytes()
     small = fmt.stripped(blob)
     (head, payload), (small_head, small_payload) = _parts(blob), _parts(small)
@@ -88,7 +88,10 @@ def test_export_strip_writes_the_size_eval_reports(tmp_path, capsys):
     out = tmp_path / "lean.fpk"
     assert main(["export", str(RESULTS / "lenet300.fpk"), "--strip", str(out)]) == 0
     blob = (RESULTS / "lenet300.fpk").read_bytes()
-    assert out.read_bytes() == fmt.stripped(blob) and _parts(out.read_bytes())[0]["meta"] == {"model": "lenet300"}
+    assert out.read_bytes() == fmt.stripped(blob) and _parts(out.read_bytes())[0]["meta"] == {
+        "model": "lenet300",
+        "original": {"params": 266_610, "fp32_bytes": 1_066_440},
+    }  # structured: original size
     same = tmp_path / "same.fpk"
     same.write_bytes(blob)
     assert main(["export", str(same), "--strip", str(same)]) == 1 and same.read_bytes() == blob  # never clobbered

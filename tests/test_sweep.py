@@ -197,3 +197,17 @@ def test_restored_models_start_from_the_cached_base_however_often(runner):
     after = again.state_dict()["state"]
     assert before.keys() == after.keys()
     assert all(torch.equal(before[i][k], after[i][k]) for i in before for k in before[i])
+
+
+def test_the_magnitude_baseline_never_prunes_structurally():
+    """Structured pruning ranks channels by Fisher: the magnitude + uniform baseline of a pipeline point
+    turns it off whatever the defaults say, and the fisherpack point keeps the defaults' setting."""
+    from fisherpack.bench.sweepplan import pipeline_config
+    from fisherpack.defaults import default_config
+
+    spec = {"sweep": "pipeline", "model": "lenet5", "seed": 1, "rate": 0.98, "bits": 4}
+    assert default_config("lenet5").structured > 0
+    ours = pipeline_config({**spec, "method": "fisherpack"})
+    base = pipeline_config({**spec, "method": "magnitude-uniform"})
+    assert ours.structured == default_config("lenet5").structured and base.structured == 0.0
+    assert base.compress.criterion == "magnitude" and (base.compress.rate, base.compress.bits) == (0.98, 4.0)

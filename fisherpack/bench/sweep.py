@@ -38,7 +38,7 @@ import torch
 
 from .. import fisher as fisher_mod
 from .. import losses, pipeline, prune, quant
-from ..compression import compress, compressible, summary
+from ..compression import compress, compressible, load_into, summary
 from ..config import CompressConfig
 from ..data import batches
 from ..fpk import container as fmt
@@ -254,8 +254,7 @@ class Sweep:
         out = pipeline.run(cfg, *subject.train, *subject.val, start=start, model=subject.build(), loss=subject.loss,
                            metric=subject.metric)  # fmt: skip
         blob = fmt.encode(out.compressed, entropy=cfg.compress.entropy)
-        net = subject.build()
-        net.load_state_dict(fmt.decode(blob).state_dict())
+        net = load_into(subject.build(), fmt.decode(blob))  # the file's layer sizes after structured pruning
         figures = summary(out.compressed, len(blob))
         errors = self.errors(spec["model"], net)
         return {**errors, **{k: figures[k] for k in ("file_bytes", "ratio", "avg_bits", "kept_fraction")}}

@@ -72,8 +72,9 @@ def pipeline_config(spec: dict[str, Any], defaults: PipelineConfig | None = None
     if "train_epochs" in spec:
         base = base.replace(epochs=spec["train_epochs"])
     changes = {"rate": spec["rate"], "bits": float(spec["bits"])}
-    if spec["method"] == "magnitude-uniform":
+    if spec["method"] == "magnitude-uniform":  # nothing ranked by Fisher: no structured pruning either
         changes.update(criterion="magnitude", allocation="uniform", groups=1, quantize_biases=False)
+        base = base.replace(structured=0.0)
     return base.replace(compress=base.compress.replace(**changes))
 
 
