@@ -252,9 +252,26 @@ def load_into(model: nn.Module, source: Compressed | str | os.PathLike, max_elem
 
 def _fit_if_shrunk(model: nn.Module, shapes: dict[str, Any], meta: dict[str, Any]) -> None:
     """A file written after structured pruning holds smaller layers: give ``model`` their shapes
-    (only then: for any other file a shape mismatch is the user's mistake, and is named)."""
-    if file_meta.shrunk(meta):
-        structured.fit(model, shapes)
+    (only then: for any other file a shape mismatch is the user's mistake, and is named). A
+    full-size ``model`` must be the size the file says it was made from (``original``, the base of
+    its ratio): ConfigError otherwise, before the model is touched."""
+    if not file_meta.shrunk(meta):
+        return
+    state = model.state_dict()
+    if "original" in meta and any(n in shapes and tuple(shapes[n].shape) != tuple(t.shape) for n, t in state.items()):
+        size = {"params": sum(t.numel() for t in state.values()),
+                "fp32_bytes": 4 * sum(t.numel() for t in state.values() if t.is_floating_point())}  # fmt: skip
+        claimed = meta["original"]
+        if claimed != size:
+            raise ConfigError(f"the file says it was made from a model of {_size_text(claimed)}, this model has "
+                              f"{_size_text(size)}; is it the right model?")  # fmt: skip
+    structured.fit(model, shapes)
+
+
+def _size_text(claimed: Any) -> str:
+    if isinstance(claimed, dict) and type(claimed.get("params")) is int and type(claimed.get("fp32_bytes")) is int:
+        return f"{claimed['params']:,} values ({claimed['fp32_bytes']:,} fp32 bytes)"
+    return "an unreadable size"
 
 
 def _copy_into(targets: dict[str, torch.Tensor], reader: FpkReader, name: str) -> None:

@@ -236,8 +236,9 @@ def run(
             torch.set_rng_state(state["rng"])
         if state["quantized"].numel():
             quantized = fmt.decode(state["quantized"].numpy().tobytes())
-        if state["teacher"]:
+        if state["teacher"]:  # the dense model as trained: full size, also when ``model`` was shrunk since
             teacher = copy.deepcopy(model)
+            structured.fit(teacher, state["teacher"])
             teacher.load_state_dict(state["teacher"])
             teacher.eval()
 

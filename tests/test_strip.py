@@ -1,6 +1,7 @@
 """A file's meta holds each fact once; a stripped file keeps only what loading needs, with every
 tensor byte as it was (issue 15: a lean header, strippable for deployment)."""
 
+import dataclasses
 import json
 import struct
 from pathlib import Path
@@ -106,3 +107,26 @@ def test_a_version_1_file_stays_version_1_when_stripped():
     assert struct.unpack_from("<H", small, 8)[0] == 1 and _parts(small)[1] == _parts(old)[1]
     for (name, a), b in zip(fmt.decode(old).state_dict().items(), fmt.decode(small).state_dict().values()):
         assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("original", [{"params": 431_080 * 10, "fp32_bytes": 1_724_320 * 10}, ["x"], None])
+def test_a_shrunk_file_that_misstates_its_model_is_refused_before_the_model_is_touched(tmp_path, capsys, original):
+    """The ratio of a structured file is against the size its meta says the model had: a file
+    that inflates (or garbles) that size is refused by load_into and eval in one line."""
+    packed = fisherpack.load(RESULTS / "lenet5.fpk")
+    if original is not None:
+        packed = dataclasses.replace(packed, meta={**packed.meta, "original": original})
+    path = tmp_path / "claims.fpk"
+    fmt.save(packed, path)
+    model = build("lenet5")
+    if original is None:  # the committed file's own claim: the LeNet-5 the user builds
+        assert fisherpack.load_into(model, path).conv2.out_channels < 50
+        return
+    before = {n: t.clone() for n, t in model.state_dict().items()}
+    with pytest.raises(fisherpack.ConfigError, match="is it the right model"):
+        fisherpack.load_into(model, path)
+    assert all(torch.equal(before[n], t) for n, t in model.state_dict().items())  # untouched
+    capsys.readouterr()
+    assert main(["eval", str(path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "431,080 values" in err, err
