@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--quick", action="store_true", help="a small MLP and few repeats: a smoke test")
     args = p.parse_args(argv)
     batches = tuple(int(b) for b in args.batches.split(","))
-    return inference.run(Path(args.out), ROOT / REFERENCE, REFERENCE, None, args.threads, args.repeats, batches,
+    return inference.run(Path(args.out), ROOT / REFERENCE, REFERENCE, args.threads, args.repeats, batches,
                          quick=args.quick)  # fmt: skip
 
 

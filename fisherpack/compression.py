@@ -259,9 +259,7 @@ def _fit_if_shrunk(model: nn.Module, shapes: dict[str, Any], meta: dict[str, Any
         return
     state = model.state_dict()
     if "original" in meta and any(n in shapes and tuple(shapes[n].shape) != tuple(t.shape) for n, t in state.items()):
-        size = {"params": sum(t.numel() for t in state.values()),
-                "fp32_bytes": 4 * sum(t.numel() for t in state.values() if t.is_floating_point())}  # fmt: skip
-        claimed = meta["original"]
+        claimed, size = meta["original"], structured.model_size(model)
         if claimed != size:
             raise ConfigError(f"the file says it was made from a model of {_size_text(claimed)}, this model has "
                               f"{_size_text(size)}; is it the right model?")  # fmt: skip

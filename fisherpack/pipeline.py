@@ -287,10 +287,8 @@ def run(
             if step.structured:
                 example = x_train[:2]
                 if "original" not in figures:  # the model as the user built it, before its first shrink
-                    full = list(model.state_dict().values())  # the ratio's base
-                    fp32 = 4 * sum(t.numel() for t in full if t.is_floating_point())
                     figures.update(weights_before=sum(params[n].numel() for n in names),
-                                   original={"params": sum(t.numel() for t in full), "fp32_bytes": fp32},
+                                   original=structured.model_size(model),  # the ratio's base
                                    removable_before=structured.removable(model, example))  # fmt: skip
                 optimizer, masks, fisher, figures["removable_left"] = structured.shrink_step(
                     model, optimizer, fisher, masks, step.structured, figures["removable_before"], example

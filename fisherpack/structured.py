@@ -36,7 +36,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from .errors import ConfigError
 
 __all__ = ["Space", "Cuts", "spaces", "saliency", "select", "shrink", "cut", "fit", "prunable_weights"]
-__all__ += ["cut_optimizer", "shrink_step", "removable"]
+__all__ += ["cut_optimizer", "shrink_step", "removable", "model_size"]
 
 _PASS_MODULES = (nn.ReLU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.LeakyReLU, nn.ELU, nn.Hardswish, nn.Identity,
                  nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d,
@@ -282,6 +282,14 @@ def cut(t: torch.Tensor, steps: list[tuple[int, torch.Tensor]]) -> torch.Tensor:
     for dim, idx in steps:
         t = t.index_select(dim, idx)
     return t
+
+
+def model_size(model: nn.Module) -> dict[str, int]:
+    """What a file made after structured pruning records as its model's size before the first shrink
+    (meta ``original``, the base of its ratio): every state-dict value, and 4 bytes per float one."""
+    state = list(model.state_dict().values())
+    floats = sum(t.numel() for t in state if t.is_floating_point())
+    return {"params": sum(t.numel() for t in state), "fp32_bytes": 4 * floats}
 
 
 def fit(model: nn.Module, shapes: dict[str, Any]) -> list[str]:

@@ -55,11 +55,11 @@ def wide_mlp(width: int = 4096) -> nn.Module:
     )
 
 
-def networks(quick: bool, reference: Path | None, structured: Path | None = None) -> dict[str, tuple]:
+def networks(quick: bool, reference: Path | None) -> dict[str, tuple]:
     """name -> (factory, CompressConfig or an existing .fpk). ``quick`` shrinks the MLP for a smoke
     test; ``reference`` is a LeNet-5 file to measure (random weights at Deep Compression's rates
-    when it is None or missing); ``structured``, if it exists, a LeNet-5 file made with structured
-    pruning (measured against the full-size dense LeNet-5)."""
+    when it is None or missing); a file made with structured pruning is measured against the
+    full-size dense LeNet-5."""
     lenet = CompressConfig(
         criterion="magnitude",
         allocation="uniform",
@@ -69,11 +69,7 @@ def networks(quick: bool, reference: Path | None, structured: Path | None = None
     mlp = CompressConfig(rate=0.95, criterion="magnitude", scope="layer", allocation="uniform", bits=5)
     width = 256 if quick else 4096
     lenet_source = reference if reference is not None and reference.is_file() else lenet
-    out = {"lenet5": (lambda: models.build("lenet5"), lenet_source)}
-    if structured is not None and structured.is_file():
-        out["lenet5-structured"] = (lambda: models.build("lenet5"), structured)
-    out[f"mlp{width}"] = (lambda: wide_mlp(width), mlp)
-    return out
+    return {"lenet5": (lambda: models.build("lenet5"), lenet_source), f"mlp{width}": (lambda: wide_mlp(width), mlp)}
 
 
 def _sample(fn, x: torch.Tensor, inner: int) -> tuple[float, float]:
@@ -200,7 +196,6 @@ def run(
     out: Path,
     reference: Path | None = None,
     reference_label: str = "",
-    structured_file: Path | None = None,
     threads: int = 1,
     repeats: int = 21,
     batches: tuple[int, ...] = BATCHES,
@@ -214,7 +209,7 @@ def run(
     env = environment.record(date=time.strftime("%Y-%m-%d %H:%M:%S %z"), mkl=torch.backends.mkl.is_available())
     results = {"environment": env, "repeats": repeats, "networks": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, (factory, config) in networks(quick, reference, structured_file).items():
+        for name, (factory, config) in networks(quick, reference).items():
             label = reference_label if config == reference else ""
             results["networks"][name] = run_network(name, factory, config, repeats, Path(tmp), batches, label)
     atomic_write_bytes(out / "inference.json", (json.dumps(results, indent=2, sort_keys=True) + "\n").encode())

@@ -9,7 +9,7 @@ from __future__ import annotations
 from .readme import replace_section
 
 SECTION = "inference"
-NAMES = {"lenet5": "LeNet-5", "lenet5-structured": "LeNet-5, structured", "mlp4096": "MLP 784-4096-4096-10"}
+NAMES = {"lenet5": "LeNet-5", "mlp4096": "MLP 784-4096-4096-10"}
 
 
 def _size(n: float) -> str:
