@@ -237,7 +237,9 @@ COST = fc.files()
 
 def _cost(family: str, fn, record_property) -> str:
     outcome, seconds, mib = fc.measure(fn)
-    if seconds > fc.LIMIT_SECONDS:  # a loaded machine only adds time: the better of two runs is the cost
+    for _ in range(2):  # a loaded machine only adds time: the best of up to three runs is the cost
+        if seconds <= fc.LIMIT_SECONDS:
+            break
         seconds = min(seconds, fc.measure(fn)[1])
     fz.note(family, outcome, seconds)
     record_property(family, f"{outcome}, {seconds:.3f} s CPU, {mib} MiB")

@@ -174,6 +174,13 @@ def read_table(data: bytes | memoryview, max_alphabet: int) -> tuple[np.ndarray,
 
     FormatError unless ``8 <= p <= 16``, ``1 <= A <= max_alphabet`` and the frequencies sum to 2**p.
     """
+    symbols, freqs, precision, pos = _read_table(data, max_alphabet)
+    return np.asarray(symbols, dtype=np.uint16), np.asarray(freqs, dtype=np.int64), precision, pos
+
+
+def _read_table(data: bytes | memoryview, max_alphabet: int) -> tuple[list[int], list[int], int, int]:
+    """:func:`read_table` with Python lists: a file may hold thousands of tiny streams, and two
+    arrays per table cost more than the rest of decoding a one-symbol stream."""
     if len(data) < 1:
         raise FormatError("entropy-coded stream is missing its frequency table")
     precision = data[0]
@@ -202,7 +209,7 @@ def read_table(data: bytes | memoryview, max_alphabet: int) -> tuple[np.ndarray,
         i += 1
     if i != alphabet or total != m:
         raise FormatError("entropy-coded stream: bad frequency table (runs overflow or sum is not 2**precision)")
-    return np.asarray(symbols, dtype=np.uint16), np.asarray(freqs, dtype=np.int64), precision, pos
+    return symbols, freqs, precision, pos
 
 
 @functools.lru_cache(maxsize=256)
@@ -233,19 +240,19 @@ def _trim(data: bytes) -> bytes:
     return data.rstrip(b"\x00") if data else data
 
 
-def _decode_v2(data: memoryview, freqs: np.ndarray, precision: int, count: int) -> np.ndarray:
+def _decode_v2(data: memoryview, freqs: list[int], precision: int, count: int) -> np.ndarray:
     """(count,) table indices from version-2 rANS data; FormatError if it is corrupt."""
     if len(data) and data[-1] == 0:
         raise FormatError("rANS data is corrupt: its last byte is zero")
     padded = bytes(data) + bytes(-len(data) % 4)  # the last word's zero high bytes are not stored
     words = np.frombuffer(padded, dtype="<u4").astype(np.uint32, copy=False)  # a copy only on big-endian machines
-    if freqs.size == 1:
+    if len(freqs) == 1:
         if words.size:
             raise FormatError("rANS data is corrupt: a one-symbol stream has no data")
         return np.zeros(count, dtype=np.uint16)
     if _AnsCoder is None:
-        return np.asarray(rans_py.decode_v2(words.tolist(), freqs.tolist(), precision, count), dtype=np.uint16)
-    coder, model = _AnsCoder(words), _model(tuple(freqs.tolist()), precision)
+        return np.asarray(rans_py.decode_v2(words.tolist(), freqs, precision, count), dtype=np.uint16)
+    coder, model = _AnsCoder(words), _model(tuple(freqs), precision)
     if count <= _CHUNK:  # one call (int32 out), then the uint16 the caller gets
         out = coder.decode(model, count).astype(np.uint16)
     else:
@@ -263,12 +270,12 @@ def _encode_v1(syms: np.ndarray, index: np.ndarray, freqs: np.ndarray, precision
     return state.to_bytes(4, "little") + np.asarray(words, dtype="<u2").tobytes()
 
 
-def _decode_v1(data: memoryview, freqs: np.ndarray, precision: int, count: int) -> np.ndarray:
+def _decode_v1(data: memoryview, freqs: list[int], precision: int, count: int) -> np.ndarray:
     if len(data) < 4 or len(data) % 2:
         raise FormatError(f"rANS data is {len(data)} bytes; it must be a 4-byte state plus 2-byte words")
     state = int.from_bytes(bytes(data[:4]), "little")
     words = np.frombuffer(data[4:], dtype="<u2").tolist()
-    return np.frombuffer(rans_py.decode_v1(state, words, freqs.tolist(), precision, count), dtype=np.uint16)
+    return np.frombuffer(rans_py.decode_v1(state, words, freqs, precision, count), dtype=np.uint16)
 
 
 def encode_stream(symbols: np.ndarray, alphabet: int, budget: int | None = None, version: int = 2) -> bytes | None:
@@ -322,7 +329,7 @@ def decode_stream(data: bytes | memoryview, count: int, alphabet: int, version: 
         return np.zeros(0, dtype=np.uint16)
     if version not in STREAM_VERSIONS:
         raise ValueError(f"stream version must be one of {STREAM_VERSIONS}")
-    symbols, freqs, precision, pos = read_table(data, alphabet)
+    symbols, freqs, precision, pos = _read_table(data, alphabet)
     rans = memoryview(data)[pos:]
     bytes_counted = len(data) if version == 2 else len(rans)
     if count > MAX_SYMBOLS_PER_BYTE * bytes_counted:
@@ -331,4 +338,5 @@ def decode_stream(data: bytes | memoryview, count: int, alphabet: int, version: 
             f"(more than {MAX_SYMBOLS_PER_BYTE} per byte); refusing to decode"
         )
     idx = (_decode_v2 if version == 2 else _decode_v1)(rans, freqs, precision, count)
-    return idx if symbols.size == symbols[-1] + 1 else symbols[idx]  # dense table: index == symbol
+    dense = len(symbols) == symbols[-1] + 1  # a dense table: index == symbol
+    return idx if dense else np.asarray(symbols, dtype=np.uint16)[idx]

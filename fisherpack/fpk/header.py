@@ -307,7 +307,8 @@ def _stream(s: Any, name: str, part: str, encodings: dict[str, set[str]], limit:
         raise _bad(f"tensor {name!r} {part} has an unknown encoding")
     if s.keys() != encodings[encoding]:
         _keys(s, f"tensor {name!r} {part}", encodings[encoding])
-    if not _is_int(s["length"], 0, limit):
+    length = s["length"]
+    if not (type(length) is int and 0 <= length <= limit):  # _is_int, inline: this runs for every stream
         raise _bad(f"tensor {name!r} {part} length is out of range")
     return s
 
@@ -402,13 +403,13 @@ def _validate_quant(e: dict, name: str, n: int, plen: int) -> None:
     if type(gs) is not list or not 1 <= len(gs) <= MAX_GROUPS:
         raise _bad(f"tensor {name!r} needs 1..{MAX_GROUPS} groups")
     counted = 0
-    for g in gs:
+    for g in gs:  # the _is_int checks inline: this runs for every group of every entry
         if type(g) is not dict or g.keys() != _GROUP_KEYS:
             _keys(g, f"tensor {name!r} group", _GROUP_KEYS)
-        if not (_is_int(g["bits"], 1, MAX_BITS) and _is_int(g["exp"], MIN_EXP, MAX_EXP)):
+        bits, exp, grid, count = g["bits"], g["exp"], g["grid"], g["count"]
+        if not (type(bits) is int and 1 <= bits <= MAX_BITS and type(exp) is int and MIN_EXP <= exp <= MAX_EXP):
             raise _bad(f"tensor {name!r} bad bits/exp")
-        grid, count = g["grid"], g["count"]
-        if not (type(grid) is str and grid in GRIDS and _is_int(count, 0, n)):
+        if not (type(grid) is str and grid in GRIDS and type(count) is int and 0 <= count <= n):
             raise _bad(f"tensor {name!r} bad grid/count")
         counted += count
     if counted != kept:

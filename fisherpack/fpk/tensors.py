@@ -51,7 +51,7 @@ def dequantize_codes(codes: np.ndarray, bits: int, exp: int, grid: str) -> np.nd
     if grid not in GRIDS:
         raise ValueError(f"unknown grid {grid!r}")
     if codes.size >= 1 << max(bits - 2, 0):  # many codes: look each one up in the group's table
-        return np.take(_levels(bits, exp, grid), codes)
+        return _levels(bits, exp, grid).take(codes)  # the method: numpy's np.take wrapper costs as much again
     return _dequantize(codes, bits, exp, grid)
 
 
@@ -148,6 +148,8 @@ class QuantTensor:
 
     def dequantize(self) -> torch.Tensor:
         """The dense float32 tensor this encodes; pruned entries are 0."""
+        if self.codes.size == self.mask.size:  # nothing pruned: the values are the tensor, a fresh array
+            return torch.from_numpy(self.values().reshape(self.shape))
         dense = np.zeros(self.numel, dtype=np.float32)
         self._scatter(dense)
         return torch.from_numpy(dense.reshape(self.shape))
