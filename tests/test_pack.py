@@ -80,6 +80,19 @@ def test_unpack_at_bit_offset():
     np.testing.assert_array_equal(unpack_bits(data, 11, 100, offset_bits=3), values)
 
 
+@pytest.mark.parametrize("width", range(1, 9))
+@pytest.mark.parametrize("count", [19, 4096, 4097])  # the short-stream product, its limit, the column passes
+@pytest.mark.parametrize("offset", [0, 3])  # width 8 at offset 0: whole bytes
+def test_unpack_of_narrow_widths_at_every_path_and_offset(width, count, offset):
+    rng = np.random.default_rng(width * 100 + offset)
+    values = random_values(rng, count, width)
+    values[-1] = (1 << width) - 1
+    data = reference_pack([5, *values], [offset, *[width] * count]) if offset else pack_bits(values, width)
+    out = unpack_bits(data, width, count, offset_bits=offset)
+    assert out.dtype == np.uint32
+    np.testing.assert_array_equal(out, values)
+
+
 def test_unpack_too_short_raises():
     data = pack_bits(np.arange(10), 4)
     with pytest.raises(FormatError, match="too short"):

@@ -128,10 +128,15 @@ def unpack_bits(data: bytes | memoryview, width: int, count: int, offset_bits: i
     for start in range(0, count, _CHUNK):
         n = min(_CHUNK, count - start)
         first = offset_bits + start * width
-        if width <= 8:  # a pass per bit column of the unpacked bits: 3-10x faster than the windows
+        if width == 8 and not first & 7:  # whole bytes
+            out[start : start + n] = buf[first >> 3 : (first >> 3) + n]
+        elif width <= 8:  # from the unpacked bits: 3-10x faster than the windows
             bits = np.unpackbits(buf[first >> 3 : (first + n * width + 7) >> 3])
             columns = bits[first & 7 : (first & 7) + n * width].reshape(n, width)
-            chunk = out[start : start + n]
+            if n <= 4096:  # one product with the place values: fewer calls, for the many small streams
+                out[start : start + n] = columns @ _PLACES[8 - width :]
+                continue
+            chunk = out[start : start + n]  # a pass per bit column: faster on long streams
             np.copyto(chunk, columns[:, 0])
             for j in range(1, width):
                 chunk <<= 1
@@ -141,6 +146,7 @@ def unpack_bits(data: bytes | memoryview, width: int, count: int, offset_bits: i
     return out
 
 
+_PLACES = (1 << np.arange(7, -1, -1)).astype(np.uint8)  # the place value of each bit of a byte, MSB first
 _WINDOW_BITS = 57  # a value of up to 57 bits lies inside the 8 bytes that start at its first byte
 
 
