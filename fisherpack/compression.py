@@ -34,7 +34,7 @@ from . import prune, quant, structured
 from .config import CompressConfig
 from .errors import ConfigError
 from .fpk import meta as file_meta
-from .fpk.container import DTYPES
+from .fpk.container import DTYPES, stripped
 from .fpk.reader import FpkReader, open_file
 from .fpk.tensors import Alias, Compressed, QuantTensor, RawTensor
 from .version import __version__
@@ -47,6 +47,7 @@ __all__ = [
     "load_into",
     "check_state_dict",
     "summary",
+    "file_summary",
 ]
 
 COMPRESSIBLE_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)
@@ -304,6 +305,12 @@ def check_state_dict(model: nn.Module, state: dict[str, Any], source: str = "the
     extra = [n for n in state if n not in expected]
     if extra:
         raise ConfigError(f"{source} has a tensor {extra[0]!r} that the model does not; is it the right model?")
+
+
+def file_summary(raw: bytes, compressed: Compressed) -> dict[str, Any]:
+    """:func:`summary` of a file's bytes ``raw`` (decoded: ``compressed``), with ``stripped_bytes``:
+    the size of the same file without its provenance (``export --strip``), a real file's size too."""
+    return {**summary(compressed, len(raw)), "stripped_bytes": len(stripped(raw, checked=True))}
 
 
 def summary(compressed: Compressed, file_bytes: int) -> dict[str, Any]:

@@ -273,6 +273,25 @@ def test_describe_reports_layout():
     }
 
 
+def test_describe_decodes_every_stream_only_when_asked_and_checks_the_header_once(monkeypatch):
+    from fisherpack.fpk import header, reader
+
+    data = bytearray(fpk.encode(tiny_example()))
+    _, _, hlen, plen = fpk.PRE.unpack_from(data)
+    data[fpk.PRE.size + hlen] ^= 0x80  # a bit of the first mask: the header still fits, the stream does not
+    data[-4:] = struct.pack("<I", zlib.crc32(bytes(data[:-4])))
+    data = bytes(data)
+    assert fpk.describe(data)["payload_bytes"] == plen  # the layout alone does not decode it
+    with pytest.raises(FormatError) as refused:
+        fpk.decode(data)
+    calls = []
+    monkeypatch.setattr(reader, "validate", lambda *a: calls.append(1) or header.validate(*a))
+    with pytest.raises(FormatError) as described:
+        fpk.describe(data, decode_streams=True)
+    assert str(described.value) == str(refused.value) and calls == [1]
+    assert fpk.describe(fpk.encode(tiny_example()), decode_streams=True) == fpk.describe(fpk.encode(tiny_example()))
+
+
 # ---------------------------------------------------------------- golden bytes and the spec
 
 

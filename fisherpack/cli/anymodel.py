@@ -26,7 +26,7 @@ import torch
 from .. import budget as budget_mod
 from .. import losses, pipeline
 from ..bench import environment
-from ..compression import summary
+from ..compression import file_summary
 from ..config import CompressConfig, PipelineConfig
 from ..errors import ConfigError, DataError, FisherpackError
 from ..fpk import container as format
@@ -158,8 +158,8 @@ def _reproduce(args: argparse.Namespace, compress_config: Callable, log: Callabl
     for split in ("val", "test"):
         if split in data:
             fig[f"{split}_file"] = budget_mod.reload_and_measure(compressed, like, *data[split], metric=metric)[1]
-    fig.update(summary(format.decode(blob), len(blob)), stripped_bytes=len(format.stripped(blob, checked=True)),
-               points=points, config=cfg.to_dict(), environment=environment.record(seed=cfg.seed))  # fmt: skip
+    fig.update(file_summary(blob, format.decode(blob)), points=points, config=cfg.to_dict(),
+               environment=environment.record(seed=cfg.seed))  # fmt: skip
     atomic_write_bytes(Path(f"{out}.json"), (json_text(fig, indent=2) + "\n").encode())
     rows = [("model", args.model), ("file bytes", f"{len(blob):,}"), ("fp32 bytes", f"{fig['fp32_bytes']:,}")]
     rows += [("ratio (fp32 / file)", f"{fig['ratio']:.1f}x"), ("stripped file bytes", f"{fig['stripped_bytes']:,}")]

@@ -24,7 +24,7 @@ import torch
 
 from .. import checkpoint, data, dist, models, pipeline
 from ..bench import environment
-from ..compression import load_into, summary
+from ..compression import file_summary, load_into, summary
 from ..config import ALLOCATIONS, CRITERIA, FISHER_SOURCES, SCOPES, CompressConfig, PipelineConfig
 from ..errors import ConfigError, FisherpackError
 from ..fpk import container as format
@@ -115,7 +115,7 @@ def _evaluate_file(
         )
     model = load_into(models.build(name), compressed)
     x_test, y_test = test if test is not None else data.load_test(data_dir, log=_log)
-    fig = {"model": name, **summary(compressed, len(raw)), "stripped_bytes": len(format.stripped(raw, checked=True))}
+    fig = {"model": name, **file_summary(raw, compressed)}
     fig["test_error"], fig["test_loss"] = evaluate(model, x_test, y_test)
     return fig
 
@@ -233,8 +233,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     path = Path(args.file)
     data = format.read_bytes(path)
-    format.decode(data, max_elements=args.max_elements)  # every stream checked as load checks it
-    described = format.describe(data, max_elements=args.max_elements)
+    described = format.describe(data, max_elements=args.max_elements, decode_streams=True)  # checked as load checks
     if args.json:
         print(json_text(described))
         return 0

@@ -25,7 +25,7 @@ import torch
 
 from .. import data, export, models
 from .. import fisher as fisher_mod
-from ..compression import compress, load_into, summary
+from ..compression import compress, file_summary, load_into
 from ..config import CompressConfig
 from ..errors import ConfigError
 from ..fpk import container as format
@@ -164,7 +164,7 @@ def evaluate(path: Path, args: argparse.Namespace, log) -> dict[str, Any]:
     if batches is None:
         raise ConfigError("give test data for your model: --data package.module:function or --data-dir D")
     figures = {"model": args.user_model or file_meta.model_name(compressed.meta)}
-    figures.update(summary(compressed, len(raw)), stripped_bytes=len(format.stripped(raw, checked=True)))
+    figures.update(file_summary(raw, compressed))
     return {**figures, **usermodel.evaluate(model, batches)}
 
 

@@ -17,7 +17,7 @@ import os
 import struct
 import tempfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
 import numpy as np
@@ -337,15 +337,20 @@ def decode(data: bytes, max_elements: int | None = None) -> Compressed:
     version = PRE.unpack_from(data)[1]
     with no_cycle_collection():
         meta, entries = validate(header, len(payload), len(data), max_elements)
-        tensors: dict[str, QuantTensor | RawTensor | Alias] = {}
-        offset = 0
-        for e in entries:
-            blobs = []
-            for s in e["_streams"]:  # offsets are cumulative lengths, so streams never overlap
-                blobs.append(payload[offset : offset + s["length"]])
-                offset += s["length"]
-            tensors[e["name"]] = decode_entry(e, blobs, version)
+        tensors = {e["name"]: decode_entry(e, blobs, version) for e, blobs in stream_slices(entries, payload)}
     return Compressed(tensors, meta)
+
+
+def stream_slices(entries: list[dict], payload: memoryview) -> Iterator[tuple[dict, list[memoryview]]]:
+    """Each validated entry with its streams' slices of ``payload``: offsets are cumulative lengths,
+    so streams never overlap."""
+    offset = 0
+    for e in entries:
+        blobs = []
+        for s in e["_streams"]:
+            blobs.append(payload[offset : offset + s["length"]])
+            offset += s["length"]
+        yield e, blobs
 
 
 def decode_entry(e: dict, blobs: list[memoryview], version: int) -> QuantTensor | RawTensor | Alias:

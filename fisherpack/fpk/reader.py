@@ -124,13 +124,21 @@ def open_file(path: str | os.PathLike, max_elements: int | None = None) -> FpkRe
         raise
 
 
-def describe(data: bytes, max_elements: int | None = None) -> dict:
-    """Layout of a .fpk file without decoding tensors: preamble sizes, meta, and for each tensor its
-    kind, shape, numel, dtype or kept/groups, alias target, and every stream's role, encoding, bytes.
+def describe(data: bytes, max_elements: int | None = None, decode_streams: bool = False) -> dict:
+    """Layout of a .fpk file: preamble sizes, meta, and for each tensor its kind, shape, numel, dtype
+    or kept/groups, alias target, and every stream's role, encoding, bytes. The tensors are not
+    decoded unless ``decode_streams``: then every stream is, with decode's checks and errors (the
+    header is parsed and checked once either way).
     """
     hlen, header, payload = split(data)
     with no_cycle_collection():
         meta, entries = validate(header, len(payload), len(data), max_elements)
+        if decode_streams:
+            from .container import decode_entry, stream_slices  # container imports this module
+
+            version = PRE.unpack_from(data)[1]
+            for e, blobs in stream_slices(entries, payload):
+                decode_entry(e, blobs, version)
         return _layout(data, hlen, len(payload), meta, entries)
 
 
