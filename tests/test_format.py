@@ -274,7 +274,7 @@ def test_describe_reports_layout():
 
 
 def test_describe_decodes_every_stream_only_when_asked_and_checks_the_header_once(monkeypatch):
-    from fisherpack.fpk import header, reader
+    from fisherpack.fpk import reader, schema
 
     data = bytearray(fpk.encode(tiny_example()))
     _, _, hlen, plen = fpk.PRE.unpack_from(data)
@@ -285,7 +285,7 @@ def test_describe_decodes_every_stream_only_when_asked_and_checks_the_header_onc
     with pytest.raises(FormatError) as refused:
         fpk.decode(data)
     calls = []
-    monkeypatch.setattr(reader, "validate", lambda *a: calls.append(1) or header.validate(*a))
+    monkeypatch.setattr(reader, "validate", lambda *a: calls.append(1) or schema.validate(*a))
     with pytest.raises(FormatError) as described:
         fpk.describe(data, decode_streams=True)
     assert str(described.value) == str(refused.value) and calls == [1]

@@ -1,4 +1,4 @@
-"""The container and header checks of header.py: strict JSON, caps, and reading without trusting."""
+"""The container and header checks of header.py and schema.py: strict JSON, caps, and reading without trusting."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ Layout (little-endian): magic ``\\x89FPK\\r\\n\\x1a\\n``, u16 version, u32 heade
 payload length P, H bytes of compressed JSON header (raw DEFLATE with a preset dictionary since
 version 3), P bytes of payload (every stream of every tensor, concatenated in header order; the
 header stores only lengths), u32 CRC-32 of all the bytes before it. header.py checks sizes and the
-CRC first, then validates the whole header before this module allocates or indexes anything;
+CRC first, then schema.py validates the whole header before this module allocates or indexes anything;
 anything malformed raises FormatError with a one-line reason.
 This module turns tensors into streams and back.
 """
@@ -43,12 +43,12 @@ from .header import (
     read_bytes,
     split,
     stream_version,
-    validate,
 )
 from .meta import compress_config as recorded_config
 from .meta import stripped as stripped_meta
 from .meta import with_entropy
 from .reader import FpkReader, describe, open_file
+from .schema import validate
 from .tensors import Alias, Compressed, QuantTensor, RawTensor
 
 __all__ = ["MAGIC", "VERSION", "DTYPES", "encode", "decode", "decode_entry", "save", "read_bytes", "load", "describe"]

@@ -1,11 +1,11 @@
-"""The .fpk container and its header: preamble, checksum, JSON header and its validation.
+"""The .fpk container and its header: preamble, checksum and the JSON header's parsing.
 
 This is the part of a reader that runs before anything the file declares is allocated or indexed
 (docs/FORMAT.md sections 2, 3 and 9); format.py decodes the streams afterwards. Every failure is a
 FormatError with a one-line reason. The file is never trusted: sizes are compared with the real
 byte count, the CRC is checked before the header is inflated, the header inflates to a capped size,
-and every key, type, range and length of the JSON is checked against section 3 before the payload is
-touched.
+and every key, type, range and length of the JSON is checked against section 3 (schema.py) before
+the payload is touched.
 """
 
 from __future__ import annotations
@@ -31,13 +31,11 @@ try:  # zlib-ng inflates the same streams ~4x faster than the stdlib (files are 
 except ImportError:  # pragma: no cover - a platform without its wheels
     _inflater = zlib
 from .dictionary import HEADER_DICT
-from .meta import model_name
-from .tensors import GRIDS, MAX_BITS, MAX_EXP, MAX_GROUPS, MIN_EXP
 
 __all__ = ["MAGIC", "VERSION", "PRE", "DTYPES", "MAX_ANS_BITS", "MAX_NAME", "HEADER_CAP", "MAX_SEPARATORS"]
 __all__ += ["READ_VERSIONS"]
 __all__ += ["MAX_ELEMENTS", "ELEMENTS_PER_BYTE", "MIN_ELEMENTS", "default_max_elements"]
-__all__ += ["inflate", "check_preamble", "read_bytes", "read_from", "split", "parse", "validate"]
+__all__ += ["inflate", "check_preamble", "read_bytes", "read_from", "split", "parse"]
 __all__ += ["deflate_header", "inflate_header", "stream_version"]
 
 MAGIC = b"\x89FPK\r\n\x1a\n"
@@ -269,164 +267,3 @@ def _no_surrogates(doc: Any) -> None:
         raise FormatError("header is not valid UTF-8 JSON") from None
     except UnicodeEncodeError:
         raise FormatError("bad header: a string holds a lone UTF-16 surrogate escape (like \\ud800)") from None
-
-
-# The rules below run once per entry, and a file may list tens of thousands of entries: a message
-# is formatted only once a rule fails (an f-string per check would double the cost of a valid file).
-
-
-def _bad(msg: str) -> FormatError:
-    return FormatError(f"bad header: {msg}")
-
-
-def _check(ok: bool, msg: str) -> None:
-    if not ok:
-        raise _bad(msg)
-
-
-def _is_int(v: Any, lo: int, hi: int) -> bool:
-    return type(v) is int and lo <= v <= hi
-
-
-def _keys(obj: Any, what: str, required: set[str], optional: frozenset[str] = frozenset()) -> None:
-    if type(obj) is dict:
-        keys = obj.keys()
-        if keys == required or (optional and required <= keys and keys <= required | optional):
-            return  # the common case, without building the sorted lists the messages need
-    _check(isinstance(obj, dict), f"{what} must be a JSON object")
-    for k in sorted(set(obj) - required - optional):
-        _check(False, f"{what} has unknown key {k!r}")
-    for k in sorted(required - set(obj)):
-        _check(False, f"{what} is missing key {k!r}")
-
-
-def _stream(s: Any, name: str, part: str, encodings: dict[str, set[str]], limit: int) -> dict:
-    """Tensor ``name``'s stream object ``part``, checked."""
-    encoding = s.get("encoding") if type(s) is dict else None
-    if type(encoding) is not str or encoding not in encodings:
-        raise _bad(f"tensor {name!r} {part} has an unknown encoding")
-    if s.keys() != encodings[encoding]:
-        _keys(s, f"tensor {name!r} {part}", encodings[encoding])
-    length = s["length"]
-    if not (type(length) is int and 0 <= length <= limit):  # _is_int, inline: this runs for every stream
-        raise _bad(f"tensor {name!r} {part} length is out of range")
-    return s
-
-
-def _too_many(what: str, limit: int, file_bytes: int | None) -> FormatError:
-    why = (f"max_elements={limit} entries" if file_bytes is None else f"{limit} entries (the default limit for a "
-           f"{file_bytes}-byte file: {ELEMENTS_PER_BYTE} per byte, at least 2**20, at most 2**28)")  # fmt: skip
-    return FormatError(f"{what} has more than {why}; pass a larger max_elements if you trust this file")
-
-
-def _numel(shape: Any, name: str, limit: int, file_bytes: int | None) -> int:
-    if type(shape) is not list or len(shape) > MAX_NDIM:
-        raise _bad(f"tensor {name!r} shape must be a list of <= 8 ints")
-    n = 1
-    for d in shape:
-        if type(d) is not int or d < 0:
-            raise _bad(f"tensor {name!r} shape must hold ints >= 0")
-        if d > limit or n * d > limit:
-            raise _too_many(f"tensor {name!r}", limit, file_bytes)
-        n *= d
-    return n
-
-
-_ENTRY_KEYS = {
-    "alias": {"name", "kind", "target"},
-    "raw": {"name", "kind", "dtype", "shape", "data"},
-    "quant": {"name", "kind", "shape", "kept", "groups", "mask", "codes"},
-}
-_GROUP_KEYS = {"bits", "exp", "grid", "count"}
-# encoding -> every key its stream object has
-_MASK_ENCODINGS = {k: {"encoding", "length", *v} for k, v in
-                   {"all": (), "bitmap": (), "gaps": ("width",), "gaps_ans": ("buckets_length",)}.items()}  # fmt: skip
-_RAW_ENCODINGS = {"plain": {"encoding", "length"}, "zlib": {"encoding", "length"}}
-_SYMBOL_ENCODINGS = {"packed": {"encoding", "length"}, "ans": {"encoding", "length"}}
-_QUANT_OPTIONAL, _NONE = frozenset({"ids"}), frozenset()
-
-
-def validate(header: bytes | bytearray, plen: int, file_bytes: int, max_elements: int | None) -> tuple[Any, list[dict]]:
-    """Check every header rule that does not need the payload; return (meta, entries).
-
-    ``max_elements`` None means :func:`default_max_elements` of ``file_bytes``. Each entry gets
-    ``_numel`` and ``_streams`` (its stream dicts in payload order).
-    """
-    limit = default_max_elements(file_bytes) if max_elements is None else max_elements
-    shown_size = file_bytes if max_elements is None else None
-    doc = parse(header)
-    _keys(doc, "header", {"meta", "tensors"})
-    _check(isinstance(doc["meta"], dict) and isinstance(doc["tensors"], list), "meta/tensors have the wrong type")
-    model = model_name(doc["meta"])  # meta.model, or the pipeline config's model where that is absent
-    ok = model is None or (isinstance(model, str) and 1 <= len(model) <= MAX_NAME)
-    _check(ok, f"meta.model must be a string of 1..{MAX_NAME} characters")
-    names: dict[str, str] = {}
-    total_elements = total_length = 0
-    for i, e in enumerate(doc["tensors"]):
-        kind = e.get("kind") if type(e) is dict else None
-        if type(kind) is not str or kind not in _ENTRY_KEYS:
-            raise _bad(f"tensor #{i} has an unknown kind")
-        name = e.get("name")
-        if type(name) is not str or not 1 <= len(name) <= MAX_NAME:
-            raise _bad(f"tensor #{i} has a bad name")
-        if name in names:
-            raise _bad(f"tensor {name!r} appears twice")
-        _keys(e, f"tensor {name!r}", _ENTRY_KEYS[kind], _QUANT_OPTIONAL if kind == "quant" else _NONE)
-        names[name], e["_numel"], e["_streams"] = kind, 0, []
-        if kind == "alias":
-            target = e["target"]
-            if type(target) is not str or names.get(target, "alias") == "alias":
-                raise _bad(f"tensor {name!r} must alias an earlier non-alias entry")
-            continue
-        e["_numel"] = n = _numel(e["shape"], name, limit, shown_size)
-        total_elements += n
-        if total_elements > limit:
-            raise _too_many("the file", limit, shown_size)
-        if kind == "raw":
-            dtype = e["dtype"]
-            if type(dtype) is not str or dtype not in DTYPES:
-                raise _bad(f"tensor {name!r} has an unknown dtype")
-            data = _stream(e["data"], name, "data", _RAW_ENCODINGS, plen)
-            e["_streams"] = [data]
-            total_length += data["length"]
-        else:
-            _validate_quant(e, name, n, plen)
-            total_length += sum(s["length"] for s in e["_streams"])
-    _check(total_length == plen, f"stream lengths add up to {total_length} bytes, payload is {plen}")
-    return doc["meta"], doc["tensors"]
-
-
-def _validate_quant(e: dict, name: str, n: int, plen: int) -> None:
-    kept, gs = e["kept"], e["groups"]
-    if not _is_int(kept, 0, n):
-        raise _bad(f"tensor {name!r} kept must be 0..numel")
-    if type(gs) is not list or not 1 <= len(gs) <= MAX_GROUPS:
-        raise _bad(f"tensor {name!r} needs 1..{MAX_GROUPS} groups")
-    counted = 0
-    for g in gs:  # the _is_int checks inline: this runs for every group of every entry
-        if type(g) is not dict or g.keys() != _GROUP_KEYS:
-            _keys(g, f"tensor {name!r} group", _GROUP_KEYS)
-        bits, exp, grid, count = g["bits"], g["exp"], g["grid"], g["count"]
-        if not (type(bits) is int and 1 <= bits <= MAX_BITS and type(exp) is int and MIN_EXP <= exp <= MAX_EXP):
-            raise _bad(f"tensor {name!r} bad bits/exp")
-        if not (type(grid) is str and grid in GRIDS and type(count) is int and 0 <= count <= n):
-            raise _bad(f"tensor {name!r} bad grid/count")
-        counted += count
-    if counted != kept:
-        raise _bad(f"tensor {name!r} group counts do not sum to kept")
-    mask = _stream(e["mask"], name, "mask", _MASK_ENCODINGS, plen)
-    if mask["encoding"] == "gaps" and not _is_int(mask["width"], 0, 32):
-        raise _bad(f"tensor {name!r} gap width must be 0..32")
-    if mask["encoding"] == "gaps_ans" and not _is_int(mask["buckets_length"], 0, mask["length"]):
-        raise _bad(f"tensor {name!r} buckets_length out of range")
-    if ("ids" in e) != (len(gs) > 1):
-        raise _bad(f"tensor {name!r} must have group ids exactly when it has several groups")
-    ids = [_stream(e["ids"], name, "ids", _SYMBOL_ENCODINGS, plen)] if "ids" in e else []
-    codes = e["codes"]
-    if type(codes) is not list or len(codes) != len(gs):
-        raise _bad(f"tensor {name!r} needs one code stream per group")
-    for g, s in zip(gs, codes):
-        _stream(s, name, "codes", _SYMBOL_ENCODINGS, plen)
-        if s["encoding"] != "packed" and g["bits"] > MAX_ANS_BITS:
-            raise _bad(f"tensor {name!r} ans codes need bits <= 12")
-    e["_streams"] = [mask, *ids, *codes]

@@ -20,7 +20,8 @@ import zlib
 import torch
 
 from ..errors import FisherpackError, FormatError
-from .header import PRE, check_preamble, inflate_header, no_cycle_collection, read_from, split, validate
+from .header import PRE, check_preamble, inflate_header, no_cycle_collection, read_from, split
+from .schema import validate
 from .tensors import Alias, QuantTensor, RawTensor
 
 __all__ = ["FpkReader", "open_file", "describe"]
