@@ -9,14 +9,17 @@ from helpers import benchmark_script
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_each_lever_adds_its_flags_to_the_row_above():
+def test_each_lever_adds_its_flags_to_the_row_above_or_the_row_it_names():
     bench = benchmark_script("ablation")
     for model, spec in bench.MODELS.items():
         rows = bench.ladder(model)
-        assert [name for name, _ in rows] == ["unstructured", *(lever for lever, _ in spec["levers"])]
-        for (_, above), (_, flags), (_, extra) in zip(rows, rows[1:], spec["levers"]):
-            assert flags == above + extra.split()
+        assert [name for name, _ in rows] == ["unstructured", *(lever[0] for lever in spec["levers"])]
+        for step, (_, extra, *on) in enumerate(spec["levers"], 1):
+            assert bench.base(model, step) == (on[0] if on else step - 1) < step
+            assert rows[step][1] == rows[bench.base(model, step)][1] + extra.split()
         assert "--quantize-biases" in rows[0][1] and "--structured" not in rows[0][1]
+    rows = bench.ladder("lenet5")  # the last lever extends the 3-bit row, not the 4-QAT-epochs row above it
+    assert rows[4][1] == rows[2][1] + ["--final-epochs", "5"] and rows[3][1] == rows[2][1] + ["--qat-epochs", "4"]
 
 
 def test_the_ablation_runs_tiny_resumes_and_its_table_matches_its_json(tmp_path):
