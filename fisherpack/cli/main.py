@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import math
 import os
 import sys
 import time
@@ -24,17 +23,15 @@ import torch
 
 from .. import checkpoint, data, dist, models, pipeline
 from ..bench import environment
-from ..compression import file_summary, load_into, summary
+from ..compression import summary
 from ..config import ALLOCATIONS, CRITERIA, FISHER_SOURCES, SCOPES, CompressConfig, PipelineConfig
 from ..errors import ConfigError, FisherpackError
-from ..fpk import container as format
-from ..fpk import meta as file_meta
 from ..fpk.fileio import atomic_write_bytes, check_writable, shown
-from ..train import evaluate
 from ..version import __version__
 from . import anymodel as cli_anymodel
 from . import bench as cli_bench
 from . import naming as usermodel
+from . import reading
 from . import usermodel as cli_usermodel
 from .common import PIPELINE_FLAGS, add_force_flag, check_ranges, json_text, out_path, pipeline_changes
 from .common import Bar as _Bar
@@ -79,47 +76,6 @@ def _pipeline_config(args: argparse.Namespace) -> PipelineConfig:
     return cfg.replace(**changes)
 
 
-def _figures_table(fig: dict[str, Any]) -> str:
-    rows = [
-        ("model", shown(str(fig.get("model", "?")))),
-        ("params", f"{fig['params']:,}"),
-        ("kept (non-zero)", f"{fig['nonzero_params']:,} ({fig['kept_fraction']:.2%})"),
-        ("average code bits", f"{fig['avg_bits']:.2f}"),
-        ("file bytes", f"{fig['file_bytes']:,}"),
-        ("fp32 bytes", f"{fig['fp32_bytes']:,}"),
-        ("ratio (fp32 / file)", f"{fig['ratio']:.1f}x"),
-    ]
-    if "stripped_bytes" in fig:  # the same file without provenance: export --strip writes it
-        stripped = fig["stripped_bytes"]
-        rows.append(("stripped file bytes", f"{stripped:,} ({fig['fp32_bytes'] / stripped:.1f}x; export --strip)"))
-    if "test_error_before" in fig:
-        rows.append(("test error before", f"{fig['test_error_before']:.2%}"))
-    if "test_error" in fig:
-        rows.append(("test error (from file)", f"{fig['test_error']:.2%}"))
-    return _table(rows)
-
-
-def _evaluate_file(
-    path: Path,
-    data_dir: str | None,
-    test: tuple[torch.Tensor, torch.Tensor] | None = None,
-    max_elements: int | None = None,
-) -> dict[str, Any]:
-    raw = format.read_bytes(path)  # its length, not the path's size: a pipe has none
-    compressed = format.decode(raw, max_elements=max_elements)
-    name = file_meta.model_name(compressed.meta)
-    if name not in models.MODELS:
-        raise ConfigError(
-            f"{path} holds a model that is not in fisherpack's registry ({name!r}); "
-            "evaluate it with --model package.module:factory and --data or --data-dir"
-        )
-    model = load_into(models.build(name), compressed)
-    x_test, y_test = test if test is not None else data.load_test(data_dir, log=_log)
-    fig = {"model": name, **file_summary(raw, compressed)}
-    fig["test_error"], fig["test_loss"] = evaluate(model, x_test, y_test)
-    return fig
-
-
 def _check_outputs(out: Path, force: bool, *suffixes: str, inputs: Iterable[str | os.PathLike] = ()) -> None:
     """Refuse, on rank 0 and before any work, an output (``out`` and ``out`` + each suffix) that
     cannot or may not be written, or that is one of the ``inputs``."""
@@ -145,7 +101,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     _, digests = dist.save(outcome.compressed, out, entropy=cfg.compress.entropy)
 
     def finish() -> None:  # rank 0 alone has the file (no shared disk is assumed); the others wait
-        fig = {"model": cfg.model, **outcome.figures, **_evaluate_file(out, args.data_dir, (x_test, y_test))}
+        fig = {"model": cfg.model, **outcome.figures, **reading.evaluate_file(out, args.data_dir, (x_test, y_test))}
         if dist.world_size() > 1:  # every rank's SHA-256 of the file bytes, equal or save() had stopped
             fig["distributed"] = {"world_size": dist.world_size(), "rank_sha256": digests}
         fig.update(
@@ -156,7 +112,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         )
         atomic_write_bytes(Path(f"{out}.json"), (json_text(fig, indent=2) + "\n").encode())
         ckpt.unlink(missing_ok=True)
-        print(_figures_table(fig))
+        print(reading.figures_table(fig))
         print(f"wrote {shown(out)} and {shown(out)}.json")
 
     _on_rank0(f"evaluating {out}", finish)
@@ -213,43 +169,8 @@ def _write_compressed(compressed: Any, out: Path, model: str) -> None:
     """The one way ``compress`` writes its file: rank 0 writes, every rank checks that the bytes
     agree (dist.save; the entropy stage as the file's config says), then the figures are printed."""
     size, _ = dist.save(compressed, out)
-    print(_figures_table({"model": model, **summary(compressed, size)}))
+    print(reading.figures_table({"model": model, **summary(compressed, size)}))
     print(f"wrote {shown(out)}")
-
-
-def cmd_eval(args: argparse.Namespace) -> int:
-    path = Path(args.file)
-    if args.user_model or args.data:  # a user's own model or data: see cli/usermodel.py
-        fig = cli_usermodel.evaluate(path, args, _log)
-    else:
-        fig = _evaluate_file(path, args.data_dir, max_elements=args.max_elements)
-    if not math.isfinite(fig["test_loss"]):  # NaN or inf logits: the argmax, and so the error, means little
-        _log(f"fisherpack: warning: the model's outputs on the test set are not all finite (mean loss "
-             f"{fig['test_loss']}); the file holds NaN or inf values, or its weights overflow float32")  # fmt: skip
-    print(json_text(fig) if args.json else _figures_table(fig))
-    return 0
-
-
-def cmd_inspect(args: argparse.Namespace) -> int:
-    path = Path(args.file)
-    data = format.read_bytes(path)
-    described = format.describe(data, max_elements=args.max_elements, decode_streams=True)  # checked as load checks
-    if args.json:
-        print(json_text(described))
-        return 0
-    header = f"{'tensor':<24} {'shape':<16} {'kept':>8} {'bits':<12} {'bytes':>9}  encodings"
-    lines = [header, "-" * len(header)]
-    for t in described["tensors"]:
-        shape = "x".join(map(str, t["shape"])) or "scalar"
-        kept = f"{t['kept'] / max(t['numel'], 1):.1%}" if "kept" in t else t["kind"]
-        bits = ",".join(str(g["bits"]) for g in t.get("groups", [])) or t.get("dtype", "")
-        encs = " ".join(f"{s['role']}:{s['encoding']}" for s in t.get("streams", []))
-        lines.append(f"{shown(t['name']):<24} {shape:<16} {kept:>8} {bits:<12} {t['bytes']:>9,}  {encs}")
-    lines.append(f"file: {described['file_bytes']:,} bytes, header {described['header_bytes']:,} bytes")
-    lines.append(f"model: {shown(file_meta.model_name(described['meta']) or '?')}")
-    lines.append(cli_usermodel.compressed_line(described["tensors"]))  # what was compressed
-    print("\n".join(lines))
-    return 0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -326,14 +247,14 @@ def _parser() -> argparse.ArgumentParser:
                    "at least 2**20, at most 2**28); raise it only for files you trust")  # fmt: skip
     data_flag(q)
     cli_usermodel.add_model_flags(q)
-    q.set_defaults(func=cmd_eval)
+    q.set_defaults(func=reading.cmd_eval)
 
     q = sub.add_parser("inspect", help="per-tensor layout of a file (checked as load checks it)")
     q.add_argument("file")
     q.add_argument("--json", action="store_true", help="print one JSON object")
     q.add_argument("--max-elements", type=int, help="entries a file may declare (default: 4096 per byte of file, "
                    "at least 2**20, at most 2**28); raise it only for files you trust")  # fmt: skip
-    q.set_defaults(func=cmd_inspect)
+    q.set_defaults(func=reading.cmd_inspect)
 
     cli_usermodel.add_export_command(sub)
     cli_bench.add_sensitivity_parser(sub)
