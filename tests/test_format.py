@@ -254,6 +254,18 @@ def test_encode_refuses_what_it_cannot_store():
         fpk.encode(Compressed({}, {"x": float("nan")}))
 
 
+@pytest.mark.parametrize("pruned", [True, False])
+def test_dequantize_into_overwrites_every_entry_of_a_used_buffer(pruned):
+    weight = tiny_example().tensors["fc.weight"]
+    if not pruned:  # every entry kept: no zeroing pass, the values cover the buffer
+        weight = QuantTensor((2, 4), np.ones(8, bool), np.zeros(8, np.uint8), np.arange(8, dtype=np.uint16),
+                             (3,), (-2,), ("int",))  # fmt: skip
+    out = np.full(8, np.nan, dtype=np.float32)  # what a model's old weights leave behind
+    weight.dequantize_into(out)
+    assert np.array_equal(out, weight.dequantize().numpy().reshape(-1))
+    assert (out == 0).sum() == (8 - weight.kept) + int((weight.values() == 0).sum())
+
+
 def test_describe_reports_layout():
     data = fpk.encode(tiny_example())
     info = fpk.describe(data)

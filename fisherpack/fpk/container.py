@@ -17,7 +17,7 @@ import os
 import struct
 import tempfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import BinaryIO
 
 import numpy as np
@@ -47,7 +47,7 @@ from .header import (
 from .meta import compress_config as recorded_config
 from .meta import stripped as stripped_meta
 from .meta import with_entropy
-from .reader import FpkReader, describe, open_file
+from .reader import FpkReader, describe, open_file, stream_slices
 from .schema import validate
 from .tensors import Alias, Compressed, QuantTensor, RawTensor
 
@@ -339,18 +339,6 @@ def decode(data: bytes, max_elements: int | None = None) -> Compressed:
         meta, entries = validate(header, len(payload), len(data), max_elements)
         tensors = {e["name"]: decode_entry(e, blobs, version) for e, blobs in stream_slices(entries, payload)}
     return Compressed(tensors, meta)
-
-
-def stream_slices(entries: list[dict], payload: memoryview) -> Iterator[tuple[dict, list[memoryview]]]:
-    """Each validated entry with its streams' slices of ``payload``: offsets are cumulative lengths,
-    so streams never overlap."""
-    offset = 0
-    for e in entries:
-        blobs = []
-        for s in e["_streams"]:
-            blobs.append(payload[offset : offset + s["length"]])
-            offset += s["length"]
-        yield e, blobs
 
 
 def decode_entry(e: dict, blobs: list[memoryview], version: int) -> QuantTensor | RawTensor | Alias:

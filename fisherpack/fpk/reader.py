@@ -16,6 +16,7 @@ import os
 import stat
 import struct
 import zlib
+from collections.abc import Iterator
 
 import torch
 
@@ -24,7 +25,7 @@ from .header import PRE, check_preamble, inflate_header, no_cycle_collection, re
 from .schema import validate
 from .tensors import Alias, QuantTensor, RawTensor
 
-__all__ = ["FpkReader", "open_file", "describe"]
+__all__ = ["FpkReader", "open_file", "describe", "stream_slices"]
 
 _STEP = 1 << 20
 
@@ -78,10 +79,7 @@ class FpkReader:
 
         e = self._entries[name]
         data = memoryview(self._read_at(e["_offset"], sum(s["length"] for s in e["_streams"])))
-        blobs, pos = [], 0
-        for s in e["_streams"]:
-            blobs.append(data[pos : pos + s["length"]])
-            pos += s["length"]
+        _, blobs = next(stream_slices([e], data))  # its streams, back to back from the offset read
         return decode_entry(e, blobs, self.version)
 
     def tensor(self, name: str) -> torch.Tensor:
@@ -125,6 +123,18 @@ def open_file(path: str | os.PathLike, max_elements: int | None = None) -> FpkRe
         raise
 
 
+def stream_slices(entries: list[dict], payload: memoryview) -> Iterator[tuple[dict, list[memoryview]]]:
+    """Each validated entry with its streams' slices of ``payload``, which holds the streams of
+    ``entries`` back to back: offsets are cumulative lengths, so streams never overlap."""
+    offset = 0
+    for e in entries:
+        blobs = []
+        for s in e["_streams"]:
+            blobs.append(payload[offset : offset + s["length"]])
+            offset += s["length"]
+        yield e, blobs
+
+
 def describe(data: bytes, max_elements: int | None = None, decode_streams: bool = False) -> dict:
     """Layout of a .fpk file: preamble sizes, meta, and for each tensor its kind, shape, numel, dtype
     or kept/groups, alias target, and every stream's role, encoding, bytes. The tensors are not
@@ -135,7 +145,7 @@ def describe(data: bytes, max_elements: int | None = None, decode_streams: bool 
     with no_cycle_collection():
         meta, entries = validate(header, len(payload), len(data), max_elements)
         if decode_streams:
-            from .container import decode_entry, stream_slices  # container imports this module
+            from .container import decode_entry  # container imports this module
 
             version = PRE.unpack_from(data)[1]
             for e, blobs in stream_slices(entries, payload):

@@ -156,7 +156,8 @@ class QuantTensor:
 
     def dequantize_into(self, out: np.ndarray) -> None:
         """Write the dense values into ``out``, a flat float32 array of ``numel`` entries (no copy)."""
-        out[:] = 0.0
+        if self.kept != self.numel:  # else _scatter writes every entry: zeros first would be a wasted pass
+            out[:] = 0.0
         self._scatter(out)
 
     def _scatter(self, dense: np.ndarray) -> None:
