@@ -150,8 +150,10 @@ class QuantTensor:
         """The dense float32 tensor this encodes; pruned entries are 0."""
         if self.codes.size == self.mask.size:  # nothing pruned: the values are the tensor, a fresh array
             return torch.from_numpy(self.values().reshape(self.shape))
-        dense = np.zeros(self.numel, dtype=np.float32)
-        self._scatter(dense)
+        # np.empty and an explicit zero pass, not np.zeros: calloc'd memory is first touched by the
+        # scatter instead, and at gigabytes that costs about 2.5x (measured in issue 12's notes)
+        dense = np.empty(self.numel, dtype=np.float32)
+        self.dequantize_into(dense)
         return torch.from_numpy(dense.reshape(self.shape))
 
     def dequantize_into(self, out: np.ndarray) -> None:
