@@ -27,7 +27,6 @@ from __future__ import annotations
 import copy
 import itertools
 import json
-import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -55,6 +54,7 @@ from .fpk import container as fmt
 from .fpk.tensors import Compressed, QuantTensor
 from .losses import Loss, Metric
 from .quant import FakeQuant, requantize
+from .schedule import Step, plan
 from .train import Recipe, epoch_images, evaluate, measure, train_epoch
 from .version import __version__
 
@@ -115,58 +115,6 @@ def estimate_fisher(
     )
 
 
-@dataclass(frozen=True)
-class _Step:
-    """One unit of work between checkpoints: an epoch of training, a pruning round, or an epoch of
-    masked fine-tuning after the last round."""
-
-    kind: str  # "train" | "prune" | "tune" (more fine-tuning after a prune) | "final" | "qat"
-    epoch: int  # index into the shuffling sequence: every step sees its own order
-    lr: float
-    fraction: float = 1.0
-    rate: float = 0.0
-    label: str = ""
-    structured: float = 0.0  # of a prune step: the fraction of removable weights gone after it
-
-
-def _cosine(lr: float, i: int, n: int) -> float:
-    return lr * 0.5 * (1.0 + math.cos(math.pi * i / n))
-
-
-def _passes(epochs: float) -> list[float]:
-    """Fractions of an epoch that add up to ``epochs``: whole passes, then the rest (at least one)."""
-    whole = math.floor(epochs)
-    rest = epochs - whole
-    return [1.0] * whole + ([rest] if rest > 1e-9 else []) or [0.0]
-
-
-def plan(cfg: PipelineConfig, *, until: str = "quantize") -> list[_Step]:
-    """The steps ``run`` takes, in order; a checkpoint records how many are done."""
-    steps = []
-    for e in range(cfg.epochs):
-        lr = _cosine(cfg.lr, e, cfg.epochs) if cfg.lr_schedule == "cosine" else cfg.lr
-        steps.append(_Step("train", e, lr, label=f"train epoch {e + 1}/{cfg.epochs}"))
-    if until == "train":
-        return steps
-    rates = prune.schedule(cfg.compress.rate, cfg.rounds) if cfg.compress.rate > 0 or cfg.structured > 0 else []
-    shares = prune.schedule(cfg.structured, cfg.rounds) if cfg.structured > 0 else [0.0] * len(rates)
-    for r, (rate, share) in enumerate(zip(rates, shares)):
-        label = f"prune to {rate:.1%} ({r + 1}/{len(rates)})"
-        if share:
-            label += f", {share:.0%} of removable channels' weights"
-        passes = _passes(cfg.finetune_epochs)  # e.g. 2.5 -> [1.0, 1.0, 0.5]: one step per pass over the data
-        steps.append(_Step("prune", len(steps), cfg.finetune_lr, passes[0], rate, label, share))
-        for p, fraction in enumerate(passes[1:], start=2):
-            steps.append(_Step("tune", len(steps), cfg.finetune_lr, fraction, rate, f"{label}, epoch {p}"))
-    for f in range(cfg.final_epochs):
-        lr = _cosine(cfg.finetune_lr, f, cfg.final_epochs) if cfg.lr_schedule == "cosine" else cfg.finetune_lr
-        steps.append(_Step("final", len(steps), lr, label=f"fine-tune {f + 1}/{cfg.final_epochs}"))
-    for q in range(cfg.qat_epochs):
-        lr = _cosine(cfg.qat_lr, q, cfg.qat_epochs) if cfg.lr_schedule == "cosine" else cfg.qat_lr
-        steps.append(_Step("qat", len(steps), lr, label=f"quantization-aware {q + 1}/{cfg.qat_epochs}"))
-    return steps
-
-
 def run(
     cfg: PipelineConfig,
     x_train: torch.Tensor,
@@ -201,158 +149,188 @@ def run(
     if any("rate" in settings for _, settings in cfg.compress.overrides):  # issue 5: see compress.select_masks
         raise ConfigError("per-layer rate overrides apply to one-shot compression (fisherpack compress); "
                           "iterative pruning prunes all layers to one rate")  # fmt: skip
-    progress = progress or _Silent()
-    ckpt = Path(checkpoint) if checkpoint is not None else None
-    config_json = json.dumps(cfg.to_dict(), sort_keys=True)
-    torch.manual_seed(cfg.seed)
-    model = models.build(cfg.model) if model is None else model
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    names = compressible(model, cfg.compress.include, cfg.compress.exclude)
-    frozen = [n for n, p in model.named_parameters() if n in names and not p.requires_grad]
-    if frozen:  # it would be pruned and quantized but never fine-tuned, and has no Fisher
-        raise ConfigError(f"parameter {frozen[0]!r} is frozen (requires_grad=False); the pipeline fine-tunes what it "
-                          "compresses: unfreeze it, or exclude it from compression")  # fmt: skip
-    masks: dict[str, torch.Tensor] | None = None
-    index, figures, quantized, teacher = 0, {}, None, None
-    data_key = fingerprint(x_train, y_train, x_test, y_test) if ckpt is not None else ""
-    state = load_state(ckpt, cfg, data_key) if ckpt is not None else None
-    from_start = state is None and start is not None
-    if from_start:
-        state = {**start, "index": cfg.epochs, "masks": start.get("masks") or {},
-                 "figures": json.dumps(start.get("figures", {}))}  # fmt: skip
-        state.update(quantized=torch.zeros(0), teacher={})
-        if cfg.distill > 0:
-            state["teacher"] = start["model"]
-    if state is not None:
-        if structured.fit(model, state["model"]):  # a model shrunk by structured pruning
-            optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-        model.load_state_dict(state["model"])
-        # torch shares the given state's tensors and Adam updates them in place: a copy keeps the
-        # caller's ``start`` intact, so that several runs from one start are independent
-        optimizer.load_state_dict(copy.deepcopy(state["optimizer"]) if from_start else state["optimizer"])
-        masks = state["masks"] or None
-        index, figures = state["index"], json.loads(state["figures"])
-        if "rng" in state:  # a checkpoint, not ``start``: nothing draws from it today; dropout would
-            torch.set_rng_state(state["rng"])
-        if state["quantized"].numel():
-            quantized = fmt.decode(state["quantized"].numpy().tobytes())
-        if state["teacher"]:  # the dense model as trained: full size, also when ``model`` was shrunk since
-            teacher = copy.deepcopy(model)
-            structured.fit(teacher, state["teacher"])
-            teacher.load_state_dict(state["teacher"])
-            teacher.eval()
+    this = _Run(cfg, (x_train, y_train, x_test, y_test), checkpoint, progress or _Silent(), model, loss, metric)
+    this.masks_hook = masks_hook
+    this.restore(start)
+    return this.steps(until)
 
-    def score(m: torch.nn.Module) -> float:
-        return evaluate(m, x_test, y_test)[0] if metric is None else measure(m, x_test, y_test, metric)
 
-    net = dist.wrap(model)  # DDP under torch.distributed (rank 0's weights to all), else the model
+class _Run:
+    """One run of :func:`run`: the state that a checkpoint holds between steps, and the steps."""
 
-    def save(next_index: int) -> None:
-        if ckpt is not None:
-            spec = fmt.encode(quantized, entropy=False) if quantized is not None else b""
-            snapshot = {
-                "config": config_json,
-                "data": data_key,
-                "rng": torch.get_rng_state(),
-                "index": next_index,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "masks": masks or {},
-                "figures": json.dumps(figures),
-                "quantized": torch.frombuffer(bytearray(spec), dtype=torch.uint8) if spec else torch.zeros(0),
-                "teacher": teacher.state_dict() if teacher is not None else {},
-            }
-            dist.from_rank0(lambda: save_state(ckpt, snapshot), f"writing checkpoint {ckpt}")
+    def __init__(self, cfg: PipelineConfig, data: tuple[torch.Tensor, ...], checkpoint: str | os.PathLike | None,
+                 progress: Progress, model: torch.nn.Module | None, loss: Loss | None,
+                 metric: Metric | None) -> None:  # fmt: skip
+        self.cfg, self.progress, self.loss, self.metric = cfg, progress, loss, metric
+        self.x_train, self.y_train, self.x_test, self.y_test = data
+        self.ckpt = Path(checkpoint) if checkpoint is not None else None
+        self.masks_hook: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None
+        torch.manual_seed(cfg.seed)
+        self.model = models.build(cfg.model) if model is None else model
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.names = compressible(self.model, cfg.compress.include, cfg.compress.exclude)
+        frozen = [n for n, p in self.model.named_parameters() if n in self.names and not p.requires_grad]
+        if frozen:  # it would be pruned and quantized but never fine-tuned, and has no Fisher
+            raise ConfigError(f"parameter {frozen[0]!r} is frozen (requires_grad=False); the pipeline fine-tunes "
+                              "what it compresses: unfreeze it, or exclude it from compression")  # fmt: skip
+        self.masks: dict[str, torch.Tensor] | None = None
+        self.index, self.figures = 0, {}
+        self.quantized: Compressed | None = None
+        self.teacher: torch.nn.Module | None = None
+        self.data_key = fingerprint(*data) if self.ckpt is not None else ""
 
-    def quantize(salt: int) -> Compressed:
-        progress.stage("quantize")
-        fisher = estimate_fisher(cfg, model, optimizer, x_train, y_train, salt=salt, loss=loss)
-        figures["test_error_pruned"] = score(model)
+    def restore(self, start: dict[str, Any] | None) -> None:
+        """Pick up from the checkpoint when there is one for this config and data, else from ``start``."""
+        cfg, model = self.cfg, self.model
+        state = load_state(self.ckpt, cfg, self.data_key) if self.ckpt is not None else None
+        from_start = state is None and start is not None
+        if from_start:
+            state = {**start, "index": cfg.epochs, "masks": start.get("masks") or {},
+                     "figures": json.dumps(start.get("figures", {}))}  # fmt: skip
+            state.update(quantized=torch.zeros(0), teacher={})
+            if cfg.distill > 0:
+                state["teacher"] = start["model"]
+        if state is not None:
+            if structured.fit(model, state["model"]):  # a model shrunk by structured pruning
+                self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+            model.load_state_dict(state["model"])
+            # torch shares the given state's tensors and Adam updates them in place: a copy keeps the
+            # caller's ``start`` intact, so that several runs from one start are independent
+            self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]) if from_start else state["optimizer"])
+            self.masks = state["masks"] or None
+            self.index, self.figures = state["index"], json.loads(state["figures"])
+            if "rng" in state:  # a checkpoint, not ``start``: nothing draws from it today; dropout would
+                torch.set_rng_state(state["rng"])
+            if state["quantized"].numel():
+                self.quantized = fmt.decode(state["quantized"].numpy().tobytes())
+            if state["teacher"]:  # the dense model as trained: full size, also when ``model`` was shrunk since
+                teacher = copy.deepcopy(model)
+                structured.fit(teacher, state["teacher"])
+                teacher.load_state_dict(state["teacher"])
+                self.teacher = teacher.eval()
+        self.net = dist.wrap(model)  # DDP under torch.distributed (rank 0's weights to all), else the model
+
+    def score(self, m: torch.nn.Module) -> float:
+        x, y = self.x_test, self.y_test
+        return evaluate(m, x, y)[0] if self.metric is None else measure(m, x, y, self.metric)
+
+    def save(self, next_index: int) -> None:
+        if self.ckpt is None:
+            return
+        quantized, teacher = self.quantized, self.teacher
+        spec = fmt.encode(quantized, entropy=False) if quantized is not None else b""
+        snapshot = {
+            "config": json.dumps(self.cfg.to_dict(), sort_keys=True),
+            "data": self.data_key,
+            "rng": torch.get_rng_state(),
+            "index": next_index,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "masks": self.masks or {},
+            "figures": json.dumps(self.figures),
+            "quantized": torch.frombuffer(bytearray(spec), dtype=torch.uint8) if spec else torch.zeros(0),
+            "teacher": teacher.state_dict() if teacher is not None else {},
+        }
+        dist.from_rank0(lambda: save_state(self.ckpt, snapshot), f"writing checkpoint {self.ckpt}")
+
+    def fisher(self, salt: int) -> dict[str, torch.Tensor]:
+        return estimate_fisher(self.cfg, self.model, self.optimizer, self.x_train, self.y_train, salt, self.loss)
+
+    def quantize(self, salt: int) -> Compressed:
+        self.progress.stage("quantize")
+        fisher = self.fisher(salt)
+        self.figures["test_error_pruned"] = self.score(self.model)
         # pruning is done: pass the masks, so compress prunes nothing more
-        out = compress(model, fisher, cfg.compress.replace(rate=0.0), masks=masks)
-        return Compressed(out.tensors, _meta(cfg, figures.get("original")))  # the whole config, not the step's
+        out = compress(self.model, fisher, self.cfg.compress.replace(rate=0.0), masks=self.masks)
+        meta = _meta(self.cfg, self.figures.get("original"))  # the whole config, not the step's
+        return Compressed(out.tensors, meta)
 
-    steps = plan(cfg, until=until)
-    n_train = len(x_train)
-    sizes = [epoch_images(n_train, cfg.batch_size, step.fraction) for step in steps]
-    progress.start(sum(sizes), sum(sizes[:index]))
-    params = dict(model.named_parameters())
-    for i in range(index, len(steps)):
-        step = steps[i]
-        fake_quant = None
+    def steps(self, until: str) -> Outcome:
+        """The steps from the checkpoint's on, then the Outcome."""
+        steps = plan(self.cfg, until=until)
+        sizes = [epoch_images(len(self.x_train), self.cfg.batch_size, step.fraction) for step in steps]
+        self.progress.start(sum(sizes), sum(sizes[: self.index]))
+        self.params = dict(self.model.named_parameters())
+        for i in range(self.index, len(steps)):
+            self.step(i, steps[i])
+        if "test_error_before" not in self.figures:  # no training epochs: the model as initialised
+            self.figures["test_error_before"] = self.score(self.model)
+        model, optimizer, figures, masks = self.model, self.optimizer, self.figures, self.masks
+        if until == "train":
+            return Outcome(model, optimizer, None, figures, masks)
+        if self.quantized is None:
+            return Outcome(model, optimizer, self.quantize(salt=len(steps)), figures, masks)
+        # after quantization-aware fine-tuning: the frozen layout, codes of the fine-tuned weights
+        q, params = self.quantized, self.params
+        tensors = {n: requantize(t, params[n]) if isinstance(t, QuantTensor) else t for n, t in q.tensors.items()}
+        return Outcome(model, optimizer, Compressed(tensors, q.meta), figures, masks)
+
+    def step(self, i: int, step: Step) -> None:
+        """Step ``i``: prune or quantize first where it says so, then its epoch of training."""
+        cfg, fake_quant = self.cfg, None
         if step.kind == "prune":
-            progress.stage(step.label)
-            fisher = estimate_fisher(cfg, model, optimizer, x_train, y_train, salt=i, loss=loss)
-            rate = step.rate
-            if step.structured:
-                example = x_train[:2]
-                if "original" not in figures:  # the model as the user built it, before its first shrink
-                    figures.update(weights_before=sum(params[n].numel() for n in names),
-                                   original=structured.model_size(model),  # the ratio's base
-                                   removable_before=structured.removable(model, example))  # fmt: skip
-                optimizer, masks, fisher, figures["removable_left"] = structured.shrink_step(
-                    model, optimizer, fisher, masks, step.structured, figures["removable_before"], example
-                )
-                params, net = dict(model.named_parameters()), dist.wrap(model)
-                # compress.rate counts the weights of the original model: prune the rest of the way
-                left = sum(params[n].numel() for n in names)
-                rate = max(0.0, 1.0 - (1.0 - step.rate) * figures["weights_before"] / left)
-            masks = prune.select(
-                cfg.compress.criterion,
-                {n: params[n].detach() for n in names},
-                fisher,
-                rate,
-                scope=cfg.compress.scope,
-                current=masks,
-                magnitude_share=cfg.compress.magnitude_share,
-                seed=cfg.compress.seed + i,
-            )
-            if masks_hook is not None:
-                masks = masks_hook(masks)
-            if dist.world_size() > 1:
-                dist.agree(dist.digest(masks), f"the masks of step {i + 1} ({step.label})")
-            prune.apply_masks(model, masks)
+            self.prune(i, step)
         elif step.kind == "qat":
-            if quantized is None:
-                quantized = quantize(salt=i)
-                figures["test_error_quantized"] = score(_decoded(quantized, model))
-            fake_quant = {n: FakeQuant(q) for n, q in quantized.tensors.items() if isinstance(q, QuantTensor)}
-        progress.stage(step.label)
-        for group in optimizer.param_groups:
+            if self.quantized is None:
+                self.quantized = self.quantize(salt=i)
+                self.figures["test_error_quantized"] = self.score(_decoded(self.quantized, self.model))
+            fake_quant = {n: FakeQuant(q) for n, q in self.quantized.tensors.items() if isinstance(q, QuantTensor)}
+        self.progress.stage(step.label)
+        for group in self.optimizer.param_groups:
             group["lr"] = step.lr
-        train_epoch(
-            net,
-            optimizer,
-            x_train,
-            y_train,
-            batch_size=cfg.batch_size,
-            seed=cfg.seed,
-            epoch=step.epoch,
-            masks=masks,
-            fraction=step.fraction,
-            on_batch=lambda n, loss: progress.advance(n),
-            recipe=Recipe(
-                fake_quant=fake_quant,
-                teacher=teacher if step.kind != "train" else None,
-                distill=cfg.distill,
-                augment=cfg.augment,
-                loss=loss,
-            ),
-        )
+        teacher = self.teacher if step.kind != "train" else None
+        recipe = Recipe(fake_quant=fake_quant, teacher=teacher, distill=cfg.distill, augment=cfg.augment,
+                        loss=self.loss)  # fmt: skip
+        train_epoch(self.net, self.optimizer, self.x_train, self.y_train, batch_size=cfg.batch_size, seed=cfg.seed,
+                    epoch=step.epoch, masks=self.masks, fraction=step.fraction,
+                    on_batch=lambda n, loss: self.progress.advance(n), recipe=recipe)  # fmt: skip
         if i + 1 == cfg.epochs:
-            figures["test_error_before"] = score(model)
+            self.figures["test_error_before"] = self.score(self.model)
             if cfg.distill > 0:  # the trained dense model teaches its pruned and quantized self
-                teacher = copy.deepcopy(model).eval()
-        save(i + 1)
-    if "test_error_before" not in figures:  # no training epochs: the model as initialised
-        figures["test_error_before"] = score(model)
-    if until == "train":
-        return Outcome(model, optimizer, None, figures, masks)
-    if quantized is None:
-        return Outcome(model, optimizer, quantize(salt=len(steps)), figures, masks)
-    # after quantization-aware fine-tuning: the frozen layout, codes of the fine-tuned weights
-    tensors = {n: requantize(q, params[n]) if isinstance(q, QuantTensor) else q for n, q in quantized.tensors.items()}
-    return Outcome(model, optimizer, Compressed(tensors, quantized.meta), figures, masks)
+                self.teacher = copy.deepcopy(self.model).eval()
+        self.save(i + 1)
+
+    def prune(self, i: int, step: Step) -> None:
+        """A pruning round: a fresh Fisher, structured pruning where the step has a share, then the masks."""
+        cfg = self.cfg
+        self.progress.stage(step.label)
+        fisher = self.fisher(salt=i)
+        rate = step.rate
+        if step.structured:
+            fisher, rate = self.shrink(step, fisher)
+        params = self.params
+        self.masks = prune.select(
+            cfg.compress.criterion,
+            {n: params[n].detach() for n in self.names},
+            fisher,
+            rate,
+            scope=cfg.compress.scope,
+            current=self.masks,
+            magnitude_share=cfg.compress.magnitude_share,
+            seed=cfg.compress.seed + i,
+        )
+        if self.masks_hook is not None:
+            self.masks = self.masks_hook(self.masks)
+        if dist.world_size() > 1:
+            dist.agree(dist.digest(self.masks), f"the masks of step {i + 1} ({step.label})")
+        prune.apply_masks(self.model, self.masks)
+
+    def shrink(self, step: Step, fisher: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], float]:
+        """Remove whole channels (structured pruning); returns the Fisher of what is left and the rate
+        that unstructured pruning of the smaller model needs to reach the step's rate of the original."""
+        model, figures, names, example = self.model, self.figures, self.names, self.x_train[:2]
+        if "original" not in figures:  # the model as the user built it, before its first shrink
+            params = self.params
+            figures.update(weights_before=sum(params[n].numel() for n in names),
+                           original=structured.model_size(model),  # the ratio's base
+                           removable_before=structured.removable(model, example))  # fmt: skip
+        self.optimizer, self.masks, fisher, figures["removable_left"] = structured.shrink_step(
+            model, self.optimizer, fisher, self.masks, step.structured, figures["removable_before"], example
+        )
+        self.params, self.net = dict(model.named_parameters()), dist.wrap(model)
+        # compress.rate counts the weights of the original model: prune the rest of the way
+        left = sum(self.params[n].numel() for n in names)
+        return fisher, max(0.0, 1.0 - (1.0 - step.rate) * figures["weights_before"] / left)
 
 
 def _decoded(compressed: Compressed, like: torch.nn.Module) -> torch.nn.Module:
