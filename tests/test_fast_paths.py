@@ -1,6 +1,6 @@
 """Oracle tests for the fast paths of issue 12's speed work: each equals a plain reference bit for bit.
 
-- mask decoding (bits.exp_golomb_join, gaps_to_mask, exp_golomb_mask) against per-value Python,
+- mask decoding (gaps.exp_golomb_join, gaps_to_mask, exp_golomb_mask) against per-value Python,
   unpack_bits (bit columns up to 8 bits, windows above) against a bit string, and the committed
   reference files against the arrays they decoded to before the fast paths;
 - the scores prune computes chunk by chunk against prune.scores, and the chunked ranking against
@@ -22,6 +22,7 @@ import torch
 from fisherpack import prune, quant_grid, ranking
 from fisherpack.errors import ConfigError, FormatError
 from fisherpack.fpk import bits, container
+from fisherpack.fpk import gaps as sparse
 from fisherpack.fpk import tensors as fpt
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -46,9 +47,9 @@ def test_exp_golomb_join_equals_the_bit_by_bit_reference(top, dtype):
     k[:5] = [0, 1, 2, top, 0]
     values = np.array([0 if b == 0 else (1 << (b - 1)) + int(rng.integers(0, 1 << max(b - 1, 0))) for b in k.tolist()],
                       dtype=np.uint64)  # fmt: skip
-    got_k, extra = bits.exp_golomb_split(values)
+    got_k, extra = sparse.exp_golomb_split(values)
     assert got_k.tolist() == k.tolist()
-    joined = bits.exp_golomb_join(k.astype(dtype), extra, "m")
+    joined = sparse.exp_golomb_join(k.astype(dtype), extra, "m")
     assert joined.dtype == np.uint64 and joined.tolist() == _join_reference(k.tolist(), extra) == values.tolist()
 
 
@@ -56,19 +57,19 @@ def test_exp_golomb_join_over_several_chunks(monkeypatch):
     monkeypatch.setattr(bits, "_CHUNK", 8)  # chunks of 8 values: every boundary and offset is crossed
     rng = np.random.default_rng(1)
     values = rng.geometric(0.05, 1000).astype(np.uint64) - np.uint64(1)
-    k, extra = bits.exp_golomb_split(values)
-    assert bits.exp_golomb_join(k.astype(np.uint16), extra, "m").tolist() == values.tolist()
+    k, extra = sparse.exp_golomb_split(values)
+    assert sparse.exp_golomb_join(k.astype(np.uint16), extra, "m").tolist() == values.tolist()
 
 
 def test_exp_golomb_join_rejects_what_does_not_fit():
     with pytest.raises(FormatError, match="bucket out of range"):
-        bits.exp_golomb_join(np.array([64], dtype=np.uint16), b"", "m")
+        sparse.exp_golomb_join(np.array([64], dtype=np.uint16), b"", "m")
     with pytest.raises(FormatError, match="bucket out of range"):
-        bits.exp_golomb_join(np.array([-1]), b"", "m")
-    k, extra = bits.exp_golomb_split(np.array([5, 9], dtype=np.uint64))
+        sparse.exp_golomb_join(np.array([-1]), b"", "m")
+    k, extra = sparse.exp_golomb_split(np.array([5, 9], dtype=np.uint64))
     for bad in (extra + b"\x00", extra[:-1]):
         with pytest.raises(FormatError, match="stream is"):
-            bits.exp_golomb_join(k, bad, "m")
+            sparse.exp_golomb_join(k, bad, "m")
 
 
 @pytest.mark.parametrize("chunk", [8, 1 << 16])
@@ -77,22 +78,22 @@ def test_exp_golomb_mask_equals_join_then_gaps_to_mask(chunk, monkeypatch):
     rng = np.random.default_rng(7)
     for numel, density in ((1, 1.0), (77, 0.3), (5000, 0.05), (5000, 0.9)):
         mask = rng.random(numel) < density
-        k, extra = bits.exp_golomb_split(bits.mask_to_gaps(mask))
-        got = bits.exp_golomb_mask(k.astype(np.uint16), extra, numel, "m")
+        k, extra = sparse.exp_golomb_split(sparse.mask_to_gaps(mask))
+        got = sparse.exp_golomb_mask(k.astype(np.uint16), extra, numel, "m")
         assert got.dtype == bool and got.tolist() == mask.tolist()
-    k, extra = bits.exp_golomb_split(np.array([3, 0, 9, 1] * 5, dtype=np.uint64))  # kept 3, 4, 14, 16, 20, ..., 84
+    k, extra = sparse.exp_golomb_split(np.array([3, 0, 9, 1] * 5, dtype=np.uint64))  # kept 3, 4, 14, 16, 20, ..., 84
     for numel in (k.size, 84, 85):  # the last one fits exactly
         try:
-            want = bits.gaps_to_mask(bits.exp_golomb_join(k, extra, "m mask extra bits"), numel, "m")
+            want = sparse.gaps_to_mask(sparse.exp_golomb_join(k, extra, "m mask extra bits"), numel, "m")
         except FormatError as exc:
             with pytest.raises(FormatError, match=f"^{exc}$"):
-                bits.exp_golomb_mask(k, extra, numel, "m")
+                sparse.exp_golomb_mask(k, extra, numel, "m")
         else:
-            assert bits.exp_golomb_mask(k, extra, numel, "m").tolist() == want.tolist() and numel == 85
+            assert sparse.exp_golomb_mask(k, extra, numel, "m").tolist() == want.tolist() and numel == 85
     for bad_k, bad_extra, message in (([64], b"", "bucket out of range"), ([5], b"", "stream is 0 bytes"),
                                       ([9], b"\x00", "run past the end")):  # fmt: skip
         with pytest.raises(FormatError, match=message):
-            bits.exp_golomb_mask(np.array(bad_k, dtype=np.uint16), bad_extra, 100, "m")
+            sparse.exp_golomb_mask(np.array(bad_k, dtype=np.uint16), bad_extra, 100, "m")
 
 
 def _decoded_digest(c: fpt.Compressed) -> str:
@@ -128,17 +129,17 @@ def test_gaps_to_mask_equals_the_reference_and_refuses_overruns(dtype):
     rng = np.random.default_rng(2)
     for numel in (1, 7, 500):
         mask = rng.random(numel) < 0.3
-        gaps = bits.mask_to_gaps(mask).astype(dtype)
-        got = bits.gaps_to_mask(gaps, numel, "m")
+        gaps = sparse.mask_to_gaps(mask).astype(dtype)
+        got = sparse.gaps_to_mask(gaps, numel, "m")
         assert got.shape == (numel,) and got.dtype == bool and got.tolist() == mask.tolist()
     huge = np.iinfo(dtype).max
     for bad in ([0, 0, 5], [4], [huge], [huge, huge, huge], [2**62, 2**62, 2**62][: 3 if huge > 2**62 else 0]):
         if bad:
             with pytest.raises(FormatError, match="run past the end"):
-                bits.gaps_to_mask(np.array(bad, dtype=dtype), 4, "m")
+                sparse.gaps_to_mask(np.array(bad, dtype=dtype), 4, "m")
     if dtype == np.int64:
         with pytest.raises(FormatError, match="run past the end"):
-            bits.gaps_to_mask(np.array([1, -1]), 4, "m")
+            sparse.gaps_to_mask(np.array([1, -1]), 4, "m")
 
 
 @pytest.mark.parametrize("chunk", [8, 1 << 16])  # 8: values of one width cross chunks at every offset

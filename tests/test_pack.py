@@ -11,10 +11,6 @@ from fisherpack.errors import FormatError
 from fisherpack.fpk.bits import (
     bit_lengths,
     check_bit_stream,
-    exp_golomb_join,
-    exp_golomb_split,
-    gaps_to_mask,
-    mask_to_gaps,
     pack_bits,
     pack_varbits,
     packed_size,
@@ -23,6 +19,7 @@ from fisherpack.fpk.bits import (
     unpack_varbits,
     write_varint,
 )
+from fisherpack.fpk.gaps import exp_golomb_join, exp_golomb_split, gaps_to_mask, mask_to_gaps
 
 
 def reference_pack(values, widths) -> bytes:

@@ -26,6 +26,7 @@ import torch
 from ..errors import ConfigError, FormatError
 from . import bits as pack
 from . import entropy as rans
+from . import gaps as sparse
 from .fileio import atomic_writer
 from .header import (
     DTYPES,
@@ -81,7 +82,7 @@ def _encode_raw(t: torch.Tensor, entropy_on: bool) -> tuple[dict, list]:
 
 
 def _encode_mask(q: QuantTensor, entropy_on: bool, version: int) -> tuple[dict, bytes]:
-    gaps = pack.mask_to_gaps(q.mask)  # (kept,) int64
+    gaps = sparse.mask_to_gaps(q.mask)  # (kept,) int64
     width = int(gaps.max()).bit_length() if gaps.size else 0
     cands = [({"encoding": "bitmap"}, np.packbits(q.mask).tobytes())]
     if q.kept == q.numel:
@@ -89,7 +90,7 @@ def _encode_mask(q: QuantTensor, entropy_on: bool, version: int) -> tuple[dict, 
     if width <= 32:
         cands.append(({"encoding": "gaps", "width": width}, pack.pack_bits(gaps, width) if width else b""))
     if entropy_on and gaps.size:
-        k, extra = pack.exp_golomb_split(gaps)
+        k, extra = sparse.exp_golomb_split(gaps)
         budget = min(len(c[1]) for c in cands) - len(extra)
         buckets = rans.encode_stream(k, 65, budget=budget, version=version) if budget > 0 else None
         if buckets is not None:
@@ -284,8 +285,8 @@ def _decode_mask(e: dict, blob: memoryview, what: str, version: int) -> np.ndarr
         gaps = pack.unpack_bits(blob, s["width"], kept).astype(np.int64) if s["width"] else np.zeros(kept, np.int64)
     else:  # gaps_ans: rANS-coded Exp-Golomb buckets (a gap < numel has k <= numel.bit_length())
         k = rans.decode_stream(blob[: s["buckets_length"]], kept, min(n.bit_length(), 63) + 1, version)
-        return pack.exp_golomb_mask(k, blob[s["buckets_length"] :], n, what)
-    return pack.gaps_to_mask(gaps, n, what)
+        return sparse.exp_golomb_mask(k, blob[s["buckets_length"] :], n, what)
+    return sparse.gaps_to_mask(gaps, n, what)
 
 
 def _decode_symbols(
