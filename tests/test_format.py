@@ -80,8 +80,9 @@ def split(data: bytes) -> tuple[dict, bytes]:
     return header, data[PRE.size + hlen : PRE.size + hlen + plen]
 
 
-def frame(header, payload: bytes, version: int = fpk.VERSION) -> bytes:
-    """A well-framed file (valid CRC) around any header, so validation past the CRC is exercised."""
+def frame(header, payload: bytes, version: int = 3) -> bytes:
+    """A well-framed file (valid CRC) around any header, so validation past the CRC is exercised.
+    Version 3 by default: the hostile headers below list every key; version 4's own cases are marked."""
     raw = header if isinstance(header, bytes) else json.dumps(header).encode()
     h = deflate_header(raw, version)
     body = PRE.pack(fpk.MAGIC, version, len(h), len(payload)) + h + payload
@@ -269,7 +270,7 @@ def test_dequantize_into_overwrites_every_entry_of_a_used_buffer(pruned):
 def test_describe_reports_layout():
     data = fpk.encode(tiny_example())
     info = fpk.describe(data)
-    assert (info["version"], info["file_bytes"], info["payload_bytes"]) == (3, len(data), 12)
+    assert (info["version"], info["file_bytes"], info["payload_bytes"]) == (4, len(data), 12)
     w, b, a = info["tensors"]
     assert (w["kind"], w["shape"], w["kept"], w["numel"], w["bytes"]) == ("quant", [2, 4], 4, 8, 4)
     assert w["groups"][1] == {"bits": 2, "exp": 0, "grid": "odd", "count": 2}
@@ -321,11 +322,15 @@ def hex_of(block: str) -> bytes:
 def test_golden_bytes_of_a_tiny_file():
     data = fpk.encode(tiny_example())
     payload = "96 50 3c 80" + "0000003f 000080bf"  # mask, ids, codes[0], codes[1], bias (float32 LE)
-    assert data[:22].hex() == "8946504b0d0a1a0a" + "0300" + "5d000000" + "0c00000000000000"
+    assert data[:22].hex() == "8946504b0d0a1a0a" + "0400" + "57000000" + "0c00000000000000"
     assert data[-16:-4] == bytes.fromhex(payload)
     assert data[-4:] == struct.pack("<I", zlib.crc32(data[:-4]))
     x = Compressed({"x": RawTensor(torch.tensor([1, 2, 3], dtype=torch.uint8))})
     assert fpk.encode(x).hex() == (  # a whole file, header included: any drift in the encoder shows up here
+        "8946504b0d0a1a0a04001d0000000300000000000000ab86559768f916678644ca19a540d759e0c8171548a1631c5b1b5b0b00010203"
+        "29d00d1f"
+    )
+    assert fpk.encode(x, version=3).hex() == (  # version 3: the same, with the data's length in the header
         "8946504b0d0a1a0a03001e0000000300000000000000ab86559768f996880c698c94494a810eb5c091452a9002ca38b636b616000102"
         "030fb5970e"
     )
@@ -391,8 +396,8 @@ def test_other_formats_are_not_fisherpack_files(tmp_path):
 
 def test_bad_version_and_checksum():
     data = bytearray(fpk.encode(tiny_example()))
-    data[8] = 4
-    with pytest.raises(FormatError, match="unsupported format version 4 .* upgrade"):
+    data[8] = 5
+    with pytest.raises(FormatError, match="unsupported format version 5 .* upgrade"):
         fpk.decode(bytes(data))
     data = bytearray(fpk.encode(tiny_example()))
     data[-6] ^= 0x10
@@ -407,8 +412,8 @@ def test_header_bomb_is_capped():
 
 
 def edit(fn):
-    """A hostile file: the tiny example's header and payload after ``fn(header, payload)``."""
-    header, payload = split(fpk.encode(tiny_example()))
+    """A hostile file: the tiny example's header (version 3: every key) and payload after ``fn(header, payload)``."""
+    header, payload = split(fpk.encode(tiny_example(), version=3))
     payload = bytearray(payload)
     result = fn(header, payload)
     return frame(header, bytes(result if isinstance(result, (bytes, bytearray)) else payload))
@@ -572,6 +577,56 @@ def test_hostile_headers(case):
     assert "\n" not in str(err.value)
 
 
+def lean_edit(fn):
+    """A version-4 file: the tiny example's lean header and payload after ``fn(header, payload)``."""
+    header, payload = split(fpk.encode(tiny_example()))
+    fn(header, payload)
+    return frame(header, payload, version=4)
+
+
+LEFT_OUT = {  # version 4: a key that follows from the rest must be left out
+    "raw data length": ([B, "data", "length"], 8),
+    "bitmap mask length": ([W, "mask", "length"], 1),
+    "ids length": ([W, "ids", "length"], 1),
+    "packed codes length": ([W, "codes", 0, "length"], 1),
+}
+
+
+@pytest.mark.parametrize("case", LEFT_OUT)
+def test_version_4_refuses_a_key_it_leaves_out(case):
+    path, value = LEFT_OUT[case]
+    assert_identical(tiny_example(), fpk.decode(lean_edit(lambda h, p: None)))
+    with pytest.raises(FormatError, match="must be left out in version 4"):
+        fpk.decode(lean_edit(lambda h, p: setter(["tensors", *path], value)(h, p)))
+
+
+def test_version_4_puts_back_kept_and_count_and_checks_what_they_follow_from():
+    codes = np.arange(6, dtype=np.uint16)
+    one = Compressed({"w": QuantTensor((6,), np.ones(6, bool), np.zeros(6, np.uint8), codes, (3,), (-2,), ("int",))})
+    data = fpk.encode(one)
+    header, payload = split(data)
+    entry = header["tensors"][0]
+    assert "kept" not in entry and "count" not in entry["groups"][0] and "length" not in entry["mask"]
+    assert fpk.describe(data)["tensors"][0]["kept"] == 6 and fpk.encode(one, version=3) != data
+    assert_identical(one, fpk.decode(data))
+    for key in ("kept", "count"):
+        bad = json.loads(json.dumps(header))
+        (bad["tensors"][0] if key == "kept" else bad["tensors"][0]["groups"][0])[key] = 6
+        with pytest.raises(FormatError, match="must be left out in version 4"):
+            fpk.decode(frame(bad, payload, version=4))
+    # what a left-out length follows from is checked: one more entry needs one more byte of codes
+    bad = json.loads(json.dumps(header))
+    bad["tensors"][0]["shape"] = [9]  # 27 bits of codes: 4 bytes
+    with pytest.raises(FormatError, match="codes length is out of range"):  # 4 bytes, past the 3 of the payload
+        fpk.decode(frame(bad, payload, version=4))
+    bad["tensors"][0]["groups"][0]["bits"] = "3"
+    with pytest.raises(FormatError, match="bad bits/exp"):
+        fpk.decode(frame(bad, payload, version=4))
+    # a version-3 header must list them all
+    with pytest.raises(FormatError, match="missing key 'kept'"):
+        fpk.decode(frame(header, payload, version=3))
+
+
 def test_edit_helper_round_trips_unchanged():
     assert_identical(tiny_example(), fpk.decode(edit(lambda h, p: None)))
 
@@ -668,20 +723,24 @@ def test_version_1_files_still_load():
     c = fpk.decode(old)
     assert fpk.encode(c, version=1) == old
     new = fpk.encode(c)
-    assert fpk.describe(new)["version"] == 3 and len(new) <= len(old) - 300  # the version-3 header
+    assert fpk.describe(new)["version"] == 4 and len(new) <= len(old) - 300  # the version-3 header and lean entries
     assert_identical(c, fpk.decode(new))
 
 
-def test_version_2_files_read_and_rewrite_as_they_were_and_version_3_is_smaller():
+def test_version_2_files_read_and_rewrite_as_they_were_and_versions_3_and_4_are_smaller():
     """A file written in version 2 (a zlib header: the LeNet-5 reference file of fisherpack before
-    version 3) decodes, re-encodes in version 2 to the very same bytes, and in version 3 only its
-    header changes, by hundreds of bytes."""
+    version 3) decodes, re-encodes in version 2 to the very same bytes, and in versions 3 and 4 only
+    its header changes, by hundreds of bytes: version 3 compresses the same JSON better, version 4
+    also leaves out the keys that follow from the rest."""
     old = (Path(__file__).parent / "data" / "lenet5-v2.fpk").read_bytes()
     c = fpk.decode(old)
     assert fpk.describe(old)["version"] == 2 and fpk.encode(c, version=2) == old
-    new = fpk.encode(c)
-    assert split(new) == split(old)  # the same header JSON and payload bytes
-    assert fpk.describe(new)["version"] == 3 and len(new) == len(old) - 395
+    v3, v4 = fpk.encode(c, version=3), fpk.encode(c)
+    assert split(v3) == split(old)  # the same header JSON and payload bytes
+    assert fpk.describe(v3)["version"] == 3 and len(v3) == len(old) - 395
+    assert split(v4)[1] == split(old)[1] and split(v4)[0]["meta"] == split(old)[0]["meta"]
+    assert fpk.describe(v4)["version"] == 4 and len(v4) == len(old) - 430
+    assert fpk.describe(v4)["tensors"] == fpk.describe(old)["tensors"]  # what was left out is put back
 
 
 def test_many_tiny_rans_streams_cost_work_linear_in_the_file(monkeypatch):

@@ -20,7 +20,8 @@ from fisherpack.fpk.tensors import Compressed, RawTensor
 
 
 def small() -> bytes:
-    return fpk.encode(Compressed({"b": RawTensor(torch.arange(4.0))}, {"model": "x"}))
+    """A small file in version 3, whose header lists every key (as the hand-made headers here do)."""
+    return fpk.encode(Compressed({"b": RawTensor(torch.arange(4.0))}, {"model": "x"}), version=3)
 
 
 def with_header_text(text: bytes) -> bytes:

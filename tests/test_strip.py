@@ -71,10 +71,10 @@ def test_stripping_keeps_the_tensors_bytes_and_only_what_loading_needs():
     assert summary(fmt.decode(small), len(small))["ratio"] == 1_724_320 / len(small)
 
 
-def test_a_version_2_file_is_stripped_into_version_3():
+def test_a_version_2_file_is_stripped_into_the_current_version():
     old = (Path(__file__).parent / "data" / "lenet5-v2.fpk").read_bytes()  # 5,906 bytes, a 677-byte header
     small = fmt.stripped(old)
-    assert struct.unpack_from("<H", small, 8)[0] == 3 and _parts(small)[1] == _parts(old)[1]
+    assert struct.unpack_from("<H", small, 8)[0] == 4 and _parts(small)[1] == _parts(old)[1]
     assert _parts(small)[0]["meta"] == {"model": "lenet5"} and len(small) < len(old) - 400
 
 

@@ -49,7 +49,7 @@ from .meta import compress_config as recorded_config
 from .meta import stripped as stripped_meta
 from .meta import with_entropy
 from .reader import FpkReader, describe, open_file, stream_slices
-from .schema import validate
+from .schema import lean, validate
 from .tensors import Alias, Compressed, QuantTensor, RawTensor
 
 __all__ = ["MAGIC", "VERSION", "DTYPES", "encode", "decode", "decode_entry", "save", "read_bytes", "load", "describe"]
@@ -189,6 +189,8 @@ def _write(c: Compressed, out: BinaryIO, spill: BinaryIO, entropy: bool | None, 
 
 def _head(meta: dict, entries: list[dict], version: int, plen: int) -> bytes:
     """Preamble and compressed header of a file of ``version`` (docs/FORMAT.md, sections 2 and 3)."""
+    if version >= 4:
+        entries = [lean(e) for e in entries]
     try:
         text = json.dumps({"meta": meta, "tensors": entries}, sort_keys=True, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
@@ -337,7 +339,7 @@ def decode(data: bytes, max_elements: int | None = None) -> Compressed:
     _, header, payload = split(data)
     version = PRE.unpack_from(data)[1]
     with no_cycle_collection():
-        meta, entries = validate(header, len(payload), len(data), max_elements)
+        meta, entries = validate(header, len(payload), len(data), max_elements, version)
         tensors = {e["name"]: decode_entry(e, blobs, version) for e, blobs in stream_slices(entries, payload)}
     return Compressed(tensors, meta)
 

@@ -39,10 +39,11 @@ __all__ += ["inflate", "check_preamble", "read_bytes", "read_from", "split", "pa
 __all__ += ["deflate_header", "inflate_header", "stream_version"]
 
 MAGIC = b"\x89FPK\r\n\x1a\n"
-# The version written. 2 (a zlib header) and 1 (fisherpack 0.1: zlib header, 16-bit rANS words)
-# are still read; 3 differs from 2 only in its header, raw DEFLATE with a preset dictionary.
-VERSION = 3
-READ_VERSIONS = (1, 2, 3)
+# The version written. 3, 2 (a zlib header) and 1 (fisherpack 0.1: zlib header, 16-bit rANS words)
+# are still read; 3 differs from 2 only in its header, raw DEFLATE with a preset dictionary; 4 from
+# 3 only in its header's entries, which leave out what follows from the rest (schema.lean).
+VERSION = 4
+READ_VERSIONS = (1, 2, 3, 4)
 PRE = struct.Struct("<8sHIQ")  # magic, version, header length, payload length
 MAX_NAME, MAX_NDIM, MAX_ANS_BITS = 1024, 8, 12
 # Caps that bound a reader's memory whatever the file says (docs/FORMAT.md section 9).
@@ -83,7 +84,7 @@ def stream_version(version: int) -> int:
 
 
 def deflate_header(text: bytes, version: int) -> bytes:
-    """The header bytes of a file of ``version``: zlib (1, 2) or raw DEFLATE with HEADER_DICT (3)."""
+    """The header bytes of a file of ``version``: zlib (1, 2) or raw DEFLATE with HEADER_DICT (3, 4)."""
     if version < 3:
         return zlib.compress(text, 9)
     c = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zdict=HEADER_DICT)
@@ -132,7 +133,8 @@ def check_preamble(data: bytes, size: int) -> int:
     _, version, hlen, plen = PRE.unpack_from(data)
     if version not in READ_VERSIONS:
         newer = "; upgrade fisherpack to read it" if version > VERSION else ""
-        raise FormatError(f"unsupported format version {version} (this fisherpack reads versions 1 to 3){newer}")
+        reads = f"this fisherpack reads versions 1 to {VERSION}"
+        raise FormatError(f"unsupported format version {version} ({reads}){newer}")
     expected = PRE.size + hlen + plen + 4
     if size != expected:
         what = "truncated" if size < expected else "longer than its header says"

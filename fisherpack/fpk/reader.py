@@ -45,7 +45,7 @@ class FpkReader:
         if crc != struct.unpack("<I", self._read_at(expected - 4, 4))[0]:
             raise FormatError("checksum mismatch: the file is corrupt")
         header = inflate_header(self._read_at(PRE.size, hlen), self.version)
-        self.meta, entries = validate(header, plen, size, max_elements)
+        self.meta, entries = validate(header, plen, size, max_elements, self.version)
         self._entries, offset = {}, PRE.size + hlen
         for e in entries:
             e["_offset"] = offset  # streams lie back to back, in header order
@@ -142,12 +142,12 @@ def describe(data: bytes, max_elements: int | None = None, decode_streams: bool 
     header is parsed and checked once either way).
     """
     hlen, header, payload = split(data)
+    version = PRE.unpack_from(data)[1]
     with no_cycle_collection():
-        meta, entries = validate(header, len(payload), len(data), max_elements)
+        meta, entries = validate(header, len(payload), len(data), max_elements, version)
         if decode_streams:
             from .container import decode_entry  # container imports this module
 
-            version = PRE.unpack_from(data)[1]
             for e, blobs in stream_slices(entries, payload):
                 decode_entry(e, blobs, version)
         return _layout(data, hlen, len(payload), meta, entries)

@@ -12,7 +12,7 @@ from .header import DTYPES, ELEMENTS_PER_BYTE, MAX_ANS_BITS, MAX_NAME, MAX_NDIM,
 from .meta import model_name
 from .tensors import GRIDS, MAX_BITS, MAX_EXP, MAX_GROUPS, MIN_EXP
 
-__all__ = ["validate"]
+__all__ = ["validate", "lean"]
 
 # The rules below run once per entry, and a file may list tens of thousands of entries: a message
 # is formatted only once a rule fails (an f-string per check would double the cost of a valid file).
@@ -89,11 +89,14 @@ _SYMBOL_ENCODINGS = {"packed": {"encoding", "length"}, "ans": {"encoding", "leng
 _QUANT_OPTIONAL, _NONE = frozenset({"ids"}), frozenset()
 
 
-def validate(header: bytes | bytearray, plen: int, file_bytes: int, max_elements: int | None) -> tuple[Any, list[dict]]:
+def validate(
+    header: bytes | bytearray, plen: int, file_bytes: int, max_elements: int | None, version: int = 3
+) -> tuple[Any, list[dict]]:
     """Check every header rule that does not need the payload; return (meta, entries).
 
     ``max_elements`` None means :func:`default_max_elements` of ``file_bytes``. Each entry gets
-    ``_numel`` and ``_streams`` (its stream dicts in payload order).
+    ``_numel`` and ``_streams`` (its stream dicts in payload order). A version-4 header's entries
+    get back the keys :func:`lean` left out, after a check that they were left out.
     """
     limit = default_max_elements(file_bytes) if max_elements is None else max_elements
     shown_size = file_bytes if max_elements is None else None
@@ -114,6 +117,8 @@ def validate(header: bytes | bytearray, plen: int, file_bytes: int, max_elements
             raise _bad(f"tensor #{i} has a bad name")
         if name in names:
             raise _bad(f"tensor {name!r} appears twice")
+        if version >= 4 and kind != "alias":
+            _implied(e, kind, name, _numel(e.get("shape"), name, limit, shown_size))
         _keys(e, f"tensor {name!r}", _ENTRY_KEYS[kind], _QUANT_OPTIONAL if kind == "quant" else _NONE)
         names[name], e["_numel"], e["_streams"] = kind, 0, []
         if kind == "alias":
@@ -137,6 +142,69 @@ def validate(header: bytes | bytearray, plen: int, file_bytes: int, max_elements
             total_length += sum(s["length"] for s in e["_streams"])
     _check(total_length == plen, f"stream lengths add up to {total_length} bytes, payload is {plen}")
     return doc["meta"], doc["tensors"]
+
+
+def lean(entry: dict) -> dict:
+    """A version-4 header entry: ``entry`` without the keys that follow from its other keys (docs/FORMAT.md
+    section 3): the length of a plain raw tensor, of an ``all`` or ``bitmap`` mask and of a ``packed``
+    stream; ``kept`` beside an ``all`` mask; the count of a tensor's only group. Idempotent."""
+    if entry["kind"] == "raw":
+        return {**entry, "data": _without(entry["data"], "length")} if entry["data"]["encoding"] == "plain" else entry
+    if entry["kind"] != "quant":
+        return entry
+    out = dict(entry)
+    out["mask"] = _without(entry["mask"], "length") if entry["mask"]["encoding"] in ("all", "bitmap") else entry["mask"]
+    if entry["mask"]["encoding"] == "all":
+        out.pop("kept", None)
+    if len(entry["groups"]) == 1:
+        out["groups"] = [_without(entry["groups"][0], "count")]
+    if "ids" in entry and entry["ids"]["encoding"] == "packed":
+        out["ids"] = _without(entry["ids"], "length")
+    out["codes"] = [_without(s, "length") if s["encoding"] == "packed" else s for s in entry["codes"]]
+    return out
+
+
+def _without(obj: dict, key: str) -> dict:
+    return {k: v for k, v in obj.items() if k != key}
+
+
+def _implied(e: dict, kind: str, name: str, n: int) -> None:
+    """Put back into version-4 entry ``e`` (of ``n`` entries) the keys :func:`lean` leaves out, each
+    after a check that the file left it out. A key is filled in only from values of the right type
+    and range; otherwise it stays out, and the check of the value it follows from reports that."""
+
+    def fill(obj: Any, key: str, value: Any, what: str) -> None:
+        _check(key not in obj, f"tensor {name!r} {what} must be left out in version 4 (it follows from the rest)")
+        if value is not None:
+            obj[key] = value
+
+    if kind == "raw":
+        data, dtype = e.get("data"), e.get("dtype")
+        if type(data) is dict and data.get("encoding") == "plain":
+            item = DTYPES[dtype][1] if type(dtype) is str and dtype in DTYPES else None
+            fill(data, "length", None if item is None else n * int(item[-1]), "data length")
+        return
+    mask, gs, codes = e.get("mask"), e.get("groups"), e.get("codes")
+    encoding = mask.get("encoding") if type(mask) is dict else None
+    if encoding in ("all", "bitmap"):
+        fill(mask, "length", 0 if encoding == "all" else (n + 7) // 8, "mask length")
+    if encoding == "all":
+        fill(e, "kept", n, "kept (the mask keeps every entry)")
+    if type(gs) is not list or not 1 <= len(gs) <= MAX_GROUPS or any(type(g) is not dict for g in gs):
+        return
+    kept = e.get("kept")
+    if len(gs) == 1:
+        fill(gs[0], "count", kept if _is_int(kept, 0, n) else None, "count of its only group")
+    ids = e.get("ids")
+    if type(ids) is dict and ids.get("encoding") == "packed":
+        width = (len(gs) - 1).bit_length()
+        fill(ids, "length", (kept * width + 7) // 8 if _is_int(kept, 0, n) else None, "ids length")
+    if type(codes) is list and len(codes) == len(gs):
+        for g, s in zip(gs, codes):
+            if type(s) is dict and s.get("encoding") == "packed":
+                count, bits = g.get("count"), g.get("bits")
+                ok = _is_int(count, 0, n) and _is_int(bits, 1, MAX_BITS)
+                fill(s, "length", (count * bits + 7) // 8 if ok else None, "codes length")
 
 
 def _validate_quant(e: dict, name: str, n: int, plen: int) -> None:
