@@ -55,14 +55,14 @@ SLOWEST_CASE: tuple[str, float] = ("none", 0.0)  # the family and time of the sl
 
 
 @functools.cache
-def lenet5_file(entropy: bool = True) -> bytes:
+def lenet5_file(entropy: bool = True, version: int = fpk.VERSION) -> bytes:
     """A real LeNet-5 (431,080 parameters, random weights and Fisher) pruned to 2%, 4 groups."""
     with torch.random.fork_rng():
         torch.manual_seed(0)
         model = models.build("lenet5")
         fisher = {n: torch.rand_like(p) for n, p in model.named_parameters()}
     packed = compress(model, fisher, CompressConfig(rate=0.98, bits=5, groups=4), meta={"model": "lenet5"})
-    return fpk.encode(packed, entropy=entropy)
+    return fpk.encode(packed, entropy=entropy, version=version)
 
 
 def _quant(rng, shape, density, bits, exps, grids, skew=False) -> QuantTensor:
@@ -76,7 +76,7 @@ def _quant(rng, shape, density, bits, exps, grids, skew=False) -> QuantTensor:
 
 
 @functools.cache
-def mixed_file(entropy: bool = True) -> bytes:
+def mixed_file(entropy: bool = True, version: int = fpk.VERSION) -> bytes:
     """A small file that uses every encoding (with ``entropy``) and every raw dtype."""
     rng = np.random.default_rng(1)
     tensors = {
@@ -91,7 +91,8 @@ def mixed_file(entropy: bool = True) -> bytes:
         "steps": RawTensor(torch.tensor(12345, dtype=torch.int64)),
         "empty": RawTensor(torch.zeros(0, 3, dtype=torch.int8)),
     }
-    return fpk.encode(Compressed(tensors, {"model": "mixed", "list": [1, 2.5, None, True, "x"]}), entropy=entropy)
+    meta = {"model": "mixed", "list": [1, 2.5, None, True, "x"]}
+    return fpk.encode(Compressed(tensors, meta), entropy=entropy, version=version)
 
 
 # ---------------------------------------------------------------- framing
@@ -118,9 +119,13 @@ def frame(zheader: bytes, payload: bytes, version: int = FULL) -> bytes:
     return body + struct.pack("<I", zlib.crc32(body))
 
 
-def frame_json(header: dict | bytes, payload: bytes) -> bytes:
+def frame_json(header: dict | bytes, payload: bytes, version: int = FULL) -> bytes:
     text = header if isinstance(header, bytes) else json.dumps(header).encode()
-    return frame(deflate_header(text, FULL), payload)
+    return frame(deflate_header(text, version), payload, version)
+
+
+def version_of(data: bytes) -> int:
+    return PRE.unpack_from(data)[1]
 
 
 # ---------------------------------------------------------------- the checker

@@ -16,7 +16,7 @@ import zlib
 from collections.abc import Iterator
 
 import numpy as np
-from fuzzcases import PRE, frame, frame_json, header_of, parts
+from fuzzcases import PRE, frame, frame_json, header_of, parts, version_of
 
 from fisherpack.fpk.header import inflate_header
 
@@ -78,24 +78,29 @@ def stream_swaps(data: bytes, rng: np.random.Generator, n: int) -> Iterator[byte
     """One stream replaced by random bytes of a random length, its header length adjusted; re-signed.
 
     Lengths stay consistent, so the stream's own decoder (bit strings, rANS tables and states,
-    Exp-Golomb extra bits, zlib) sees the garbage. Often the new bytes keep a real prefix.
+    Exp-Golomb extra bits, zlib) sees the garbage. Often the new bytes keep a real prefix. A stream
+    whose length a version-4 header leaves out keeps its length (the header cannot say another).
     """
-    header, payload = header_of(data), parts(data)[1]
+    from fisherpack.fpk import container
+
+    header, payload, version = header_of(data), parts(data)[1], version_of(data)
     spans, pos = [], 0
-    for s in _streams(header):
-        spans.append((pos, pos + s["length"]))
-        pos += s["length"]
+    for t in container.describe(data)["tensors"]:  # every length, also those version 4 leaves out
+        for s in t["streams"]:
+            spans.append((pos, pos + s["length"]))
+            pos += s["length"]
     for _ in range(n):
         h = json.loads(json.dumps(header))
         streams = _streams(h)
         i = int(rng.integers(len(streams)))
         a, b = spans[i]
-        size = int(rng.integers(0, 2 * (b - a) + 8))
+        size = int(rng.integers(0, 2 * (b - a) + 8)) if "length" in streams[i] else b - a
         new = bytearray(rng.integers(0, 256, size, dtype=np.uint8).tobytes())
         keep = int(rng.integers(0, min(size, b - a) + 1))
         new[:keep] = payload[a : a + keep]
-        streams[i]["length"] = size
-        yield frame_json(h, payload[:a] + bytes(new) + payload[b:])
+        if "length" in streams[i]:
+            streams[i]["length"] = size
+        yield frame_json(h, payload[:a] + bytes(new) + payload[b:], version)
 
 
 HOSTILE_VALUES = [
@@ -162,7 +167,7 @@ def header_edits(data: bytes, rng: np.random.Generator, n: int) -> Iterator[byte
         h = json.loads(json.dumps(header))
         for _ in range(int(rng.integers(1, 4))):
             _mutate(h, rng)
-        yield frame_json(h, payload)
+        yield frame_json(h, payload, version_of(data))
 
 
 TEXT_EDITS = [b"NaN", b"Infinity", b"-Infinity", b"1e999", b"-1e999", b"1.0", b"1e2", b'"1"', b"null",
@@ -182,7 +187,7 @@ def header_text_edits(data: bytes, rng: np.random.Generator, n: int) -> Iterator
         else:  # a key written twice, once with another value
             a, b = _pick(rng, keys)
             edited = text[:a] + text[a:b] + _pick(rng, [b"0", b'"x"', b"[]"]) + b"," + text[a:]
-        yield frame_json(edited, payload)
+        yield frame_json(edited, payload, version_of(data))
 
 
 # ---------------------------------------------------------------- bombs: small files that claim a lot

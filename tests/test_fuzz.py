@@ -4,7 +4,8 @@ Every case goes through ``fuzzcases.check`` (one-line FormatError, or decode + d
 with the declared shapes; anything else, or more than 2 s, fails). The sample files are a real
 LeNet-5 pruned to 2% and quantized by ``fisherpack.compress`` (random weights: the bytes matter, not
 the accuracy) and a small file that uses every encoding, each written with and without the entropy
-stage. Case counts per family are printed at the end of the pytest run (see conftest.py).
+stage in the current format version, and the small file in version 3 (whose header lists the keys
+version 4 leaves out). Case counts per family are printed at the end of the pytest run (see conftest.py).
 
 ``FISHERPACK_FUZZ_LONG=1`` runs 50 times as many random cases; ``FISHERPACK_FUZZ_SEED=N`` changes
 them. ``benchmarks/fuzz.py`` runs for a given time, and under atheris if it is installed.
@@ -33,10 +34,11 @@ FILES = {
     "lenet5 plain": lambda: fz.lenet5_file(False),
     "mixed": lambda: fz.mixed_file(True),
     "mixed plain": lambda: fz.mixed_file(False),
+    "mixed v3": lambda: fz.mixed_file(True, version=3),  # every key in the header (version 4 leaves some out)
 }
 # Random cases per file and family. LeNet-5 cases that get past the checks decode ~400k entries
 # (a few ms each), so the bulk of the random cases use the small files.
-RANDOM = {"lenet5": 150, "lenet5 plain": 150, "mixed": 1200, "mixed plain": 1200}
+RANDOM = {"lenet5": 150, "lenet5 plain": 150, "mixed": 1200, "mixed plain": 1200, "mixed v3": 600}
 
 
 def rng(name: str, family: str) -> np.random.Generator:

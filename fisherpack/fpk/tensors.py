@@ -150,10 +150,12 @@ class QuantTensor:
         """The dense float32 tensor this encodes; pruned entries are 0."""
         if self.codes.size == self.mask.size:  # nothing pruned: the values are the tensor, a fresh array
             return torch.from_numpy(self.values().reshape(self.shape))
-        # np.empty and an explicit zero pass, not np.zeros: calloc'd memory is first touched by the
-        # scatter instead, and at gigabytes that costs about 2.5x (measured in issue 12's notes)
-        dense = np.empty(self.numel, dtype=np.float32)
-        self.dequantize_into(dense)
+        if self.kept * 1024 < self.numel:  # under one kept entry per 4 KiB page: calloc's untouched zero
+            dense = np.zeros(self.numel, dtype=np.float32)  # pages cost address space, not memory
+            self._scatter(dense)
+        else:  # the scatter would first-touch every page at random, which costs ~2.5x a zero pass at gigabytes
+            dense = np.empty(self.numel, dtype=np.float32)
+            self.dequantize_into(dense)
         return torch.from_numpy(dense.reshape(self.shape))
 
     def dequantize_into(self, out: np.ndarray) -> None:
