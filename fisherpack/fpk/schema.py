@@ -117,8 +117,10 @@ def validate(
             raise _bad(f"tensor #{i} has a bad name")
         if name in names:
             raise _bad(f"tensor {name!r} appears twice")
+        n = -1
         if version >= 4 and kind != "alias":
-            _implied(e, kind, name, _numel(e.get("shape"), name, limit, shown_size))
+            n = _numel(e.get("shape"), name, limit, shown_size)
+            _implied(e, kind, name, n)
         _keys(e, f"tensor {name!r}", _ENTRY_KEYS[kind], _QUANT_OPTIONAL if kind == "quant" else _NONE)
         names[name], e["_numel"], e["_streams"] = kind, 0, []
         if kind == "alias":
@@ -126,7 +128,7 @@ def validate(
             if type(target) is not str or names.get(target, "alias") == "alias":
                 raise _bad(f"tensor {name!r} must alias an earlier non-alias entry")
             continue
-        e["_numel"] = n = _numel(e["shape"], name, limit, shown_size)
+        e["_numel"] = n = n if n >= 0 else _numel(e["shape"], name, limit, shown_size)
         total_elements += n
         if total_elements > limit:
             raise _too_many("the file", limit, shown_size)
@@ -174,7 +176,8 @@ def _implied(e: dict, kind: str, name: str, n: int) -> None:
     and range; otherwise it stays out, and the check of the value it follows from reports that."""
 
     def fill(obj: Any, key: str, value: Any, what: str) -> None:
-        _check(key not in obj, f"tensor {name!r} {what} must be left out in version 4 (it follows from the rest)")
+        if key in obj:  # the message is formatted only then (see the note at the top)
+            raise _bad(f"tensor {name!r} {what} must be left out in version 4 (it follows from the rest)")
         if value is not None:
             obj[key] = value
 
