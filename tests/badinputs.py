@@ -117,12 +117,12 @@ def _fpk_files(root: Path) -> None:
     (root / "text.fpk").write_text("hello, this is a text file and not a model at all\n")
     (root / "zip.fpk").write_bytes(_torch_bytes({"w": torch.ones(3)}))
     newer = bytearray(fixed)
-    newer[8] = 4
-    (root / "v4.fpk").write_bytes(bytes(newer))
+    newer[8] = 5
+    (root / "v5.fpk").write_bytes(bytes(newer))
     header = fz.header_of(fixed)
     header["meta"]["score"] = "NAN_HERE"
     text = json.dumps(header).encode().replace(b'"NAN_HERE"', b"NaN")
-    (root / "nan-meta.fpk").write_bytes(fz.frame_json(text, fz.parts(fixed)[1]))
+    (root / "nan-meta.fpk").write_bytes(fz.frame_json(text, fz.parts(fixed)[1], fz.version_of(fixed)))
     (root / "too-many.fpk").write_bytes(fg.bombs()["quant: one entry over the default"])
     (root / "unknown-model.fpk").write_bytes(fz.mixed_file())
     with torch.random.fork_rng():
@@ -137,14 +137,14 @@ def _fpk_files(root: Path) -> None:
 def _hostile_fpk_files(root: Path) -> None:
     """Valid files (correct CRC) with odd header values, for issue 16's cases below."""
     fixed = format.encode(Compressed({"b": RawTensor(torch.arange(4.0))}, {"model": "lenet300"}))
-    text, payload = json.dumps(fz.header_of(fixed)), fz.parts(fixed)[1]
+    text, payload, version = json.dumps(fz.header_of(fixed)), fz.parts(fixed)[1], fz.version_of(fixed)
     edits = {"model-list": ('"model": "lenet300"', '"model": ["lenet300"]'),
              "model-object": ('"model": "lenet300"', '"model": {"a": 1}'),
              "surrogate-model": ('"model": "lenet300"', '"model": "\\ud800"'),
              "surrogate-name": ('"name": "b"', '"name": "\\ud800"')}  # fmt: skip
     for name, (old, new) in edits.items():
         assert old in text
-        (root / f"{name}.fpk").write_bytes(fz.frame_json(text.replace(old, new).encode(), payload))
+        (root / f"{name}.fpk").write_bytes(fz.frame_json(text.replace(old, new).encode(), payload, version))
     (root / "aliases.fpk").write_bytes(fc.files()["aliases: 2**20 entries under 100 names"])
     short = {"kind": "raw", "name": "b", "dtype": "float32", "shape": [4], "data": {"encoding": "plain", "length": 8}}
     (root / "short-stream.fpk").write_bytes(fz.frame_json({"meta": {}, "tensors": [short]}, bytes(8)))

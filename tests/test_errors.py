@@ -103,7 +103,7 @@ CLI = [
     ("eval", "one bit flipped", ["eval", "DIR/corrupt.fpk"]),
     ("eval", "a torch.save zip", ["eval", "DIR/zip.fpk"]),
     ("eval", "a text file", ["eval", "DIR/text.fpk"]),
-    ("eval", "format version 4", ["eval", "DIR/v4.fpk"]),
+    ("eval", "format version 5", ["eval", "DIR/v5.fpk"]),
     ("eval", "NaN in the header JSON (valid CRC)", ["eval", "DIR/nan-meta.fpk"]),
     ("eval", "2**20 + 1 entries in a 138-byte file", ["eval", "DIR/too-many.fpk"]),
     ("eval", "a model fisherpack cannot rebuild", ["eval", "DIR/unknown-model.fpk"]),
