@@ -648,7 +648,7 @@ def test_fuzz_payload_bytes_behind_a_valid_checksum():
         bad = bytearray(payload)
         for pos in rng.integers(len(bad), size=int(rng.integers(1, 4))):
             bad[pos] = int(rng.integers(256))
-        decode_or_format_error(frame(header, bytes(bad)))
+        decode_or_format_error(frame(header, bytes(bad), version=fpk.VERSION))
 
 
 def test_fuzz_header_integers_behind_a_valid_checksum():
@@ -660,7 +660,8 @@ def test_fuzz_header_integers_behind_a_valid_checksum():
     for _ in range(300):
         a, b = spots[int(rng.integers(len(spots)))]
         value = [-1, 0, 1, 2, 7, 13, 17, 64, 65, 255, 2**31, 2**64, 10**30][int(rng.integers(13))]
-        decode_or_format_error(frame(text[:a].encode() + str(value).encode() + text[b:].encode(), payload))
+        edited = text[:a].encode() + str(value).encode() + text[b:].encode()
+        decode_or_format_error(frame(edited, payload, version=fpk.VERSION))
 
 
 @settings(max_examples=60, deadline=None)
