@@ -7,7 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from ..errors import FormatError
+from .bits import packed_size
 from .header import DTYPES, ELEMENTS_PER_BYTE, MAX_ANS_BITS, MAX_NAME, MAX_NDIM, default_max_elements, parse
 from .meta import model_name
 from .tensors import GRIDS, MAX_BITS, MAX_EXP, MAX_GROUPS, MIN_EXP
@@ -184,13 +187,13 @@ def _implied(e: dict, kind: str, name: str, n: int) -> None:
     if kind == "raw":
         data, dtype = e.get("data"), e.get("dtype")
         if type(data) is dict and data.get("encoding") == "plain":
-            item = DTYPES[dtype][1] if type(dtype) is str and dtype in DTYPES else None
-            fill(data, "length", None if item is None else n * int(item[-1]), "data length")
+            known = type(dtype) is str and dtype in DTYPES
+            fill(data, "length", n * np.dtype(DTYPES[dtype][1]).itemsize if known else None, "data length")
         return
     mask, gs, codes = e.get("mask"), e.get("groups"), e.get("codes")
     encoding = mask.get("encoding") if type(mask) is dict else None
     if encoding in ("all", "bitmap"):
-        fill(mask, "length", 0 if encoding == "all" else (n + 7) // 8, "mask length")
+        fill(mask, "length", 0 if encoding == "all" else packed_size(n, 1), "mask length")
     if encoding == "all":
         fill(e, "kept", n, "kept (the mask keeps every entry)")
     if type(gs) is not list or not 1 <= len(gs) <= MAX_GROUPS or any(type(g) is not dict for g in gs):
@@ -201,13 +204,13 @@ def _implied(e: dict, kind: str, name: str, n: int) -> None:
     ids = e.get("ids")
     if type(ids) is dict and ids.get("encoding") == "packed":
         width = (len(gs) - 1).bit_length()
-        fill(ids, "length", (kept * width + 7) // 8 if _is_int(kept, 0, n) else None, "ids length")
+        fill(ids, "length", packed_size(kept, width) if _is_int(kept, 0, n) else None, "ids length")
     if type(codes) is list and len(codes) == len(gs):
         for g, s in zip(gs, codes):
             if type(s) is dict and s.get("encoding") == "packed":
                 count, bits = g.get("count"), g.get("bits")
                 ok = _is_int(count, 0, n) and _is_int(bits, 1, MAX_BITS)
-                fill(s, "length", (count * bits + 7) // 8 if ok else None, "codes length")
+                fill(s, "length", packed_size(count, bits) if ok else None, "codes length")
 
 
 def _validate_quant(e: dict, name: str, n: int, plen: int) -> None:
