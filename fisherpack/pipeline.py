@@ -149,8 +149,8 @@ def run(
     if any("rate" in settings for _, settings in cfg.compress.overrides):  # issue 5: see compress.select_masks
         raise ConfigError("per-layer rate overrides apply to one-shot compression (fisherpack compress); "
                           "iterative pruning prunes all layers to one rate")  # fmt: skip
-    this = _Run(cfg, (x_train, y_train, x_test, y_test), checkpoint, progress or _Silent(), model, loss, metric)
-    this.masks_hook = masks_hook
+    data = (x_train, y_train, x_test, y_test)
+    this = _Run(cfg, data, checkpoint, progress or _Silent(), model, loss, metric, masks_hook)
     this.restore(start)
     return this.steps(until)
 
@@ -159,12 +159,12 @@ class _Run:
     """One run of :func:`run`: the state that a checkpoint holds between steps, and the steps."""
 
     def __init__(self, cfg: PipelineConfig, data: tuple[torch.Tensor, ...], checkpoint: str | os.PathLike | None,
-                 progress: Progress, model: torch.nn.Module | None, loss: Loss | None,
-                 metric: Metric | None) -> None:  # fmt: skip
-        self.cfg, self.progress, self.loss, self.metric = cfg, progress, loss, metric
+                 progress: Progress, model: torch.nn.Module | None, loss: Loss | None, metric: Metric | None,
+                 masks_hook: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None) -> None:  # fmt: skip
+        self.cfg, self.progress, self.loss, self.metric, self.masks_hook = cfg, progress, loss, metric, masks_hook
         self.x_train, self.y_train, self.x_test, self.y_test = data
         self.ckpt = Path(checkpoint) if checkpoint is not None else None
-        self.masks_hook: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None
+        self.config_json = json.dumps(cfg.to_dict(), sort_keys=True)  # what each checkpoint records
         torch.manual_seed(cfg.seed)
         self.model = models.build(cfg.model) if model is None else model
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
@@ -220,7 +220,7 @@ class _Run:
         quantized, teacher = self.quantized, self.teacher
         spec = fmt.encode(quantized, entropy=False) if quantized is not None else b""
         snapshot = {
-            "config": json.dumps(self.cfg.to_dict(), sort_keys=True),
+            "config": self.config_json,
             "data": self.data_key,
             "rng": torch.get_rng_state(),
             "index": next_index,

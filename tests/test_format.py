@@ -10,6 +10,7 @@ import struct
 import zlib
 from pathlib import Path
 
+import fuzzcases as fz
 import numpy as np
 import pytest
 import torch
@@ -20,7 +21,7 @@ from fisherpack.errors import FisherpackError, FormatError
 from fisherpack.fpk import container as fpk
 from fisherpack.fpk import entropy
 from fisherpack.fpk.entropy import ideal_bits
-from fisherpack.fpk.header import deflate_header, inflate_header
+from fisherpack.fpk.header import inflate_header
 from fisherpack.fpk.tensors import Alias, Compressed, QuantTensor, RawTensor
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "FORMAT.md"
@@ -75,18 +76,13 @@ def round_trip(c: Compressed, entropy: bool = True) -> bytes:
 
 def split(data: bytes) -> tuple[dict, bytes]:
     """(header JSON, payload) of a real file, to build hostile variants from."""
-    _, _, hlen, plen = PRE.unpack_from(data)
-    header = json.loads(inflate_header(data[PRE.size : PRE.size + hlen], PRE.unpack_from(data)[1]))
-    return header, data[PRE.size + hlen : PRE.size + hlen + plen]
+    return fz.header_of(data), fz.parts(data)[1]
 
 
-def frame(header, payload: bytes, version: int = 3) -> bytes:
+def frame(header, payload: bytes, version: int = fz.FULL) -> bytes:
     """A well-framed file (valid CRC) around any header, so validation past the CRC is exercised.
     Version 3 by default: the hostile headers below list every key; version 4's own cases are marked."""
-    raw = header if isinstance(header, bytes) else json.dumps(header).encode()
-    h = deflate_header(raw, version)
-    body = PRE.pack(fpk.MAGIC, version, len(h), len(payload)) + h + payload
-    return body + struct.pack("<I", zlib.crc32(body))
+    return fz.frame_json(header, payload, version)
 
 
 def tiny_example() -> Compressed:
