@@ -269,8 +269,9 @@ class PipelineConfig(_Versioned):
     the trained dense model's soft targets as well (knowledge distillation, see train.py).
     ``augment`` = k shifts training images by up to k pixels (0 = off). ``structured`` > 0 also
     removes whole output neurons and filters (see structured.py) in the same rounds, until that
-    fraction of the weights in removable channels is gone; ``compress.rate`` still counts the
-    weights pruned of the original model."""
+    fraction of the weights in removable channels is gone, never leaving a layer fewer than
+    ``structured_min`` channels; ``compress.rate`` still counts the weights pruned of the original
+    model."""
 
     model: str = "lenet5"
     seed: int = 0
@@ -291,10 +292,11 @@ class PipelineConfig(_Versioned):
     compress: CompressConfig = field(default_factory=CompressConfig)
     version: int = 1
     structured: float = 0.0
+    structured_min: int = 1
 
     # Fields added after version 1, written only when set: a record made before a field existed
     # keeps its identity (sweep keys, a file's recorded config) and still means the same.
-    _LATER = {"structured": 0.0}
+    _LATER = {"structured": 0.0, "structured_min": 1}
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -318,6 +320,11 @@ class PipelineConfig(_Versioned):
         _choice(self.fisher, FISHER_SOURCES, "Fisher estimator")
         _check(self.fisher_samples >= 1, f"fisher_samples must be >= 1, got {self.fisher_samples}")
         _check(0.0 <= self.structured < 1.0, f"structured must be in [0, 1), got {self.structured}")
+        _check(
+            isinstance(self.structured_min, int) and self.structured_min >= 1,
+            f"structured_min must be a whole number of channels >= 1, got {self.structured_min}",
+        )
+        _check(self.structured_min == 1 or self.structured > 0, "structured_min needs structured > 0 (it limits it)")
         if isinstance(self.compress, dict):
             object.__setattr__(self, "compress", CompressConfig.from_dict(self.compress))
         _check(isinstance(self.compress, CompressConfig), f"compress must be a CompressConfig, got {self.compress!r}")

@@ -325,7 +325,14 @@ class _Run:
                            original=structured.model_size(model),  # the ratio's base
                            removable_before=structured.removable(model, example))  # fmt: skip
         self.optimizer, self.masks, fisher, figures["removable_left"] = structured.shrink_step(
-            model, self.optimizer, fisher, self.masks, step.structured, figures["removable_before"], example
+            model,
+            self.optimizer,
+            fisher,
+            self.masks,
+            step.structured,
+            figures["removable_before"],
+            example,
+            self.cfg.structured_min,
         )
         self.params, self.net = dict(model.named_parameters()), dist.wrap(model)
         # compress.rate counts the weights of the original model: prune the rest of the way

@@ -231,12 +231,15 @@ def saliency(space: Space, params: dict[str, torch.Tensor], fisher: dict[str, to
 
 
 def select(
-    found: list[Space], params: dict[str, torch.Tensor], fisher: dict[str, torch.Tensor], rate: float
+    found: list[Space], params: dict[str, torch.Tensor], fisher: dict[str, torch.Tensor], rate: float, floor: int = 1
 ) -> list[torch.Tensor]:
     """For each space, the sorted indices of the channels to keep: the least salient channels per
-    weight saved go first, over all spaces, until ``rate`` of their weights are gone."""
+    weight saved go first, over all spaces, until ``rate`` of their weights are gone. No space is cut
+    below ``floor`` channels (a space of at most ``floor`` keeps all of its own)."""
     if not 0.0 <= rate < 1.0:
         raise ConfigError(f"structured rate must be in [0, 1), got {rate}")
+    if floor < 1:
+        raise ConfigError(f"structured floor must be >= 1 channel, got {floor}")
     per_channel = [prunable_weights(s, params) // s.size for s in found]
     scores = [saliency(s, params, fisher) / max(p, 1) for s, p in zip(found, per_channel)]
     order = sorted(((float(v), i, c) for i, sc in enumerate(scores) for c, v in enumerate(sc.tolist())))
@@ -246,7 +249,7 @@ def select(
     for _, i, c in order:
         if gone >= goal:
             break
-        if left[i] > 1:
+        if left[i] > floor:
             removed[i].add(c)
             left[i] -= 1
             gone += per_channel[i]
@@ -348,10 +351,12 @@ def shrink_step(
     fraction: float,
     before: int,
     example: torch.Tensor,
+    floor: int = 1,
 ) -> tuple[torch.optim.Optimizer, dict[str, torch.Tensor] | None, dict[str, torch.Tensor], int]:
     """One structured round: remove channels until ``fraction`` of ``before`` (the removable weights
-    of the original model) are gone. ``model`` shrinks in place; returns the optimizer, masks and
-    Fisher cut to match, and the removable weights left."""
+    of the original model) are gone, none below ``floor`` channels in a space (see :func:`select`).
+    ``model`` shrinks in place; returns the optimizer, masks and Fisher cut to match, and the
+    removable weights left."""
     found = spaces(model, example)
     params = {n: p.detach() for n, p in model.named_parameters()}
     now = _touched(found, params)
@@ -359,7 +364,7 @@ def shrink_step(
     if rate <= 0.0:
         return optimizer, masks, fisher, now
     names = list(params)
-    cuts = shrink(model, found, select(found, params, fisher, min(rate, 0.999)))
+    cuts = shrink(model, found, select(found, params, fisher, min(rate, 0.999), floor))
     optimizer = cut_optimizer(optimizer, model, names, cuts)
     fisher = {n: cut(f, cuts[n]) if n in cuts else f for n, f in fisher.items()}
     masks = None if masks is None else {n: cut(m, cuts[n]) if n in cuts else m for n, m in masks.items()}

@@ -160,3 +160,21 @@ def test_structured_pruning_of_a_user_model_from_the_command_line_loads_smaller(
     assert model.fc1.out_features < 300 and fig["params"] == 266_610 and fig["stored_params"] < 266_610
     assert fig["stripped_bytes"] == len(fisherpack.fpk.container.stripped(out.read_bytes())) < out.stat().st_size
     assert 0 <= fig["val_file"] <= 1 and 0 <= fig["test_file"] <= 1
+
+
+def test_a_structured_floor_leaves_every_layer_that_many_channels_and_is_recorded(tmp_path, capsys):
+    out = tmp_path / "f.fpk"
+    spec = ["--model", "fisherpack.models:LeNet5", "--data", "examples.rowgru:tiny_splits", "--quiet"]
+    argv = ["reproduce", *spec, "--epochs", "1", "--rounds", "1", "--rate", "0.95", "--structured", "0.95"]
+    assert main([*argv, "--structured-min", "8", "--out", str(out)]) == 0
+    model = fisherpack.load_into(fisherpack.models.build("lenet5"), out)
+    assert (model.conv1.out_channels, model.conv2.out_channels, model.fc1.out_features) == (8, 8, 8)
+    assert fisherpack.load(out).meta["pipeline"]["structured_min"] == 8
+    assert main([*argv, "--out", str(tmp_path / "g.fpk")]) == 0  # without a floor: fewer
+    assert "structured_min" not in fisherpack.load(tmp_path / "g.fpk").meta["pipeline"]  # the default is left out
+    assert fisherpack.load_into(fisherpack.models.build("lenet5"), tmp_path / "g.fpk").conv2.out_channels < 8
+    capsys.readouterr()
+    assert main(["reproduce", *spec, "--structured-min", "4", "--out", str(tmp_path / "h.fpk")]) != 0
+    err = capsys.readouterr().err
+    assert "structured_min needs structured > 0" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "h.fpk").exists()

@@ -123,6 +123,20 @@ def test_select_takes_the_least_salient_per_weight_and_keeps_one_channel_everywh
         structured.select(found, params, fisher, 1.0)
 
 
+def test_a_floor_keeps_that_many_channels_in_every_space():
+    model = build("lenet5")
+    found = structured.spaces(model, X)
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    fisher = {n: torch.ones_like(p) for n, p in params.items()}
+    sizes = [s.size for s in found]
+    assert [len(k) for k in structured.select(found, params, fisher, 0.999)] == [1] * len(found)
+    floored = structured.select(found, params, fisher, 0.999, floor=12)
+    assert [len(k) for k in floored] == [min(12, n) for n in sizes]  # fc2's 10 outputs are not a space
+    assert all(k.tolist() == sorted(set(k.tolist())) for k in floored)
+    with pytest.raises(ConfigError, match="floor"):
+        structured.select(found, params, fisher, 0.5, floor=0)
+
+
 def test_a_model_fx_cannot_trace_gets_one_line():
     class Branchy(nn.Module):
         def __init__(self):

@@ -104,7 +104,8 @@ def add_force_flag(p: argparse.ArgumentParser) -> None:
 
 # PipelineConfig fields that reproduce's flags of the same name set (train and compress take some)
 PIPELINE_FLAGS = ("seed", "epochs", "rounds", "finetune_epochs", "fisher", "augment", "distill", "structured",
-                  "final_epochs", "qat_epochs", "batch_size", "lr", "finetune_lr", "qat_lr")  # fmt: skip
+                  "structured_min", "final_epochs", "qat_epochs", "batch_size", "lr", "finetune_lr",
+                  "qat_lr")  # fmt: skip
 
 
 def pipeline_changes(args: argparse.Namespace, keys: tuple[str, ...] = PIPELINE_FLAGS) -> dict[str, Any]:
@@ -117,6 +118,7 @@ def pipeline_changes(args: argparse.Namespace, keys: tuple[str, ...] = PIPELINE_
 RANGES: dict[str, tuple[float, float]] = {
     "threads": (1, 1024), "timeout": (0.001, 1e7), "seed": (0, 2**32 - 1), "epochs": (0, 10_000),
     "rounds": (1, 1000), "finetune_epochs": (0, 10_000), "augment": (0, 8), "distill": (0, 1), "structured": (0, 0.99),
+    "structured_min": (1, 10**6),
     "max_elements": (1, 2**34), "fisher_samples": (1, 10**7), "val": (1, 10**7), "final_epochs": (0, 10_000),
     "qat_epochs": (0, 10_000), "batch_size": (1, 10**6), "lr": (1e-9, 10), "finetune_lr": (1e-9, 10),
     "qat_lr": (1e-9, 10),

@@ -210,6 +210,8 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--distill", type=float, help="weight of the dense model's soft targets in fine-tuning (0: off)")
     q.add_argument("--structured", type=float, help="also remove whole neurons and filters: this fraction of the "
                    "weights in removable channels (0: off; the model that loads the file is smaller)")  # fmt: skip
+    q.add_argument("--structured-min", type=int, metavar="N",
+                   help="structured pruning leaves every layer at least N channels (default 1)")  # fmt: skip
     q.add_argument("--fisher", choices=FISHER_SOURCES, help="Fisher estimator (default: adam)")
     q.add_argument("--final-epochs", type=int, help="masked fine-tuning epochs after the last round")
     q.add_argument("--qat-epochs", type=int, help="quantization-aware fine-tuning epochs after quantizing")
