@@ -166,9 +166,11 @@ def read_from(fh: Any, path: str | os.PathLike) -> bytes:
         data = fh.read(PRE.size)  # a buffered read waits for all 22 bytes or the end of a pipe
         if data[:8] != MAGIC or len(data) < PRE.size:
             return data  # split() says what is wrong
-        if stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-            check_preamble(data, os.fstat(fh.fileno()).st_size)
-            return data + fh.read()
+        st = os.fstat(fh.fileno())
+        if stat.S_ISREG(st.st_mode):
+            check_preamble(data, st.st_size)
+            fh.seek(0)  # one read of the known size: read() to the end and a concatenation copied it twice
+            return fh.read(st.st_size)
         _, _, hlen, plen = PRE.unpack_from(data)
         want, out = PRE.size + hlen + plen + 4, bytearray(data)
         if want > MAX_STREAM:  # an endless stream could otherwise claim 2**64 bytes and be read on
