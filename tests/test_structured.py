@@ -1,4 +1,4 @@
-"""Structured Fisher pruning (structured.py): which channels go together, that removing them is
+"""Structured Fisher pruning (structured.py, channels.py): which channels go together, that removing them is
 exactly zeroing them, and the pipeline and the file with a model that really got smaller."""
 
 import copy
