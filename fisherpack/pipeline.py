@@ -1,12 +1,17 @@
-"""The whole method end to end, resumable: train -> (prune -> fine-tune -> re-estimate)* -> quantize.
+"""The whole method end to end, resumable: train -> (prune -> fine-tune)* -> fine-tune -> quantize ->
+quantization-aware fine-tune, for any nn.Module and data.
 
-``run`` is what ``fisherpack reproduce`` does after loading data:
+``run`` is what ``fisherpack reproduce`` does after loading data; its steps are ``schedule.plan``'s:
 
-1. train the model with Adam for ``epochs`` epochs;
+1. train the model with Adam for ``epochs`` epochs (or start from a checkpoint's weights);
 2. for each rate of ``prune.schedule(compress.rate, rounds)``: estimate the Fisher (by default from
-   Adam's ``exp_avg_sq``, no extra pass), prune to that rate with ``compress.criterion`` (already
-   pruned weights stay pruned), fine-tune ``finetune_epochs`` with the masks applied;
-3. estimate the Fisher once more and ``compress`` (quantize the survivors) into a Compressed.
+   Adam's ``exp_avg_sq``, no extra pass; see oneshot.estimate_fisher), remove whole channels first
+   when ``structured`` > 0 (structured.py: the model really gets smaller), prune to that rate with
+   ``compress.criterion`` (already pruned weights stay pruned), fine-tune ``finetune_epochs`` with
+   the masks applied, learning from the trained dense model's soft targets too when ``distill`` > 0;
+3. ``final_epochs`` more of masked fine-tuning;
+4. estimate the Fisher once more and ``compress`` (quantize the survivors) into a Compressed, then
+   ``qat_epochs`` of quantization-aware fine-tuning, widths and steps frozen, requantized after.
 
 After each epoch or round the state (model, optimizer, masks, figures, torch's global RNG) is
 saved to a checkpoint file, written atomically and read back with ``torch.load(weights_only=True)``;
@@ -25,7 +30,6 @@ them back, handing the bytes to the others, so ranks on machines without a share
 from __future__ import annotations
 
 import copy
-import itertools
 import json
 import os
 from collections.abc import Callable
@@ -36,7 +40,6 @@ from typing import Any, Protocol
 import torch
 
 from . import dist, models, prune, structured
-from . import fisher as fisher_mod
 from .checkpoint import (
     fingerprint,
     load_state,
@@ -47,16 +50,15 @@ from .checkpoint import (
 )
 from .compression import compress, compressible
 from .config import PipelineConfig
-from .data import batches
 from .defaults import default_config
 from .errors import ConfigError
 from .fpk import container as fmt
 from .fpk.tensors import Compressed, QuantTensor
 from .losses import Loss, Metric
+from .oneshot import compress_checkpoint, estimate_fisher, pipeline_meta
 from .quant import FakeQuant, requantize
 from .schedule import Step, plan
 from .train import Recipe, epoch_images, evaluate, measure, train_epoch
-from .version import __version__
 
 __all__ = [
     "Progress",
@@ -93,26 +95,6 @@ class Outcome:
     compressed: Compressed | None  # None when the run stopped after training
     figures: dict[str, Any]
     masks: dict[str, torch.Tensor] | None = None  # the pruning masks, None when nothing was pruned
-
-
-def estimate_fisher(
-    cfg: PipelineConfig,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    salt: int,
-    loss: Loss | None = None,
-) -> dict[str, torch.Tensor]:
-    """The Fisher estimate ``cfg.fisher`` asks for; data estimators use a seeded subset of (x, y),
-    the first ``fisher_samples`` of a permutation, sharded over ranks under torch.distributed."""
-    if cfg.fisher == "adam":
-        return fisher_mod.estimate("adam", model, optimizer=optimizer)
-    first = itertools.islice(batches(x, y, cfg.fisher_samples, shuffle=True, seed=cfg.seed, epoch=10_000 + salt), 1)
-    subset = [(dist.shard(xb), dist.shard(yb)) for xb, yb in first]  # this rank's share of the subset
-    return fisher_mod.estimate(
-        cfg.fisher, model, batches=subset, n_samples=cfg.fisher_samples, seed=cfg.seed + salt, loss_fn=loss
-    )
 
 
 def run(
@@ -242,7 +224,7 @@ class _Run:
         self.figures["test_error_pruned"] = self.score(self.model)
         # pruning is done: pass the masks, so compress prunes nothing more
         out = compress(self.model, fisher, self.cfg.compress.replace(rate=0.0), masks=self.masks)
-        meta = _meta(self.cfg, self.figures.get("original"))  # the whole config, not the step's
+        meta = pipeline_meta(self.cfg, self.figures.get("original"))  # the whole config, not the step's
         return Compressed(out.tensors, meta)
 
     def steps(self, until: str) -> Outcome:
@@ -345,37 +327,3 @@ def _decoded(compressed: Compressed, like: torch.nn.Module) -> torch.nn.Module:
     model = copy.deepcopy(like)
     model.load_state_dict(compressed.state_dict())
     return model
-
-
-def compress_checkpoint(
-    ckpt: dict[str, Any],
-    cfg: PipelineConfig,
-    x_train: torch.Tensor | None,
-    y_train: torch.Tensor | None,
-    *,
-    checkpoint: str | os.PathLike | None = None,
-) -> Compressed:
-    """One-shot prune + quantize of a training checkpoint, with the Fisher ``cfg.fisher`` names.
-
-    With ``checkpoint``, a Fisher estimated from data is saved there once computed (the slow part)
-    and reused by a rerun with the same settings, model and data; the caller deletes it when done.
-    """
-    model, optimizer = restore_checkpoint(ckpt, cfg.lr)
-    if checkpoint is None or cfg.fisher == "adam":  # Adam's state is the estimate: nothing to save
-        fisher = estimate_fisher(cfg, model, optimizer, x_train, y_train, salt=0)
-    else:
-        key = fingerprint(*model.state_dict().values(), x_train, y_train)
-        state = load_state(Path(checkpoint), cfg, key, "data or another model")
-        fisher = state["fisher"] if state is not None else None
-        if fisher is None:
-            fisher = estimate_fisher(cfg, model, optimizer, x_train, y_train, salt=0)
-            snapshot = {"config": json.dumps(cfg.to_dict(), sort_keys=True), "data": key, "fisher": fisher}
-            dist.from_rank0(lambda: save_state(Path(checkpoint), snapshot), f"writing checkpoint {checkpoint}")
-    return Compressed(compress(model, fisher, cfg.compress).tensors, _meta(cfg))
-
-
-def _meta(cfg: PipelineConfig, original: dict[str, int] | None = None) -> dict[str, Any]:
-    """A pipeline file's meta (see fpk/meta.py): the version, the whole config (which holds the
-    compress config, model and seed) and, after structured pruning, the original model's size."""
-    meta = {"fisherpack": __version__, "pipeline": cfg.to_dict()}
-    return meta if original is None else {**meta, "original": original}

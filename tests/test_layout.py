@@ -24,7 +24,7 @@ LAYERS = {
     "fpk": 0,
     "config": 1,
     **dict.fromkeys(METHOD.split(), 2),
-    **dict.fromkeys(["pipeline", "schedule", "checkpoint", "defaults", "budget"], 3),
+    **dict.fromkeys(["pipeline", "schedule", "checkpoint", "defaults", "budget", "oneshot"], 3),
     "bench": 4,
     "cli": 5,
     "__main__": 5,
