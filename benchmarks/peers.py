@@ -41,10 +41,11 @@ from torch import nn
 import fisherpack
 from fisherpack import data, fisher, models, pipeline
 from fisherpack.bench import environment
-from fisherpack.compression import compress, compressible, load_into
+from fisherpack.compression import compress, compressible
 from fisherpack.config import CompressConfig, PipelineConfig
 from fisherpack.fpk import container as format
 from fisherpack.fpk.fileio import atomic_write_bytes
+from fisherpack.loading import load_into
 from fisherpack.prune import apply_masks, select
 from fisherpack.train import evaluate, train_epoch
 

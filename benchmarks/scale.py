@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 import fisherpack  # noqa: E402
 from fisherpack.bench import environment  # noqa: E402
 from fisherpack.bench import readme as readme_mod  # noqa: E402
-from fisherpack.compression import load_into  # noqa: E402
+from fisherpack.loading import load_into  # noqa: E402
 
 SIZES = {"10M": 10_000_000, "100M": 100_000_000, "1B": 1_000_000_000}
 CONFIG = dict(rate=0.9, criterion="obd", scope="global", allocation="waterfill", bits=4.0)

@@ -18,11 +18,12 @@ helpers; the method; ``config``; ``fpk`` (the file format) and ``errors`` at the
 """
 
 from . import data, dist, export, fisher, models, pipeline, prune, quant, runtime
-from .compression import compress, load_into
+from .compression import compress
 from .config import CompressConfig, PipelineConfig
 from .errors import ConfigError, DataError, DistributedError, FisherpackError, FormatError, RanksDisagreeError
 from .fpk.container import load, open_file, save
 from .fpk.tensors import Compressed
+from .loading import load_into
 from .version import __version__
 
 __all__ = [

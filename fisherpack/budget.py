@@ -33,11 +33,11 @@ import torch
 from torch import nn
 
 from . import pipeline
-from .compression import load_into
 from .config import PipelineConfig
 from .errors import ConfigError
 from .fpk import container as fmt
 from .fpk.tensors import Compressed
+from .loading import load_into
 from .losses import Loss, Metric
 from .train import evaluate, measure
 

@@ -39,9 +39,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .compression import load_into
 from .errors import ConfigError
 from .fpk.tensors import Compressed
+from .loading import load_into
 
 __all__ = ["KERNELS", "SPARSE_KERNELS", "SparseLinear", "optimize", "from_file"]
 

@@ -4,10 +4,11 @@ import torch
 from torch import nn
 
 from fisherpack import models
-from fisherpack.compression import compress, compressible, load_into, summary
+from fisherpack.compression import compress, compressible
 from fisherpack.config import CompressConfig
 from fisherpack.errors import ConfigError
 from fisherpack.fpk.tensors import Alias, QuantTensor, RawTensor
+from fisherpack.loading import load_into, summary
 
 
 def _fisher(model):

@@ -17,7 +17,7 @@ PKG = Path(fisherpack.__file__).parent
 
 # lower number = lower layer; a module may import from its own layer or any lower one
 METHOD = "compression fisher persample prune ranking quant quant_grid quant_scale losses train plugin runtime export"
-METHOD += " cexport dist models data structured channels"
+METHOD += " cexport dist models data structured channels loading"
 LAYERS = {
     "errors": 0,
     "version": 0,

@@ -11,11 +11,11 @@ import torch
 
 import fisherpack
 from fisherpack.cli.main import main
-from fisherpack.compression import summary
 from fisherpack.errors import FormatError
 from fisherpack.fpk import container as fmt
 from fisherpack.fpk import meta as file_meta
 from fisherpack.fpk.header import inflate_header
+from fisherpack.loading import summary
 from fisherpack.models import build
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"

@@ -233,7 +233,7 @@ def test_the_inference_benchmark_times_a_shrunk_file_against_the_full_size_model
 
 
 def test_the_ratio_of_a_shrunk_file_is_against_the_model_the_user_built(outcome):
-    from fisherpack.compression import summary
+    from fisherpack.loading import summary
 
     blob = fmt.encode(outcome.compressed)
     fig = summary(fmt.decode(blob), len(blob))
@@ -245,7 +245,7 @@ def test_the_ratio_of_a_shrunk_file_is_against_the_model_the_user_built(outcome)
 def test_the_committed_structured_lenet5_loads_as_a_smaller_lenet5(name="lenet5"):
     from pathlib import Path
 
-    from fisherpack.compression import summary
+    from fisherpack.loading import summary
 
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / f"{name}.fpk"
     model = fisherpack.load_into(build("lenet5"), path)

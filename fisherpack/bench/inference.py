@@ -38,10 +38,11 @@ import torch
 from torch import nn
 
 from .. import models, runtime, structured
-from ..compression import compress, load_into, summary
+from ..compression import compress
 from ..config import CompressConfig
 from ..fpk.container import load, save
 from ..fpk.fileio import atomic_write_bytes
+from ..loading import load_into, summary
 from . import environment
 
 BATCHES = (1, 256)

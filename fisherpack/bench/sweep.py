@@ -38,11 +38,12 @@ import torch
 
 from .. import fisher as fisher_mod
 from .. import losses, pipeline, prune, quant
-from ..compression import compress, compressible, load_into, summary
+from ..compression import compress, compressible
 from ..config import CompressConfig
 from ..data import batches
 from ..fpk import container as fmt
 from ..fpk.fileio import atomic_write_bytes
+from ..loading import load_into, summary
 from ..train import Recipe, measure, train_epoch
 from .baselines import SharedWeights
 from .subject import Subject, slug

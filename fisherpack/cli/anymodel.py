@@ -26,11 +26,11 @@ import torch
 from .. import budget as budget_mod
 from .. import losses, pipeline
 from ..bench import environment
-from ..compression import file_summary
 from ..config import CompressConfig, PipelineConfig
 from ..errors import ConfigError, DataError, FisherpackError
 from ..fpk import container as format
 from ..fpk.fileio import atomic_write_bytes, check_writable
+from ..loading import file_summary
 from ..persample import FallbackNotice
 from ..train import measure
 from . import naming as usermodel

@@ -23,10 +23,10 @@ import torch
 
 from .. import checkpoint, data, dist, models, pipeline
 from ..bench import environment
-from ..compression import summary
 from ..config import ALLOCATIONS, CRITERIA, FISHER_SOURCES, SCOPES, CompressConfig, PipelineConfig
 from ..errors import ConfigError, FisherpackError
 from ..fpk.fileio import atomic_write_bytes, check_writable, shown
+from ..loading import summary
 from ..version import __version__
 from . import anymodel as cli_anymodel
 from . import bench as cli_bench

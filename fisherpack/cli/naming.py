@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 from .. import data
-from ..compression import check_state_dict
 from ..errors import ConfigError, FisherpackError
+from ..loading import check_state_dict
 
 __all__ = ["resolve", "build_model", "batches_from", "read_checkpoint", "load_checkpoint", "evaluate"]
 

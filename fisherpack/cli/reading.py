@@ -11,11 +11,11 @@ from typing import Any
 import torch
 
 from .. import data, models
-from ..compression import file_summary, load_into
 from ..errors import ConfigError
 from ..fpk import container as format
 from ..fpk import meta as file_meta
 from ..fpk.fileio import shown
+from ..loading import file_summary, load_into
 from ..train import evaluate
 from . import usermodel as cli_usermodel
 from .common import json_text

@@ -25,13 +25,14 @@ import torch
 
 from .. import data, export, models
 from .. import fisher as fisher_mod
-from ..compression import compress, file_summary, load_into
+from ..compression import compress
 from ..config import CompressConfig
 from ..errors import ConfigError
 from ..fpk import container as format
 from ..fpk import header
 from ..fpk import meta as file_meta
 from ..fpk.fileio import atomic_write_bytes, check_writable, shown
+from ..loading import file_summary, load_into
 from . import naming as usermodel
 from .common import add_force_flag, out_path
 
