@@ -6,7 +6,7 @@ version 3), P bytes of payload (every stream of every tensor, concatenated in he
 header stores only lengths), u32 CRC-32 of all the bytes before it. header.py checks sizes and the
 CRC first, then schema.py validates the whole header before this module allocates or indexes anything;
 anything malformed raises FormatError with a one-line reason.
-This module turns tensors into streams and back.
+This module turns tensors into streams (decoding.py turns them back; both are exported here).
 """
 
 from __future__ import annotations
@@ -23,10 +23,11 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
-from ..errors import ConfigError, FormatError
+from ..errors import ConfigError
 from . import bits as pack
 from . import entropy as rans
 from . import gaps as sparse
+from .decoding import decode, decode_entry, load
 from .fileio import atomic_writer
 from .header import (
     DTYPES,
@@ -37,19 +38,16 @@ from .header import (
     READ_VERSIONS,
     VERSION,
     deflate_header,
-    inflate,
     inflate_header,
-    no_cycle_collection,
     parse,
     read_bytes,
-    split,
     stream_version,
 )
 from .meta import compress_config as recorded_config
 from .meta import stripped as stripped_meta
 from .meta import with_entropy
-from .reader import FpkReader, describe, open_file, stream_slices
-from .schema import lean, validate
+from .reader import FpkReader, describe, open_file
+from .schema import lean
 from .tensors import Alias, Compressed, QuantTensor, RawTensor
 
 __all__ = ["MAGIC", "VERSION", "DTYPES", "encode", "decode", "decode_entry", "save", "read_bytes", "load", "describe"]
@@ -245,114 +243,3 @@ def save(c: Compressed, path: str | os.PathLike, entropy: bool | None = None) ->
         spill = tempfile.TemporaryFile()
     with spill, atomic_writer(path) as fh:
         return _write(c, fh, spill, entropy, VERSION)
-
-
-# ---------------------------------------------------------------- decoding
-
-
-def _decode_raw(e: dict, blob: memoryview) -> RawTensor:
-    _, npdtype = DTYPES[e["dtype"]]
-    size = e["_numel"] * np.dtype(npdtype).itemsize
-    what = f"tensor {e['name']!r}"
-    fresh = e["data"]["encoding"] == "zlib"  # inflated into a new writable buffer: no copy needed
-    if fresh:
-        blob = inflate(blob, size, f"{what} data", True)
-    elif len(blob) != size:
-        raise FormatError(f"{what}: data is {len(blob)} bytes, {e['dtype']} {e['shape']} needs {size}")
-    arr = np.frombuffer(blob, dtype=npdtype).astype(np.dtype(npdtype).newbyteorder("="), copy=not fresh)
-    if e["dtype"] == "bool":
-        if arr.size and int(arr.max()) > 1:
-            raise FormatError(f"{what}: bool data holds a byte other than 0 or 1")
-        arr = arr.view(np.bool_)  # 0/1 bytes are numpy's bools
-    t = torch.from_numpy(arr.reshape(e["shape"]))  # reshaped in numpy: much cheaper per tensor than torch
-    return RawTensor(t.view(torch.bfloat16) if e["dtype"] == "bfloat16" else t)
-
-
-def _decode_mask(e: dict, blob: memoryview, what: str, version: int) -> np.ndarray:
-    s, n, kept = e["mask"], e["_numel"], e["kept"]
-    if s["encoding"] == "all":
-        if kept != n or len(blob):
-            raise FormatError(f"bad header: {what} mask 'all' needs kept == numel and no bytes")
-        mask = np.empty(n, dtype=bool)
-        mask.fill(True)  # np.ones is a Python function: twice the cost, for thousands of small tensors
-        return mask
-    if s["encoding"] == "bitmap":
-        pack.check_bit_stream(blob, n, f"{what} mask")
-        mask = np.unpackbits(np.frombuffer(blob, dtype=np.uint8), count=n).view(bool)  # 0/1 bytes: a bool view
-        if int(mask.sum()) != kept:
-            raise FormatError(f"{what}: mask bitmap has {int(mask.sum())} kept entries, header says {kept}")
-        return mask
-    if s["encoding"] == "gaps":
-        pack.check_bit_stream(blob, kept * s["width"], f"{what} mask")
-        gaps = pack.unpack_bits(blob, s["width"], kept).astype(np.int64) if s["width"] else np.zeros(kept, np.int64)
-    else:  # gaps_ans: rANS-coded Exp-Golomb buckets (a gap < numel has k <= numel.bit_length())
-        k = rans.decode_stream(blob[: s["buckets_length"]], kept, min(n.bit_length(), 63) + 1, version)
-        return sparse.exp_golomb_mask(k, blob[s["buckets_length"] :], n, what)
-    return sparse.gaps_to_mask(gaps, n, what)
-
-
-def _decode_symbols(
-    s: dict, blob: memoryview, count: int, width: int, alphabet: int, what: str, version: int
-) -> np.ndarray:
-    if s["encoding"] == "packed":
-        pack.check_bit_stream(blob, count * width, what)
-        return pack.unpack_bits(blob, width, count)
-    return rans.decode_stream(blob, count, alphabet, version)
-
-
-def _decode_quant(e: dict, blobs: list[memoryview], version: int) -> QuantTensor:
-    what, gs, kept = f"tensor {e['name']!r}", e["groups"], e["kept"]
-    mask = _decode_mask(e, blobs[0], what, version)
-    if len(gs) == 1:  # the common case, and the cheap one: every kept entry is in group 0
-        g = gs[0]
-        what_codes = f"{what} codes of group 0"
-        codes = _decode_symbols(e["codes"][0], blobs[-1], g["count"], g["bits"], 1 << g["bits"], what_codes, version)
-        groups, codes = np.zeros(kept, dtype=np.uint8), codes.astype(np.uint16, copy=False)
-        return QuantTensor.checked_elsewhere(
-            tuple(e["shape"]), mask, groups, codes, (g["bits"],), (g["exp"],), (g["grid"],)
-        )
-    ids = _decode_symbols(e["ids"], blobs[1], kept, (len(gs) - 1).bit_length(), len(gs), f"{what} ids", version)
-    if kept and int(ids.max()) >= len(gs):
-        raise FormatError(f"{what}: a group id is >= the number of groups")
-    groups = ids.astype(np.uint8)
-    if np.bincount(groups, minlength=len(gs)).tolist() != [g["count"] for g in gs]:
-        raise FormatError(f"{what}: group ids do not match the header's group counts")
-    codes = np.zeros(kept, dtype=np.uint16)
-    for i, (g, s, blob) in enumerate(zip(gs, e["codes"], blobs[-len(gs) :])):
-        codes[groups == i] = _decode_symbols(
-            s, blob, g["count"], g["bits"], 1 << g["bits"], f"{what} codes of group {i}", version
-        )
-    bits, exps, grids = (tuple(g[k] for g in gs) for k in ("bits", "exp", "grid"))
-    # Every rule of QuantTensor holds here: the header fixed numel, kept, the group counts, widths,
-    # exponents and grids; each stream decoded to exactly its count of values below 2**width.
-    return QuantTensor.checked_elsewhere(tuple(e["shape"]), mask, groups, codes, bits, exps, grids)
-
-
-def decode(data: bytes, max_elements: int | None = None) -> Compressed:
-    """Parse .fpk bytes into a :class:`Compressed`. FormatError (one line) for any malformed input.
-
-    ``max_elements`` caps the entries (numel) of each tensor and of the whole file; decoding needs
-    a few bytes per entry (about 7 more to dequantize). The default, ``header.default_max_elements``,
-    allows 4096 entries per byte of file (at least 2**20, at most 2**28), so a small hostile file
-    cannot claim huge tensors; pass a number to read a trusted file beyond that.
-    """
-    _, header, payload = split(data)
-    version = PRE.unpack_from(data)[1]
-    with no_cycle_collection():
-        meta, entries = validate(header, len(payload), len(data), max_elements, version)
-        tensors = {e["name"]: decode_entry(e, blobs, version) for e, blobs in stream_slices(entries, payload)}
-    return Compressed(tensors, meta)
-
-
-def decode_entry(e: dict, blobs: list[memoryview], version: int) -> QuantTensor | RawTensor | Alias:
-    """One validated header entry and its streams, decoded (also used by reader.FpkReader)."""
-    if e["kind"] == "alias":
-        return Alias(e["target"])
-    if e["kind"] == "raw":
-        return _decode_raw(e, blobs[0])
-    return _decode_quant(e, blobs, stream_version(version))
-
-
-def load(path: str | os.PathLike, max_elements: int | None = None) -> Compressed:
-    """Read and decode a .fpk file. FisherpackError if it cannot be read, FormatError if malformed."""
-    return decode(read_bytes(path), max_elements=max_elements)

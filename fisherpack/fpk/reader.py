@@ -75,7 +75,7 @@ class FpkReader:
 
     def entry(self, name: str) -> QuantTensor | RawTensor | Alias:
         """Decode one entry: its streams are read from the file now."""
-        from .container import decode_entry  # format imports this module for open_file
+        from .decoding import decode_entry  # decoding imports this module for stream_slices
 
         e = self._entries[name]
         data = memoryview(self._read_at(e["_offset"], sum(s["length"] for s in e["_streams"])))
