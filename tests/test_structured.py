@@ -262,7 +262,9 @@ def test_the_committed_structured_lenet5_loads_as_a_smaller_lenet5(name="lenet5"
     assert f"{model.conv2.out_channels} filters and {model.fc1.out_features} neurons" in readme
 
 
-@pytest.mark.parametrize(("model", "ratio", "error"), [("lenet5", 400, 0.008), ("lenet300", 150, 0.016)])
+@pytest.mark.parametrize(
+    ("model", "ratio", "error"), [("lenet5", 400, 0.008), ("lenet5-small", 800, 0.010), ("lenet300", 150, 0.016)]
+)
 def test_the_committed_reference_files_meet_issue_15s_targets(model, ratio, error):
     """What reproduce measured on each committed file (its JSON), and that the file on disk is that file."""
     from pathlib import Path
@@ -271,3 +273,17 @@ def test_the_committed_reference_files_meet_issue_15s_targets(model, ratio, erro
     record = json.loads(path.with_suffix(".fpk.json").read_text())
     assert record["file_bytes"] == path.stat().st_size and record["fp32_bytes"] / path.stat().st_size >= ratio
     assert record["test_error"] <= error and record["config"]["structured"] > 0
+
+
+def test_the_small_reference_file_was_made_with_the_flags_the_readme_names():
+    from pathlib import Path
+
+    from fisherpack.bench.tables import SMALL_FLAGS
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "lenet5-small.fpk"
+    config = fisherpack.load(path).meta["pipeline"]
+    flags = SMALL_FLAGS.split()
+    named = {flags[i].removeprefix("--").replace("-", "_"): float(flags[i + 1]) for i in range(0, len(flags), 2)}
+    recorded = {k: config["compress"][k] if k == "rate" else config[k] for k in named}
+    assert recorded == named and config["model"] == "lenet5" and config["structured_min"] == 12
+    assert f"--model lenet5\n{SMALL_FLAGS}" in (path.parents[2] / "README.md").read_text()
