@@ -8,6 +8,7 @@ import fuzzcases as fz
 import torch
 
 from fisherpack.cli.main import main
+from fisherpack.errors import FormatError
 from fisherpack.fpk import container as format
 from fisherpack.fpk.tensors import Compressed, RawTensor
 
@@ -41,7 +42,7 @@ def test_a_lone_surrogate_is_refused_by_every_reader():
         for reader in (format.decode, format.describe):
             try:
                 reader(bad)
-            except format.FormatError as exc:
+            except FormatError as exc:
                 assert "lone UTF-16 surrogate" in str(exc)
             else:
                 raise AssertionError(f"{old} -> surrogate accepted by {reader.__name__}")
@@ -103,7 +104,7 @@ def test_inspect_refuses_every_file_load_refuses(tmp_path, capsys):
     for i, data in enumerate(fg.stream_swaps(fz.mixed_file(), np.random.default_rng(16), 300)):
         try:
             format.decode(data)
-        except format.FormatError:
+        except FormatError:
             path = tmp_path / f"{i}.fpk"
             path.write_bytes(data)
             assert main(["inspect", str(path)]) == 1, i
