@@ -24,6 +24,7 @@ from .errors import FisherpackError
 from .fpk.fileio import atomic_write_bytes
 
 __all__ = [
+    "config_text",
     "fingerprint",
     "save_state",
     "load_state",
@@ -70,6 +71,11 @@ def _read_bytes(path: Path) -> bytes | None:
         raise FisherpackError(f"checkpoint {path} is unreadable ({exc.strerror}); delete it to start over") from None
 
 
+def config_text(cfg: Any) -> str:
+    """The config as a checkpoint records it, and as :func:`load_state` compares it."""
+    return json.dumps(cfg.to_dict(), sort_keys=True)
+
+
 def load_state(path: Path, cfg: PipelineConfig, data: str, what: str = "data") -> dict[str, Any] | None:
     """The checkpoint at ``path`` if there is one; FisherpackError if it belongs to another run."""
     blob = dist.from_rank0(lambda: _read_bytes(path), f"reading {path}")
@@ -82,7 +88,7 @@ def load_state(path: Path, cfg: PipelineConfig, data: str, what: str = "data") -
         raise FisherpackError(
             f"checkpoint {path} is unreadable ({exc.__class__.__name__}); delete it to start over"
         ) from None
-    if not isinstance(state, dict) or state.get("config") != json.dumps(cfg.to_dict(), sort_keys=True):
+    if not isinstance(state, dict) or state.get("config") != config_text(cfg):
         raise FisherpackError(
             f"checkpoint {path} belongs to a run with other settings; delete it, or rerun with the same settings"
         )

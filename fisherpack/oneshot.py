@@ -4,7 +4,6 @@ shares with it: the Fisher estimate a config names, and the meta a pipeline's fi
 from __future__ import annotations
 
 import itertools
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ import torch
 
 from . import dist
 from . import fisher as fisher_mod
-from .checkpoint import fingerprint, load_state, restore_checkpoint, save_state
+from .checkpoint import config_text, fingerprint, load_state, restore_checkpoint, save_state
 from .compression import compress
 from .config import PipelineConfig
 from .data import batches
@@ -66,7 +65,7 @@ def compress_checkpoint(
         fisher = state["fisher"] if state is not None else None
         if fisher is None:
             fisher = estimate_fisher(cfg, model, optimizer, x_train, y_train, salt=0)
-            snapshot = {"config": json.dumps(cfg.to_dict(), sort_keys=True), "data": key, "fisher": fisher}
+            snapshot = {"config": config_text(cfg), "data": key, "fisher": fisher}
             dist.from_rank0(lambda: save_state(Path(checkpoint), snapshot), f"writing checkpoint {checkpoint}")
     return Compressed(compress(model, fisher, cfg.compress).tensors, pipeline_meta(cfg))
 

@@ -41,6 +41,7 @@ import torch
 
 from . import dist, models, prune, structured
 from .checkpoint import (
+    config_text,
     fingerprint,
     load_state,
     load_training_checkpoint,
@@ -146,7 +147,7 @@ class _Run:
         self.cfg, self.progress, self.loss, self.metric, self.masks_hook = cfg, progress, loss, metric, masks_hook
         self.x_train, self.y_train, self.x_test, self.y_test = data
         self.ckpt = Path(checkpoint) if checkpoint is not None else None
-        self.config_json = json.dumps(cfg.to_dict(), sort_keys=True)  # what each checkpoint records
+        self.config_json = config_text(cfg)  # what each checkpoint records
         torch.manual_seed(cfg.seed)
         self.model = models.build(cfg.model) if model is None else model
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
@@ -314,7 +315,7 @@ class _Run:
             step.structured,
             figures["removable_before"],
             example,
-            self.cfg.structured_min,
+            floor=self.cfg.structured_min,
         )
         self.params, self.net = dict(model.named_parameters()), dist.wrap(model)
         # compress.rate counts the weights of the original model: prune the rest of the way
