@@ -5,8 +5,9 @@ decoded: masks, group ids, codes) and ``load`` also builds the dense float32 sta
 (``fisherpack.load``). Each is timed ``--repeats`` times in one process with one torch thread; the
 minimum (the least disturbed run on a shared machine) and the median are recorded. The same file
 re-encoded in format version 1 (the pure-Python rANS decoder of fisherpack 0.1's files) is timed
-for comparison. Targets (issue 12): the LeNet-5 reference file reads in under 1 ms, the MLP file
-in under 20 ms.
+for comparison, and so is the default file read without fisherpack's C decoder (``read_no_c``: the
+constriction and numpy decoders a build without a C compiler uses). Targets (issue 12): the
+LeNet-5 reference file reads in under 1 ms, the MLP file in under 20 ms.
 
 ``--baseline REV`` also compares with the fisherpack of git revision ``REV`` (``git archive``d to a
 temporary folder) in the same run: child processes time ``read`` and ``load`` with that code and
@@ -35,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 import fisherpack  # noqa: E402
 from fisherpack.bench import environment  # noqa: E402
 from fisherpack.fpk import container as fpk  # noqa: E402
-from fisherpack.fpk import entropy  # noqa: E402
+from fisherpack.fpk import entropy, gaps  # noqa: E402
 
 TARGET_MS = {"lenet5": 1.0, "mlp4096": 20.0}
 
@@ -63,16 +64,30 @@ def files(workdir: Path, quick: bool) -> dict[str, Path]:
     return out
 
 
+def _without_c():
+    """fpk.load with the C decoder switched off (as in a build without a C compiler)."""
+    saved = entropy._native, gaps._native
+    entropy._native = gaps._native = None
+    return saved
+
+
 def measure(path: Path, repeats: int, workdir: Path) -> dict:
     v1 = workdir / f"{path.stem}.v1.fpk"
     v1.write_bytes(fpk.encode(fpk.load(path), version=1))
-    return {
+    out = {
         "file_bytes": path.stat().st_size,
         "file_bytes_v1": v1.stat().st_size,
         "read": _times(lambda: fpk.load(path), repeats),
         "load": _times(lambda: fisherpack.load(path).state_dict(), repeats),
         "read_v1": _times(lambda: fpk.load(v1), max(3, repeats // 10)),
     }
+    if entropy._native is not None:
+        saved = _without_c()
+        try:
+            out["read_no_c"] = _times(lambda: fpk.load(path), repeats)
+        finally:
+            entropy._native, gaps._native = saved
+    return out
 
 
 # Run in a child process with the fisherpack to time first on sys.path: argv = [code folder, repeats, *name=path].
@@ -131,7 +146,13 @@ def plot(results: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 3.5))
     bars = [
         ([results["files"][n][key]["min_ms"] for n in names], label)
-        for key, label in [("read_v1", "read, format v1"), ("read", "read"), ("load", "read + dense")]
+        for key, label in [
+            ("read_v1", "read, format v1"),
+            ("read_no_c", "read, no C decoder"),
+            ("read", "read"),
+            ("load", "read + dense"),
+        ]
+        if all(key in results["files"][n] for n in names)
     ]
     if "ab" in results:
         rev = results["ab"]["baseline_commit"][:7]
@@ -144,7 +165,7 @@ def plot(results: dict, path: Path) -> None:
     ax.set_xticks(range(len(names)), [f"{n}\n{results['files'][n]['file_bytes']:,} B" for n in names])
     ax.set_yscale("log")
     ax.set_ylabel("ms (minimum over repeats); dashed: target")
-    ax.set_title(f"Decoding .fpk files, native rANS: {results['native_rans']}", fontsize=10)
+    ax.set_title(f"Decoding .fpk files, decoder: {results['decoder']}", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -164,7 +185,8 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     repeats = 3 if args.quick else args.repeats
     env = environment.record(date=time.strftime("%Y-%m-%d %H:%M:%S %z"))
-    results = {"environment": env, "native_rans": entropy.native(), "targets_ms": TARGET_MS, "files": {}}
+    results = {"environment": env, "native_rans": entropy.native(), "decoder": entropy.native_decoder()}
+    results |= {"targets_ms": TARGET_MS, "files": {}}
     with tempfile.TemporaryDirectory() as tmp:
         paths = files(Path(tmp), args.quick)
         for name, path in paths.items():
@@ -180,7 +202,8 @@ if __name__ == "__main__":
     out = main()
     for name, r in out["files"].items():
         read, dense, old = (r[k]["min_ms"] for k in ("read", "load", "read_v1"))
-        print(f"{name}: {r['file_bytes']:,} B, read {read:.2f} ms, dense {dense:.2f} ms, format v1 read {old:.2f} ms")
+        no_c = f", without the C decoder {r['read_no_c']['min_ms']:.2f} ms" if "read_no_c" in r else ""
+        print(f"{name}: {r['file_bytes']:,} B, read {read:.2f} ms{no_c}, dense {dense:.2f} ms, v1 read {old:.2f} ms")
         if "ab" in out:
             a, b = out["ab"]["baseline"][name], out["ab"]["current"][name]
             print(

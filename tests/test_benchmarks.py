@@ -74,3 +74,5 @@ def test_readme_quotes_the_committed_decode_results():
     ab = json.loads((ROOT / "benchmarks" / "results" / "decode.json").read_text())["ab"]
     lenet, mlp = (ab["baseline"][name]["read"]["min_ms"] for name in ("lenet5", "mlp4096"))
     assert f"same run revision {ab['baseline_rev']} took {lenet:.2f} and {mlp:.0f} ms" in readme
+    lenet, mlp = (files[name]["read_no_c"]["min_ms"] for name in ("lenet5", "mlp4096"))
+    assert f"without the C decoder,\n{lenet:.2f} and {mlp:.0f} ms)" in readme

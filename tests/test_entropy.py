@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
+import sysconfig
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -9,6 +13,7 @@ from hypothesis import strategies as st
 
 from fisherpack.errors import FormatError
 from fisherpack.fpk import entropy, rans_py
+from fisherpack.fpk import gaps as sparse
 from fisherpack.fpk.entropy import (
     MAX_SYMBOLS_PER_BYTE,
     choose_precision,
@@ -49,13 +54,19 @@ def reference_v2_encode(symbols, freqs, precision) -> bytes:
     return b"".join(w.to_bytes(4, "little") for w in words).rstrip(b"\x00")
 
 
-@pytest.fixture(params=["native", "python"])
+@pytest.fixture(params=["c", "native", "python"])
 def coder(request, monkeypatch):
-    """Run a test with constriction and again with the pure-Python coder: both must give the same bytes."""
+    """Run a test with constriction (decoding with the C decoder, then with constriction's) and
+    again with the pure-Python coder: all must give the same bytes and symbols."""
     if request.param == "python":
         monkeypatch.setattr(entropy, "_AnsCoder", None)
+        monkeypatch.setattr(entropy, "_native", None)
     elif not entropy.native():
         pytest.skip("constriction is not installed")
+    elif request.param == "native":
+        monkeypatch.setattr(entropy, "_native", None)
+    elif entropy._native is None:
+        pytest.skip("the C decoder was not built")
     return request.param
 
 
@@ -190,6 +201,7 @@ def test_native_coder_gives_the_reference_bytes(alphabet, monkeypatch):
         native = encode_stream(symbols, alphabet)
         with monkeypatch.context() as m:
             m.setattr(entropy, "_AnsCoder", None)
+            m.setattr(entropy, "_native", None)
             python = encode_stream(symbols, alphabet)
             if native is not None:  # None: too skewed for the anti-bomb rule, for both coders
                 np.testing.assert_array_equal(decode_stream(native, symbols.size, alphabet), symbols)
@@ -201,8 +213,9 @@ def test_native_coder_gives_the_reference_bytes(alphabet, monkeypatch):
 
 @pytest.mark.skipif(not entropy.native(), reason="constriction is not installed")
 def test_native_and_python_decoders_agree_on_garbage(monkeypatch):
-    """Damaged streams (a flipped bit, a byte cut or added, a wrong symbol count): both decoders
-    accept exactly the same ones, with the same symbols, and refuse the rest."""
+    """Damaged streams (a flipped bit, a byte cut or added, a wrong symbol count): every decoder
+    (constriction's, the pure-Python one and, if built, the C one) accepts exactly the same ones,
+    with the same symbols, and refuses the rest with the same message."""
     rng = np.random.default_rng(5)
     cases = []
     for trial in range(300):
@@ -217,18 +230,21 @@ def test_native_and_python_decoders_agree_on_garbage(monkeypatch):
             data += bytes([int(rng.integers(1, 256))])
         cases.append((bytes(data), symbols.size + (damage == 3) * int(rng.integers(-1, 2))))
     outcomes = {}
-    for which in ("native", "python"):
+    for which in ("c", "native", "python") if entropy._native is not None else ("native", "python"):
         with monkeypatch.context() as m:
+            if which != "c":
+                m.setattr(entropy, "_native", None)
             if which == "python":
                 m.setattr(entropy, "_AnsCoder", None)
             outcomes[which] = []
             for data, count in cases:
                 try:
                     outcomes[which].append(decode_stream(data, count, 3).tolist())
-                except FormatError:
-                    outcomes[which].append(None)
+                except FormatError as e:
+                    outcomes[which].append(str(e))
     assert outcomes["native"] == outcomes["python"]
-    assert 20 <= sum(o is not None for o in outcomes["native"]) < 150  # the undamaged ones decode
+    assert outcomes.get("c", outcomes["native"]) == outcomes["native"]
+    assert 20 <= sum(type(o) is list for o in outcomes["native"]) < 150  # the undamaged ones decode
 
 
 def test_size_close_to_ideal_entropy():
@@ -311,3 +327,13 @@ def test_bad_tables(table, message):
         decode_stream(table + b"\x00\x00\x01\x00", 1, 4)
     with pytest.raises(FormatError):
         decode_stream(table[:-1], 1, 4)  # cut inside the table
+
+
+def test_the_c_decoder_is_built_where_it_can_be():
+    """setup.py builds it as optional: a C file that no longer compiles would be skipped in silence,
+    and every test of it (tests/test_native.py) with it. Where a compiler and Python's headers are, it must exist."""
+    cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    if not (shutil.which(cc) and Path(sysconfig.get_paths()["include"], "Python.h").is_file()):
+        pytest.skip("no C compiler or no Python headers: the install skips the C decoder")
+    assert entropy._native is not None and sparse._native is not None, "fisherpack/fpk/_native.c did not build"
+    assert entropy.native_decoder() == "c"

@@ -44,6 +44,8 @@ def _layer(module: str) -> int:
 def _imports(module: str) -> list[tuple[str, int]]:
     """(imported fisherpack module, line) for every import in ``module``'s source, nested ones too."""
     path = Path(importlib.util.find_spec(module).origin)
+    if path.suffix != ".py":  # the compiled decoder (fpk/_native.c): it imports nothing of ours
+        return []
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     out = []
     for node in ast.walk(ast.parse(path.read_text())):

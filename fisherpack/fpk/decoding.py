@@ -74,7 +74,38 @@ def _decode_symbols(
     return rans.decode_stream(blob, count, alphabet, version)
 
 
+def _decode_one_pass(e: dict, blobs: list[memoryview], version: int) -> QuantTensor | None:
+    """The common large tensor (a gaps_ans mask, one group of rANS-coded codes) decoded in one pass
+    by the C decoder (``_native.gaps_codes``); None when it does not apply or anything is wrong: the
+    caller then decodes the tensor stream by stream, whose checks say what, in their order."""
+    s, n, kept, gs = e["mask"], e["_numel"], e["kept"], e["groups"]
+    if version != 2 or s["encoding"] != "gaps_ans" or len(gs) != 1 or e["codes"][0]["encoding"] != "ans":
+        return None
+    if not kept or n >= 1 << 46:
+        return None
+    buckets = rans.native_parts(blobs[0][: s["buckets_length"]], kept, min(n.bit_length(), 63) + 1)
+    codes_in = rans.native_parts(blobs[-1], kept, 1 << gs[0]["bits"])
+    if buckets is None or codes_in is None:
+        return None
+    extra = blobs[0][s["buckets_length"] :]
+    mask, codes = np.zeros(n, dtype=bool), np.empty(kept, dtype=np.uint16)
+    used = rans._native.gaps_codes(*buckets, extra, *codes_in, mask, codes)  # (native_parts: it is built)
+    if used < 0:
+        return None
+    try:
+        pack.check_bit_stream(extra, used, "")  # the extra bits fill their stream exactly
+    except FormatError:
+        return None
+    g, groups = gs[0], np.zeros(kept, dtype=np.uint8)
+    return QuantTensor.checked_elsewhere(
+        tuple(e["shape"]), mask, groups, codes, (g["bits"],), (g["exp"],), (g["grid"],)
+    )
+
+
 def _decode_quant(e: dict, blobs: list[memoryview], version: int) -> QuantTensor:
+    fast = _decode_one_pass(e, blobs, version)
+    if fast is not None:
+        return fast
     what, gs, kept = f"tensor {e['name']!r}", e["groups"], e["kept"]
     mask = _decode_mask(e, blobs[0], what, version)
     if len(gs) == 1:  # the common case, and the cheap one: every kept entry is in group 0

@@ -3,7 +3,8 @@
 ``gap_0`` = index of the first kept entry, ``gap_i = p_i - p_(i-1) - 1``. Exp-Golomb split of a gap
 ``g``: bucket ``k = g.bit_length()`` and, for ``k >= 2``, the ``k - 1`` low bits ``g - 2**(k-1)`` as
 extra bits, packed as a bit string (bits.py; ``k = 0`` means ``g = 0``, ``k = 1`` means ``g = 1``).
-Decoding works in chunks of gaps, so a mask of tens of millions of entries needs little scratch.
+Decoding works in chunks of gaps, so a mask of tens of millions of entries needs little scratch;
+:func:`exp_golomb_mask` runs in C (``_native.c``) when the optional build succeeded.
 """
 
 from __future__ import annotations
@@ -22,6 +23,11 @@ from .bits import (
     pack_varbits,
     unpack_varbits,
 )
+
+try:  # the optional C decoder (setup.py); tests switch it off by setting _native to None
+    from . import _native
+except ImportError:  # pragma: no cover - a build without a C compiler
+    _native = None
 
 __all__ = ["mask_to_gaps", "gaps_to_mask", "exp_golomb_split", "exp_golomb_join", "exp_golomb_mask"]
 
@@ -99,7 +105,12 @@ def exp_golomb_mask(buckets: np.ndarray, extra: bytes | memoryview, numel: int, 
     k, top = _checked_buckets(buckets, extra, f"{what} mask extra bits")
     if top > numel.bit_length():  # a value of bucket k is at least 2**(k-1), and below 2**k
         raise FormatError(f"{what}: mask gaps run past the end of the tensor")
-    return _fill_mask(_joined(k, _byte_view(extra)), numel, what)
+    if _native is None or numel >= 1 << 46:  # (_fill_mask refuses the latter)
+        return _fill_mask(_joined(k, _byte_view(extra)), numel, what)
+    mask = np.zeros(numel, dtype=bool)
+    if _native.eg_mask(np.ascontiguousarray(k), k.itemsize, extra, mask) >= 0:
+        raise FormatError(f"{what}: mask gaps run past the end of the tensor")
+    return mask
 
 
 def _joined(k: np.ndarray, buf: np.ndarray):
