@@ -38,13 +38,12 @@ def _table(rng, alphabet: int, precision: int, concentration: float):
     return present, freqs[present]
 
 
-@pytest.mark.parametrize("precision", [8, 11, 12, 16])
-@pytest.mark.parametrize("alphabet", [2, 25, 300, 4096])
+@pytest.mark.parametrize(  # every alphabet that fits each precision's slots
+    "precision, alphabet", [(p, a) for p in (8, 11, 12, 16) for a in (2, 25, 300, 4096) if a <= 2**p]
+)
 @pytest.mark.parametrize("count", [1, 40, 5000])
 def test_rans_v2_equals_the_python_decoder(precision, alphabet, count):
     rng = np.random.default_rng([precision, alphabet, count])
-    if alphabet > 2**precision:
-        pytest.skip("more symbols than slots")
     for concentration in (0.05, 1.0):
         present, freqs = _table(rng, alphabet, precision, concentration)
         if present.size < 2:
