@@ -1,6 +1,8 @@
+import threading
+
 import torch
 
-from fisherpack import data, models
+from fisherpack import data, models, train
 from fisherpack.train import epoch_images, evaluate, shift_images, train_epoch
 
 
@@ -75,3 +77,58 @@ def test_shift_images_moves_each_image_by_its_own_offset():
     assert all(0 <= r <= 4 and 0 <= c <= 4 for r, c in positions)
     assert len(set(positions)) > 1  # not all the same offset
     assert torch.equal(out.sum((1, 2, 3)), torch.ones(3))
+
+
+_SOFT_TARGETS = train.soft_targets
+
+
+def _distilled(ahead: bool, monkeypatch) -> tuple[torch.Tensor, list[str], float]:
+    """LeNet-5 weights after a shifted, distilled epoch on the synthetic set; the threads that
+    computed the teacher's targets; the epoch's loss."""
+    x, y, _, _ = _synthetic()
+    torch.manual_seed(1)
+    teacher = models.build("lenet5").eval()
+    model = models.build("lenet5")
+    threads = []
+
+    def spy(recipe, xb):
+        threads.append(threading.current_thread().name)
+        return _SOFT_TARGETS(recipe, xb)
+
+    monkeypatch.setattr(train, "_teacher_ahead", lambda recipe: ahead)
+    monkeypatch.setattr(train, "soft_targets", spy)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    recipe = train.Recipe(teacher=teacher, distill=0.5, augment=2)
+    loss = train_epoch(model, opt, x, y, batch_size=64, seed=0, epoch=1, fraction=0.5, recipe=recipe)
+    return model.conv1.weight.detach().clone(), threads, loss
+
+
+def test_teacher_targets_computed_ahead_give_the_same_weights_bit_for_bit(monkeypatch):
+    """With a core to spare, the teacher's targets for the next batch are computed on a second
+    thread while this batch trains: the same operations, so the same weights to the bit."""
+    serial, serial_threads, serial_loss = _distilled(False, monkeypatch)
+    ahead, ahead_threads, ahead_loss = _distilled(True, monkeypatch)
+    assert torch.equal(serial, ahead) and serial_loss == ahead_loss
+    assert len(serial_threads) == len(ahead_threads) == 5  # the first half of 10 batches, each once
+    assert set(serial_threads) == {threading.main_thread().name}
+    assert all(t.startswith("fisherpack-teacher") for t in ahead_threads)
+
+
+def test_teacher_ahead_only_with_a_spare_core_and_one_process(monkeypatch):
+    teacher = models.build("lenet5").eval()
+    recipe = train.Recipe(teacher=teacher, distill=0.5)
+    monkeypatch.setattr(train.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(train.os, "cpu_count", lambda: 2)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert train._teacher_ahead(recipe)
+        assert not train._teacher_ahead(train.Recipe(teacher=teacher, distill=0.0))
+        assert not train._teacher_ahead(train.PLAIN)
+        torch.set_num_threads(2)
+        assert not train._teacher_ahead(recipe)  # no core left for it
+        torch.set_num_threads(1)
+        monkeypatch.setattr(train.dist, "world_size", lambda: 2)
+        assert not train._teacher_ahead(recipe)  # under DDP every rank has its cores in use
+    finally:
+        torch.set_num_threads(threads)
