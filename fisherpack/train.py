@@ -182,7 +182,7 @@ def train_epoch(
                 xb = shift_images(xb, recipe.augment, shifts)
             yield xb, yb
 
-    ahead = _teacher_ahead(recipe)
+    ahead = _teacher_ahead(recipe) and not _draws_random(recipe, x[:batch_size])
     with ThreadPoolExecutor(1, thread_name_prefix="fisherpack-teacher") if ahead else nullcontext() as pool:
         # the worker gets its own copy of the batch: a model may change its input in place
         submit = (lambda b: pool.submit(soft_targets, recipe, b[0].clone())) if ahead else (lambda b: None)
@@ -216,6 +216,17 @@ def _teacher_ahead(recipe: Recipe) -> bool:
         return False
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return cores > torch.get_num_threads()
+
+
+def _draws_random(recipe: Recipe, xb: torch.Tensor) -> bool:
+    """Whether the teacher's forward pass on ``xb`` draws from torch's global generator (a model may,
+    even in eval mode). Such a teacher's targets stay in the step, in their usual order: two threads
+    drawing from one generator would make the weights depend on timing. The generator is put back."""
+    state = torch.get_rng_state()
+    soft_targets(recipe, xb)
+    drew = not torch.equal(state, torch.get_rng_state())
+    torch.set_rng_state(state)
+    return drew
 
 
 def _one_ahead(items: Iterable, submit: Callable) -> Iterator[tuple]:

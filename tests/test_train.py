@@ -82,12 +82,23 @@ def test_shift_images_moves_each_image_by_its_own_offset():
 _SOFT_TARGETS = train.soft_targets
 
 
-def _distilled(ahead: bool, monkeypatch) -> tuple[torch.Tensor, list[str], float]:
+class _NoisyTeacher(torch.nn.Module):
+    """A teacher that draws random numbers in eval mode too."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = models.build("lenet5")
+
+    def forward(self, x):
+        return self.net(x + 0.01 * torch.randn_like(x))
+
+
+def _distilled(ahead: bool, monkeypatch, noisy: bool = False) -> tuple[torch.Tensor, list[str], float]:
     """LeNet-5 weights after a shifted, distilled epoch on the synthetic set; the threads that
     computed the teacher's targets; the epoch's loss."""
     x, y, _, _ = _synthetic()
     torch.manual_seed(1)
-    teacher = models.build("lenet5").eval()
+    teacher = (_NoisyTeacher() if noisy else models.build("lenet5")).eval()
     model = models.build("lenet5")
     threads = []
 
@@ -109,9 +120,20 @@ def test_teacher_targets_computed_ahead_give_the_same_weights_bit_for_bit(monkey
     serial, serial_threads, serial_loss = _distilled(False, monkeypatch)
     ahead, ahead_threads, ahead_loss = _distilled(True, monkeypatch)
     assert torch.equal(serial, ahead) and serial_loss == ahead_loss
-    assert len(serial_threads) == len(ahead_threads) == 5  # the first half of 10 batches, each once
-    assert set(serial_threads) == {threading.main_thread().name}
-    assert all(t.startswith("fisherpack-teacher") for t in ahead_threads)
+    main = threading.main_thread().name
+    assert serial_threads == [main] * 5  # the first half of 10 batches, each once
+    # first a probe on this thread (does the teacher draw random numbers?), then every batch ahead
+    assert ahead_threads[0] == main and len(ahead_threads) == 6
+    assert all(t.startswith("fisherpack-teacher") for t in ahead_threads[1:])
+
+
+def test_a_teacher_that_draws_random_numbers_stays_in_the_step(monkeypatch):
+    """Two threads drawing from torch's one generator would make the weights depend on timing: such
+    a teacher's targets are computed in the step, in their usual order, as without a spare core."""
+    serial, _, _ = _distilled(False, monkeypatch, noisy=True)
+    ahead, threads, _ = _distilled(True, monkeypatch, noisy=True)
+    assert torch.equal(serial, ahead)
+    assert threads == [threading.main_thread().name] * 6  # the probe, then each of 5 batches in its step
 
 
 def test_teacher_ahead_only_with_a_spare_core_and_one_process(monkeypatch):
