@@ -182,7 +182,7 @@ def train_epoch(
                 xb = shift_images(xb, recipe.augment, shifts)
             yield xb, yb
 
-    ahead = _teacher_ahead(recipe) and not _draws_random(recipe, x[:batch_size])
+    ahead = limit > 0 and len(x) > 0 and _teacher_ahead(recipe) and not _draws_random(recipe, x[:batch_size])
     with ThreadPoolExecutor(1, thread_name_prefix="fisherpack-teacher") if ahead else nullcontext() as pool:
         # the worker gets its own copy of the batch: a model may change its input in place
         submit = (lambda b: pool.submit(soft_targets, recipe, b[0].clone())) if ahead else (lambda b: None)

@@ -154,3 +154,15 @@ def test_teacher_ahead_only_with_a_spare_core_and_one_process(monkeypatch):
         assert not train._teacher_ahead(recipe)  # under DDP every rank has its cores in use
     finally:
         torch.set_num_threads(threads)
+
+
+def test_an_epoch_of_no_batches_never_runs_the_teacher(monkeypatch):
+    x, y, _, _ = _synthetic()
+    calls = []
+    monkeypatch.setattr(train, "_teacher_ahead", lambda recipe: True)
+    monkeypatch.setattr(train, "soft_targets", lambda recipe, xb: calls.append(len(xb)))
+    model = models.build("lenet5")
+    recipe = train.Recipe(teacher=models.build("lenet5").eval(), distill=0.5)
+    opt = torch.optim.Adam(model.parameters())
+    assert train_epoch(model, opt, x, y, batch_size=64, seed=0, epoch=0, fraction=0.0, recipe=recipe) == 0.0
+    assert calls == []  # not even the probe
