@@ -1,7 +1,7 @@
 """The optional native decoders (fisherpack/fpk/_native.c). Everything else is in pyproject.toml.
 
 ``optional=True``: without a C compiler or Python's headers the build skips the extension and
-fisherpack reads the same files with constriction and numpy, about 3 times slower on a large file.
+fisherpack reads the same files with constriction and numpy, about 4 times slower on a large file.
 """
 
 from setuptools import Extension, setup

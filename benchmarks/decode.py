@@ -20,6 +20,7 @@ Writes ``decode.json`` and ``decode.png`` into ``--out`` (default benchmarks/res
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import subprocess
@@ -64,11 +65,15 @@ def files(workdir: Path, quick: bool) -> dict[str, Path]:
     return out
 
 
+@contextlib.contextmanager
 def _without_c():
-    """fpk.load with the C decoder switched off (as in a build without a C compiler)."""
+    """The C decoder switched off, as in a build without a C compiler."""
     saved = entropy._native, gaps._native
     entropy._native = gaps._native = None
-    return saved
+    try:
+        yield
+    finally:
+        entropy._native, gaps._native = saved
 
 
 def measure(path: Path, repeats: int, workdir: Path) -> dict:
@@ -82,11 +87,8 @@ def measure(path: Path, repeats: int, workdir: Path) -> dict:
         "read_v1": _times(lambda: fpk.load(v1), max(3, repeats // 10)),
     }
     if entropy._native is not None:
-        saved = _without_c()
-        try:
+        with _without_c():
             out["read_no_c"] = _times(lambda: fpk.load(path), repeats)
-        finally:
-            entropy._native, gaps._native = saved
     return out
 
 

@@ -224,14 +224,38 @@ static uint64_t read_bits(const unsigned char *buf, uint64_t pos, int nbits) {
     return v;
 }
 
-/* The gap after bucket k, its extra bits at bit pos of bits (n bytes); the caller has checked that
- * they lie within it. */
-static inline uint64_t eg_gap(const unsigned char *bits, Py_ssize_t n, uint64_t pos, unsigned k) {
-    if (k <= 57 && (Py_ssize_t)(pos >> 3) + 8 <= n) { /* one load, no branch on k */
-        uint64_t v = ((load_be64(bits + (pos >> 3)) << (pos & 7)) >> 1) | (UINT64_C(1) << 63);
-        return (v >> (63 - k)) >> 1; /* the implicit top bit and k - 1 extra bits; 0 for k = 0 */
+/* Kept entries set in a bool mask, one Exp-Golomb gap at a time (its bucket k, and k - 1 extra bits
+ * read from bits for k >= 2). */
+typedef struct {
+    const unsigned char *bits;
+    Py_ssize_t nbytes;  /* of bits */
+    uint64_t pos;       /* bit offset of the next extra bit */
+    unsigned char *mask;
+    uint64_t numel;     /* entries of the mask */
+    uint64_t end;       /* position of the last kept entry so far, plus 1 */
+} gap_walk;
+
+static gap_walk gap_walk_of(Py_buffer *extra, Py_buffer *mask) {
+    gap_walk w = {extra->buf, extra->len, 0, mask->buf, (uint64_t)mask->len, 0};
+    return w;
+}
+
+/* Mark the entry after the gap of bucket k; -1 (nothing marked) if k is over 63, its extra bits run
+ * past the stream, or the entry past the mask. */
+static inline int gap_next(gap_walk *w, unsigned k) {
+    uint64_t extra_bits = k - (k > 0), pos = w->pos, gap; /* k - 1 extra bits for k >= 1 */
+    if (k > 63 || pos + extra_bits > 8 * (uint64_t)w->nbytes) return -1;
+    if (k <= 57 && (Py_ssize_t)(pos >> 3) + 8 <= w->nbytes) { /* one load, no branch on k */
+        uint64_t v = ((load_be64(w->bits + (pos >> 3)) << (pos & 7)) >> 1) | (UINT64_C(1) << 63);
+        gap = (v >> (63 - k)) >> 1; /* the implicit top bit and k - 1 extra bits; 0 for k = 0 */
+    } else {
+        gap = k < 2 ? k : (UINT64_C(1) << (k - 1)) | read_bits(w->bits, pos, (int)k - 1);
     }
-    return k < 2 ? k : (UINT64_C(1) << (k - 1)) | read_bits(bits, pos, (int)k - 1);
+    if (gap >= w->numel - w->end) return -1; /* end + gap + 1 > numel, without overflow */
+    w->pos = pos + extra_bits;
+    w->end += gap + 1;
+    w->mask[w->end - 1] = 1;
+    return 0;
 }
 
 /* eg_mask(buckets, extra, out) -> -1 when done, else the index of the first gap that runs past the
@@ -248,26 +272,15 @@ static PyObject *eg_mask(PyObject *self, PyObject *args) {
         goto done;
     }
     Py_ssize_t n = buckets.len / itemsize, failed = -1;
-    const unsigned char *k8 = buckets.buf, *bits = extra.buf;
+    const unsigned char *k8 = buckets.buf;
     const uint16_t *k16 = buckets.buf;
-    unsigned char *mask = out.buf;
-    uint64_t numel = (uint64_t)out.len, end = 0, pos = 0, avail = 8 * (uint64_t)extra.len;
+    gap_walk w = gap_walk_of(&extra, &out);
     Py_BEGIN_ALLOW_THREADS;
     for (Py_ssize_t i = 0; i < n; i++) {
-        unsigned k = itemsize == 1 ? k8[i] : k16[i];
-        uint64_t extra_bits = k - (k > 0); /* k - 1 extra bits for k >= 1 */
-        if (k > 63 || pos + extra_bits > avail) {
-            failed = i; /* cannot happen after the Python checks; refuse rather than read past */
-            break;
-        }
-        uint64_t gap = eg_gap(bits, extra.len, pos, k);
-        pos += extra_bits;
-        if (gap >= numel - end) { /* end + gap + 1 > numel, without overflow */
+        if (gap_next(&w, itemsize == 1 ? k8[i] : k16[i])) { /* after the Python checks: a gap past the end */
             failed = i;
             break;
         }
-        end += gap + 1;
-        mask[end - 1] = 1;
     }
     Py_END_ALLOW_THREADS;
     result = PyLong_FromSsize_t(failed);
@@ -299,32 +312,21 @@ static PyObject *gaps_codes(PyObject *self, PyObject *args) {
     stream b, c;
     if (stream_init(&b, &bdata, bfreqs, bsyms, bprec, kept) == 0) {
         if (stream_init(&c, &cdata, cfreqs, csyms, cprec, kept) == 0) {
-            const unsigned char *bits = extra.buf;
-            unsigned char *mask = mask_buf.buf;
             uint16_t *codes = codes_buf.buf;
-            uint64_t numel = (uint64_t)mask_buf.len, end = 0, pos = 0, avail = 8 * (uint64_t)extra.len;
+            gap_walk w = gap_walk_of(&extra, &mask_buf);
             int ok = 1;
             Py_BEGIN_ALLOW_THREADS;
             for (Py_ssize_t i = 0; i < kept; i++) {
                 unsigned k = stream_next(&b);
                 codes[i] = stream_next(&c);
-                uint64_t extra_bits = k - (k > 0);
-                if (k > 63 || pos + extra_bits > avail) {
+                if (gap_next(&w, k)) {
                     ok = 0;
                     break;
                 }
-                uint64_t gap = eg_gap(bits, extra.len, pos, k);
-                pos += extra_bits;
-                if (gap >= numel - end) { /* end + gap + 1 > numel, without overflow */
-                    ok = 0;
-                    break;
-                }
-                end += gap + 1;
-                mask[end - 1] = 1;
             }
             ok = ok && stream_done(&b) && stream_done(&c);
             Py_END_ALLOW_THREADS;
-            result = PyLong_FromLongLong(ok ? (long long)pos : -1);
+            result = PyLong_FromLongLong(ok ? (long long)w.pos : -1);
             stream_free(&c);
         }
         stream_free(&b);

@@ -81,7 +81,7 @@ def _decode_one_pass(e: dict, blobs: list[memoryview], version: int) -> QuantTen
     s, n, kept, gs = e["mask"], e["_numel"], e["kept"], e["groups"]
     if version != 2 or s["encoding"] != "gaps_ans" or len(gs) != 1 or e["codes"][0]["encoding"] != "ans":
         return None
-    if not kept or n >= 1 << 46:
+    if not kept or n > sparse.MAX_NUMEL:  # (the stream-by-stream decoder refuses the latter)
         return None
     buckets = rans.native_parts(blobs[0][: s["buckets_length"]], kept, min(n.bit_length(), 63) + 1)
     codes_in = rans.native_parts(blobs[-1], kept, 1 << gs[0]["bits"])

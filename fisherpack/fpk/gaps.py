@@ -29,7 +29,11 @@ try:  # the optional C decoder (setup.py); tests switch it off by setting _nativ
 except ImportError:  # pragma: no cover - a build without a C compiler
     _native = None
 
-__all__ = ["mask_to_gaps", "gaps_to_mask", "exp_golomb_split", "exp_golomb_join", "exp_golomb_mask"]
+# The largest mask the numpy decoder takes: its running sums stay under (2 * _CHUNK + 1) * numel,
+# within int64. The C decoder leaves larger ones to it, which refuses them.
+MAX_NUMEL = (1 << 46) - 1
+
+__all__ = ["MAX_NUMEL", "mask_to_gaps", "gaps_to_mask", "exp_golomb_split", "exp_golomb_join", "exp_golomb_mask"]
 
 
 def mask_to_gaps(mask: np.ndarray) -> np.ndarray:
@@ -51,7 +55,7 @@ def _fill_mask(chunks, numel: int, what: str) -> np.ndarray:
     """(numel,) bool mask from consecutive chunks of gaps, each in ``[0, 2 * numel)``. Chunk by
     chunk, so that the scratch stays small and in cache: whole-tensor int64 temporaries cost as
     much in page faults as in arithmetic."""
-    if numel >= 1 << 46:  # the running sums below stay under (2 * _CHUNK + 1) * numel: within int64
+    if numel > MAX_NUMEL:
         raise FormatError(f"{what}: a tensor of {numel} entries is too large to decode")
     mask = np.zeros(numel + 1, dtype=bool)
     end = 0  # position of the last kept entry so far, plus 1
@@ -105,7 +109,7 @@ def exp_golomb_mask(buckets: np.ndarray, extra: bytes | memoryview, numel: int, 
     k, top = _checked_buckets(buckets, extra, f"{what} mask extra bits")
     if top > numel.bit_length():  # a value of bucket k is at least 2**(k-1), and below 2**k
         raise FormatError(f"{what}: mask gaps run past the end of the tensor")
-    if _native is None or numel >= 1 << 46:  # (_fill_mask refuses the latter)
+    if _native is None or numel > MAX_NUMEL:
         return _fill_mask(_joined(k, _byte_view(extra)), numel, what)
     mask = np.zeros(numel, dtype=bool)
     if _native.eg_mask(np.ascontiguousarray(k), k.itemsize, extra, mask) >= 0:
